@@ -1,0 +1,1 @@
+"""vitq: post-training quantization of vision transformers."""

@@ -1,0 +1,292 @@
+"""The calibration engine: swap in quantized modules, collect statistics, run the recipe's passes.
+
+`quantize(model, recipe, calib)` works in place:
+1. the adapter makes attention matmuls explicit and names the role of each module;
+2. every Linear/Conv2d with a role becomes a QuantLinear/QuantConv2d (sharing the float parameters), every MatMul
+   gets operand quantizers, each from the recipe's spec for that site;
+3. calibration runs group by group in execution order (one group per transformer block, plus the runs of modules
+   between blocks): observers record the group's inputs while every earlier group is already quantized, then the
+   post-LayerNorm reparameterisation of the group (if the recipe has one), then the group's weight and activation
+   quantizers are set from what was seen. A forward stops early after the group's last module when it can;
+4. the recipe's extra passes (block reconstruction, low-rank compensation, …) run in order.
+"""
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import CalibrationError, UserInputError
+from .modules import MatMul, quant_class_for, quantizer_slots
+from .quantizers import Observation, build_quantizer
+from .spec import Role
+
+PASSES: Dict[str, Callable] = {}
+REPARAM_RULES: Dict[str, Callable] = {}
+
+
+def register_pass(name):
+    def deco(fn):
+        PASSES[name] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class CalibData:
+    """Calibration batches (from a training split) and how to run the model on one of them."""
+    batches: List[Any]
+    forward: Callable[[nn.Module, Any], Any]
+
+    def __post_init__(self):
+        if len(self.batches) == 0:
+            raise CalibrationError("the calibration set is empty")
+
+
+@dataclass
+class Site:
+    """One quantized module: its name, role and whether it consumes a LayerNorm output."""
+    name: str
+    module: nn.Module
+    role: Role
+    post_ln: bool = False
+
+    def quantizers(self):
+        return [(slot, q) for slot, _ in quantizer_slots(self.module) if (q := getattr(self.module, slot)) is not None]
+
+    def act_quantizers(self):
+        return [(slot, q) for slot, q in self.quantizers() if slot != "weight_quantizer"]
+
+
+class Observer:
+    """Records what flows into one quantizer: exact per-channel min/max and a seeded reservoir sample of rows."""
+
+    def __init__(self, site_name, channel_axis, max_elems, seed):
+        self.site_name, self.channel_axis, self.max_elems = site_name, channel_axis, max_elems
+        self.gen = torch.Generator().manual_seed(seed)
+        self.min = self.max = self.rows = self.keys = None
+        self.count = 0
+
+    def record(self, x):
+        x = x.detach()
+        if not torch.isfinite(x).all():
+            raise CalibrationError(f"non-finite values (NaN/inf) in the activations entering {self.site_name}")
+        rows = x.movedim(self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis]).float()
+        lo, hi = rows.amin(0), rows.amax(0)
+        self.min = lo if self.min is None else torch.minimum(self.min, lo)
+        self.max = hi if self.max is None else torch.maximum(self.max, hi)
+        self.count += rows.shape[0]
+        cap = max(1, self.max_elems // rows.shape[1])
+        keys = torch.rand(rows.shape[0], generator=self.gen).to(rows.device)
+        if self.rows is not None:
+            rows, keys = torch.cat([self.rows, rows]), torch.cat([self.keys, keys])
+        if rows.shape[0] > cap:
+            keep = keys.topk(cap).indices.sort().values
+            rows, keys = rows[keep], keys[keep]
+        self.rows, self.keys = rows, keys
+
+    def observation(self):
+        if self.min is None:
+            return None
+        return Observation(self.min, self.max, self.rows, self.count)
+
+
+def _set_submodule(model, name, new):
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _site_keys(site: Site, slot: str):
+    role = site.role.value
+    if slot == "weight_quantizer":
+        return [f"{role}.weight", "weight"]
+    if isinstance(site.module, MatMul):
+        if site.role == Role.MATMUL_QK:
+            return [f"{role}.a", "q", "act"] if slot == "a_quantizer" else [f"{role}.b", "k", "act"]
+        return [f"{role}.a", "post_softmax", "act"] if slot == "a_quantizer" else [f"{role}.b", "v", "act"]
+    keys = [f"{role}.input"]
+    if site.role == Role.FC2:
+        keys.append("post_gelu")
+    if site.post_ln:
+        keys.append("post_ln")
+    return keys + ["act"]
+
+
+def _make_quantizer(spec, default_axis):
+    if spec is None:
+        return None
+    axis = 1 if spec.granularity == "head" else default_axis
+    return build_quantizer(spec, axis)
+
+
+def attach_quantizers(model, recipe, adapter) -> List[Site]:
+    """Swap quantized modules in (in place) and return the sites in module order."""
+    roles = adapter.roles(model)
+    consumers = {c for _, cs in adapter.norm_consumers(model) for c in cs}
+    sites = []
+    for name, role in roles.items():
+        role = Role(role)
+        if role in recipe.float_roles:
+            continue
+        module = model.get_submodule(name)
+        if not isinstance(module, MatMul):
+            quant_cls = quant_class_for(module)
+            if quant_cls is None:
+                if hasattr(module, "weight_quantizer"):  # already quantized (load path re-attaching)
+                    quant_cls = None
+                else:
+                    raise UserInputError(f"adapter {adapter.name} gave role {role.value} to {name}, "
+                                         f"a {type(module).__name__}, which cannot be quantized")
+            else:
+                module = quant_cls.from_module(module)
+                _set_submodule(model, name, module)
+        site = Site(name, module, role, post_ln=name in consumers)
+        for slot, axis in quantizer_slots(module):
+            setattr(module, slot, _make_quantizer(recipe.spec_for(_site_keys(site, slot)), axis))
+        sites.append(site)
+    return sites
+
+
+class _StopForward(Exception):
+    pass
+
+
+class CalibContext:
+    """Everything a pass needs: the model, recipe, data, adapter and the quantized sites."""
+
+    def __init__(self, model, recipe, calib, adapter, sites, log, max_elems=2 ** 20, seed=0):
+        self.model, self.recipe, self.calib, self.adapter, self.sites = model, recipe, calib, adapter, sites
+        self.log, self.max_elems, self.seed = log, max_elems, seed
+        self.by_name = {s.name: s for s in sites}
+
+    def run_calib(self, stop_after: Optional[nn.Module] = None, desc=None):
+        """Run every calibration batch (no grad); stop each forward right after `stop_after` ran, if given."""
+        handle = None
+        if stop_after is not None:
+            def _stop(*_):
+                raise _StopForward
+            handle = stop_after.register_forward_hook(_stop)
+        try:
+            with torch.no_grad():
+                for batch in self.calib.batches:
+                    try:
+                        self.calib.forward(self.model, batch)
+                    except _StopForward:
+                        pass
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def execution_order(self):
+        """Sites in the order the first calibration batch reaches them, and how often each runs per forward."""
+        order, calls, handles = [], {}, []
+        for site in self.sites:
+            def _hook(mod, args, site=site):
+                if site.name not in calls:
+                    order.append(site)
+                calls[site.name] = calls.get(site.name, 0) + 1
+            handles.append(site.module.register_forward_pre_hook(_hook))
+        try:
+            with torch.no_grad():
+                self.calib.forward(self.model, self.calib.batches[0])
+        finally:
+            for h in handles:
+                h.remove()
+        unreached = [s for s in self.sites if s.name not in calls]
+        return order + unreached, calls
+
+    def groups(self):
+        """Consecutive runs of sites (in execution order) that share a block; outside-block runs are groups too."""
+        order, calls = self.execution_order()
+        blocks = self.adapter.blocks(self.model)
+
+        def block_of(name):
+            for i, b in enumerate(blocks):
+                if name.startswith(b + "."):
+                    return i
+            return None
+
+        groups = []
+        for site in order:
+            key = block_of(site.name)
+            if groups and groups[-1][0] == key:
+                groups[-1][1].append(site)
+            else:
+                groups.append((key, [site]))
+        return [(key, members, all(calls.get(s.name, 0) == 1 for s in members)) for key, members in groups]
+
+
+def _observe(ctx, members, stop_after):
+    observers = {}
+    for site in members:
+        for slot, q in site.act_quantizers():
+            obs = Observer(f"{site.name}.{slot}", q.channel_axis, ctx.max_elems, ctx.seed)
+            q.observer = observers[(site.name, slot)] = obs
+    try:
+        ctx.run_calib(stop_after=stop_after)
+    finally:
+        for site in members:
+            for _, q in site.act_quantizers():
+                q.observer = None
+    return {k: o.observation() for k, o in observers.items()}
+
+
+def calibrate_group(ctx, members, stop_after=None):
+    observations = _observe(ctx, members, stop_after)
+    if ctx.recipe.reparam:
+        from .reparam import reparameterize_group
+        reparameterize_group(ctx, members, observations)
+    for site in members:
+        for slot, q in site.quantizers():
+            if slot == "weight_quantizer":
+                q.calibrate_tensor(site.module.weight)
+            elif not q._ready:
+                obs = observations.get((site.name, slot))
+                if obs is None:
+                    raise CalibrationError(f"{site.name} was never reached by the calibration data")
+                q.calibrate(obs)
+
+
+def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print, seed=0):
+    """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode)."""
+    from ..adapters.base import find_adapter, Adapter
+    if not isinstance(adapter, Adapter):
+        adapter = find_adapter(model, adapter)
+    model.eval()
+    adapter.prepare(model)
+    sites = attach_quantizers(model, recipe, adapter)
+    ctx = CalibContext(model, recipe, calib, adapter, sites, log, seed=seed)
+    t0 = time.time()
+    groups = ctx.groups() if recipe.sequential else [(None, ctx.sites, False)]
+    for i, (key, members, single_call) in enumerate(groups):
+        stop_after = members[-1].module if (single_call and i < len(groups) - 1) else None
+        calibrate_group(ctx, members, stop_after)
+        where = f"block {key}" if key is not None else "between blocks"
+        log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}, {len(members)} modules) "
+            f"done, {time.time() - t0:.1f}s")
+    for p in recipe.passes:
+        p = dict(p)
+        kind = p.pop("type")
+        if kind not in PASSES:
+            raise UserInputError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
+        t1 = time.time()
+        PASSES[kind](ctx, **p)
+        log(f"[calibrate {recipe.name}] pass {kind} done, {time.time() - t1:.1f}s")
+    model._vitq_recipe = recipe
+    model._vitq_adapter = adapter.name
+    return model
+
+
+def iter_quantizers(model):
+    from .quantizers import Quantizer
+    for name, m in model.named_modules():
+        if isinstance(m, Quantizer):
+            yield name, m
+
+
+def set_quant_enabled(model, enabled: bool):
+    """Turn every quantizer on or off (off = the float model, for parity checks and float teachers)."""
+    for _, q in iter_quantizers(model):
+        q.enabled = enabled

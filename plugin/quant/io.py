@@ -1,0 +1,96 @@
+"""Save and reload a calibrated model: safetensors for tensors, JSON for the recipe, adapter and versions.
+
+Nothing here needs pickle. `load_quantized(fp_model, path)` rebuilds the quantized structure on a freshly built float
+model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters).
+"""
+import json
+import os
+import platform
+import tempfile
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserInputError
+
+FORMAT = "vitq-quantized"
+FORMAT_VERSION = 1
+
+
+def package_versions():
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("timm", "mmdet", "mmengine", "mmcv", "plugin"):
+        try:
+            mod = __import__(name)
+            versions[name] = getattr(mod, "__version__", "unknown")
+        except ImportError:
+            pass
+    return versions
+
+
+def _atomic_write(path, write_fn):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_quantized(model: nn.Module, path: str, extra_meta=None):
+    """Write `path.safetensors` and `path.json` (each atomically). Returns the two file paths."""
+    from safetensors.torch import save_file
+    recipe = getattr(model, "_vitq_recipe", None)
+    if recipe is None:
+        raise UserInputError("save_quantized needs a model returned by quantize()")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe": recipe.to_dict(),
+            "adapter": model._vitq_adapter, "versions": package_versions(), **(extra_meta or {})}
+    tensors_path, meta_path = path + ".safetensors", path + ".json"
+    _atomic_write(tensors_path, lambda p: save_file(state, p, metadata={"format": FORMAT}))
+    _atomic_write(meta_path, lambda p: open(p, "w").write(json.dumps(meta, indent=2, sort_keys=True)))
+    return tensors_path, meta_path
+
+
+def read_meta(path: str):
+    meta_path = path + ".json"
+    if not os.path.isfile(meta_path):
+        raise UserInputError(f"quantized model metadata not found: {meta_path}")
+    try:
+        meta = json.load(open(meta_path))
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise UserInputError(f"{meta_path} is not a {FORMAT} file")
+    return meta
+
+
+def load_quantized(fp_model: nn.Module, path: str, device=None):
+    """Rebuild the quantized model saved at `path` on top of `fp_model` (a float model of the same architecture)."""
+    from safetensors.torch import load_file
+    from ..adapters.base import find_adapter
+    from .calibrate import attach_quantizers
+    from .recipe import Recipe
+    meta = read_meta(path)
+    recipe = Recipe.from_dict(meta["recipe"])
+    adapter = find_adapter(fp_model, meta["adapter"])
+    state = load_file(path + ".safetensors", device=str(device) if device else "cpu")
+    fp_model.eval()
+    adapter.prepare(fp_model)
+    attach_quantizers(fp_model, recipe, adapter)
+    for name, module in fp_model.named_modules():
+        key = f"{name}.bias" if name else "bias"
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and getattr(module, "bias", None) is None \
+                and key in state:
+            module.bias = nn.Parameter(torch.zeros_like(state[key]))  # added by reparameterisation
+    missing, unexpected = fp_model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserInputError(f"{path}.safetensors does not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    fp_model._vitq_recipe, fp_model._vitq_adapter = recipe, adapter.name
+    return fp_model

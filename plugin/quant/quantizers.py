@@ -1,0 +1,308 @@
+"""Fake quantizers with a straight-through gradient, and their range searches.
+
+Every quantizer is an nn.Module holding its parameters as buffers (so `state_dict` carries them), built from a
+`QuantSpec` by `build_quantizer`. `calibrate(obs)` sets the parameters from an `Observation` (exact per-channel
+min/max plus a bounded random sample of rows); `forward(x)` returns the fake-quantized tensor once calibrated and `x`
+unchanged before that or while disabled. Rounding uses a straight-through estimator so block reconstruction can
+train through the quantizers (scales may be turned into parameters by the reconstruction pass).
+"""
+import torch
+import torch.nn as nn
+
+from .spec import QuantSpec
+
+QUANTIZERS = {}
+
+
+def register_quantizer(kind):
+    def deco(cls):
+        QUANTIZERS[kind] = cls
+        cls.kind = kind
+        return cls
+    return deco
+
+
+def build_quantizer(spec: QuantSpec, channel_axis: int = -1) -> "Quantizer":
+    return QUANTIZERS[spec.kind](spec, channel_axis)
+
+
+def round_ste(x):
+    """Round to nearest with an identity gradient."""
+    return (x.round() - x).detach() + x
+
+
+class Observation:
+    """What calibration saw at one quantization site.
+
+    `min`/`max` are exact per-channel extrema over every value seen; `samples` is a bounded uniform random subset of
+    rows, shape (rows, channels), with channels along the quantizer's channel axis.
+    """
+
+    def __init__(self, min, max, samples, count=0):
+        self.min, self.max, self.samples, self.count = min, max, samples, count
+
+    @classmethod
+    def from_tensor(cls, x, channel_axis):
+        rows = x.detach().movedim(channel_axis, -1).reshape(-1, x.shape[channel_axis]).float()
+        return cls(rows.amin(0), rows.amax(0), rows, rows.shape[0])
+
+    def map_channels(self, fn):
+        """Apply an increasing per-channel affine map `fn(t)` (broadcast over the last dim) to every statistic."""
+        return Observation(fn(self.min), fn(self.max), fn(self.samples), self.count)
+
+
+def _broadcast(param, x, channel_axis):
+    """Reshape a per-channel vector (or a 1-element tensor) to broadcast against x along channel_axis."""
+    if param.numel() == 1:
+        return param.reshape(())
+    shape = [1] * x.dim()
+    shape[channel_axis] = -1
+    return param.reshape(shape)
+
+
+class Quantizer(nn.Module):
+    """Base class. Subclasses define `_calibrate(obs)` and `quantize(x)`."""
+    kind = "base"
+
+    def __init__(self, spec: QuantSpec, channel_axis: int = -1):
+        super().__init__()
+        self.spec = spec
+        self.channel_axis = channel_axis
+        self.enabled = True
+        self.observer = None  # set by the calibration engine while it collects statistics; never saved
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False
+
+    @property
+    def bits(self):
+        return self.spec.bits
+
+    @property
+    def per_channel(self):
+        return self.spec.granularity in ("channel", "head")
+
+    def extra_repr(self):
+        return f"{self.kind}, bits={self.spec.bits}, {self.spec.granularity}, axis={self.channel_axis}"
+
+    def forward(self, x):
+        if self.observer is not None:
+            self.observer.record(x)
+        if not self.enabled or not self._ready:
+            return x
+        return self.quantize(x)
+
+    def calibrate(self, obs: Observation):
+        with torch.no_grad():
+            self._calibrate(obs)
+        self.initialized.fill_(True)
+        self._ready = True
+        return self
+
+    def calibrate_tensor(self, x):
+        """Calibrate directly from a full tensor (weights)."""
+        return self.calibrate(Observation.from_tensor(x, self.channel_axis))
+
+    def _reduce_stats(self, obs):
+        """Per-channel (C,) or per-tensor (1,) min, max and the sample matrix to search over."""
+        if self.per_channel:
+            return obs.min, obs.max, obs.samples
+        return obs.min.min().reshape(1), obs.max.max().reshape(1), obs.samples.reshape(-1, 1)
+
+    def _set(self, **tensors):
+        for name, value in tensors.items():
+            setattr(self, name, value.detach().float().clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Parameters are sized at calibration time; resize our (empty) buffers to the saved shapes before loading.
+        for name in list(self._buffers):
+            key = prefix + name
+            if key in state_dict and self._buffers[name] is not None and self._buffers[name].shape != state_dict[key].shape:
+                self._buffers[name] = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + "initialized"
+        if key in state_dict:
+            self._ready = bool(state_dict[key])
+
+    def quantize(self, x):
+        raise NotImplementedError
+
+    def _calibrate(self, obs):
+        raise NotImplementedError
+
+
+def _search_best(candidates, error_fn):
+    """Pick, per channel, the candidate with the smallest error. candidates: list of per-channel tensors."""
+    best_err, best = None, None
+    for cand in candidates:
+        err = error_fn(cand)
+        if best is None:
+            best_err, best = err, [c.clone() for c in cand] if isinstance(cand, tuple) else cand.clone()
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        if isinstance(cand, tuple):
+            best = [torch.where(better, c, b) for c, b in zip(cand, best)]
+        else:
+            best = torch.where(better, cand, best)
+    return best
+
+
+@register_quantizer("uniform")
+class UniformQuantizer(Quantizer):
+    """Uniform affine quantizer: q = clamp(round(x/s) + z, qmin, qmax), x̂ = s·(q − z).
+
+    Symmetric: z = 0 and q in [-2^(b-1), 2^(b-1) - 1]. Asymmetric: q in [0, 2^b - 1] with an integer zero point.
+    Ranges from min-max, percentiles (`options: lo_pct, hi_pct`) or an MSE grid search over shrunken min-max ranges
+    (`options: grid` candidates, `norm` p of the Lp error).
+    """
+
+    def __init__(self, spec, channel_axis=-1):
+        super().__init__(spec, channel_axis)
+        self.register_buffer("scale", torch.ones(1))
+        self.register_buffer("zero_point", torch.zeros(1))
+        if spec.symmetric:
+            self.qmin, self.qmax = -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
+        else:
+            self.qmin, self.qmax = 0, 2 ** spec.bits - 1
+
+    def params_from_range(self, lo, hi):
+        lo = torch.minimum(lo, torch.zeros_like(lo))
+        hi = torch.maximum(hi, torch.zeros_like(hi))
+        if self.spec.symmetric:
+            scale = torch.maximum(-lo, hi) / ((self.qmax - self.qmin) / 2)
+            scale = scale.clamp_min(1e-8)
+            return scale, torch.zeros_like(scale)
+        scale = ((hi - lo) / (self.qmax - self.qmin)).clamp_min(1e-8)
+        zero = (-lo / scale).round().clamp(self.qmin, self.qmax)
+        return scale, zero
+
+    def fake_quant(self, x, scale, zero):
+        q = torch.clamp(round_ste(x / scale) + zero, self.qmin, self.qmax)
+        return (q - zero) * scale
+
+    def quantize(self, x):
+        return self.fake_quant(x, _broadcast(self.scale, x, self.channel_axis), _broadcast(self.zero_point, x, self.channel_axis))
+
+    def _calibrate(self, obs):
+        lo, hi, samples = self._reduce_stats(obs)
+        search, opts = self.spec.search, self.spec.opts
+        if search == "percentile":
+            flat = samples if self.per_channel else samples.reshape(-1, 1)
+            lo = torch.quantile(flat[: 2 ** 24 // flat.shape[1]], opts.get("lo_pct", 0.0001), dim=0)
+            hi = torch.quantile(flat[: 2 ** 24 // flat.shape[1]], opts.get("hi_pct", 0.9999), dim=0)
+        elif search == "mse":
+            lo, hi = self.mse_range(lo, hi, samples, grid=opts.get("grid", 40), norm=opts.get("norm", 2.0))
+        scale, zero = self.params_from_range(lo, hi)
+        self._set(scale=scale, zero_point=zero)
+
+    def mse_range(self, lo, hi, samples, grid=40, norm=2.0, low_frac=0.3):
+        """Shrink [lo, hi] by a factor in [low_frac, 1] per channel, minimising the Lp quantization error."""
+        def error(cand):
+            scale, zero = self.params_from_range(*cand)
+            return (self.fake_quant(samples, scale, zero) - samples).abs().pow(norm).sum(0)
+
+        fracs = torch.linspace(1.0, low_frac, grid).tolist()
+        lo_best, hi_best = _search_best([(lo * f, hi * f) for f in fracs], error)
+        return lo_best, hi_best
+
+
+class _LogQuantizer(Quantizer):
+    """Logarithmic grid for non-negative inputs (post-Softmax): x̂ = s·2^(-j/k), j = 0 … 2^b − 2, plus an exact 0.
+
+    k = 1 gives log2, k = 2 log√2 (RepQ-ViT). All 2^b codes are used: 2^b − 1 powers and one zero code, which takes
+    every value below the smallest power (j > 2^b − 2 after rounding). The scale s (the largest level) is searched
+    over fractions of the observed maximum by MSE.
+    """
+    base_div = 1
+
+    def __init__(self, spec, channel_axis=-1):
+        super().__init__(spec, channel_axis)
+        self.register_buffer("scale", torch.ones(1))
+        self.levels = 2 ** spec.bits - 1  # non-zero levels
+
+    def fake_quant(self, x, scale):
+        k = self.base_div
+        ratio = (x / scale).clamp_min(1e-30)
+        j = round_ste(-k * torch.log2(ratio)).clamp_min(0)
+        out = scale * torch.pow(2.0, -j / k)
+        return torch.where(j > self.levels - 1, torch.zeros_like(out), out)
+
+    def quantize(self, x):
+        return self.fake_quant(x, _broadcast(self.scale, x, self.channel_axis))
+
+    def _calibrate(self, obs):
+        _, hi, samples = self._reduce_stats(obs)
+        hi = hi.clamp_min(1e-8)
+        if self.spec.search == "minmax":
+            scale = hi
+        else:
+            scale = _search_best([hi * f for f in torch.linspace(1.0, 0.5, 20).tolist()],
+                                 lambda s: (self.fake_quant(samples, s) - samples).pow(2).sum(0))
+        self._set(scale=scale)
+
+
+@register_quantizer("log2")
+class Log2Quantizer(_LogQuantizer):
+    base_div = 1
+
+
+@register_quantizer("log_sqrt2")
+class LogSqrt2Quantizer(_LogQuantizer):
+    """log√2 grid of RepQ-ViT (Li et al., ICCV 2023, Sec. 3.3): levels s·2^(-j/2)."""
+    base_div = 2
+
+
+@register_quantizer("twin_uniform")
+class TwinUniformQuantizer(Quantizer):
+    """Twin uniform quantizer of PTQ4ViT (Yuan et al., ECCV 2022, Sec. 3.2).
+
+    Two uniform ranges share the b-bit code, one bit choosing the range, 2^(b-1) levels each, with steps Δ1 and
+    Δ2 = 2^m·Δ1 (a power-of-two ratio, so both ranges align to one integer grid).
+    - `mode="magnitude"` (post-Softmax): R1 = [0, (2^(b-1)-1)Δ1] holds the many small values, R2 = [0, (2^(b-1)-1)Δ2]
+      the large ones; a value goes to R1 when it fits there.
+    - `mode="sign"` (post-GELU): R1 = [-(2^(b-1))Δ1, 0] holds the negative values, R2 = [0, (2^(b-1)-1)Δ2] the
+      positive ones.
+    Δ2 comes from the maximum (shrunk by an MSE search), m from an MSE search over 0 … 10. PTQ4ViT searches with a
+    Hessian-guided output metric; here the search is on the activation's own quantization error.
+    """
+
+    def __init__(self, spec, channel_axis=-1):
+        super().__init__(spec, channel_axis)
+        self.mode = spec.opts.get("mode", "magnitude")
+        self.register_buffer("delta1", torch.ones(1))
+        self.register_buffer("delta2", torch.ones(1))
+        self.half = 2 ** (spec.bits - 1)
+
+    def fake_quant(self, x, d1, d2):
+        top = self.half - 1
+        if self.mode == "sign":
+            q1 = torch.clamp(round_ste(x / d1), -self.half, 0) * d1
+            q2 = torch.clamp(round_ste(x / d2), 0, top) * d2
+            return torch.where(x < 0, q1, q2)
+        q1 = torch.clamp(round_ste(x / d1), 0, top) * d1
+        q2 = torch.clamp(round_ste(x / d2), 0, top) * d2
+        return torch.where(x <= top * d1, q1, q2)
+
+    def quantize(self, x):
+        return self.fake_quant(x, _broadcast(self.delta1, x, self.channel_axis), _broadcast(self.delta2, x, self.channel_axis))
+
+    def _calibrate(self, obs):
+        lo, hi, samples = self._reduce_stats(obs)
+        top = self.half - 1
+        best, best_err = None, None
+        for frac in torch.linspace(1.0, 0.5, 8).tolist():
+            d2 = (hi.clamp_min(1e-8) * frac) / top
+            for m in range(0, 11):
+                d1 = d2 / (2 ** m)
+                err = (self.fake_quant(samples, d1, d2) - samples).pow(2).sum(0)
+                if best is None:
+                    best, best_err = (d1, d2), err
+                else:
+                    better = err < best_err
+                    best = (torch.where(better, d1, best[0]), torch.where(better, d2, best[1]))
+                    best_err = torch.where(better, err, best_err)
+        self._set(delta1=best[0], delta2=best[1])
+
+
+__all__ = ["Quantizer", "UniformQuantizer", "Log2Quantizer", "LogSqrt2Quantizer", "TwinUniformQuantizer",
+           "Observation", "build_quantizer", "register_quantizer", "QUANTIZERS", "round_ste"]

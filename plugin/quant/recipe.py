@@ -1,0 +1,138 @@
+"""Recipes: which quantizer goes where, and which calibration passes run. Registered by name.
+
+A recipe is data: default weight and activation specs, per-site overrides (`sites`), the post-LayerNorm
+reparameterisation rule and a list of extra passes. Site keys, looked up in this order for each quantizer:
+
+- weights: `<role>.weight`, then `weight`;
+- inputs of Linear/Conv: `<role>.input`, then `post_gelu` (input of FC2), `post_ln` (input of a LayerNorm consumer),
+  then `act`;
+- `q`, `k` (operands of q@kᵀ), `post_softmax`, `v` (operands of attn@v), then `act`.
+
+A site mapped to None stays in float. Roles listed in `float_roles` are not quantized at all.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from ..errors import UserInputError
+from .spec import QuantSpec, Role
+
+RECIPE_VERSION = 1
+RECIPES: Dict[str, Callable[..., "Recipe"]] = {}
+
+
+@dataclass
+class Recipe:
+    name: str
+    w_bits: int
+    a_bits: int
+    weight: QuantSpec
+    act: QuantSpec
+    sites: Dict[str, Optional[QuantSpec]] = field(default_factory=dict)
+    float_roles: tuple = ()
+    reparam: Optional[str] = None          # None | "mean" (RepQ-ViT) | other registered scale rules
+    sequential: bool = True                # calibrate group by group, later groups seeing quantized earlier ones
+    passes: List[dict] = field(default_factory=list)
+    calib_num: int = 32
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self):
+        for key, spec in self.sites.items():
+            if spec is not None and not isinstance(spec, QuantSpec):
+                raise UserInputError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
+
+    def spec_for(self, keys):
+        """The spec of the first key present in `sites` (None = float), else the default of the last key."""
+        for key in keys:
+            if key in self.sites:
+                return self.sites[key]
+        return self.weight if keys[-1] == "weight" else self.act
+
+    def to_dict(self):
+        return {
+            "name": self.name, "w_bits": self.w_bits, "a_bits": self.a_bits,
+            "weight": self.weight.to_dict(), "act": self.act.to_dict(),
+            "sites": {k: (v.to_dict() if v is not None else None) for k, v in self.sites.items()},
+            "float_roles": [Role(r).value for r in self.float_roles], "reparam": self.reparam,
+            "sequential": self.sequential, "passes": [dict(p) for p in self.passes], "calib_num": self.calib_num,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, d):
+        if d.get("version", 0) > RECIPE_VERSION:
+            raise UserInputError(f"recipe version {d.get('version')} is newer than this library ({RECIPE_VERSION})")
+        return cls(
+            name=d["name"], w_bits=d["w_bits"], a_bits=d["a_bits"],
+            weight=QuantSpec.from_dict(d["weight"]), act=QuantSpec.from_dict(d["act"]),
+            sites={k: (QuantSpec.from_dict(v) if v is not None else None) for k, v in d["sites"].items()},
+            float_roles=tuple(Role(r) for r in d.get("float_roles", ())), reparam=d.get("reparam"),
+            sequential=d.get("sequential", True), passes=[dict(p) for p in d.get("passes", [])],
+            calib_num=d.get("calib_num", 32), version=d.get("version", RECIPE_VERSION),
+        )
+
+
+def register_recipe(name):
+    def deco(fn):
+        RECIPES[name] = fn
+        return fn
+    return deco
+
+
+def get_recipe(name, w_bits=4, a_bits=4, **overrides) -> Recipe:
+    """Build a registered recipe at the given bit widths; keyword overrides replace recipe fields."""
+    if name not in RECIPES:
+        raise UserInputError(f"unknown method {name!r}; available: {', '.join(sorted(RECIPES))}")
+    for label, bits in (("weight", w_bits), ("activation", a_bits)):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise UserInputError(f"{label} bit width must be an integer from 2 to 8, got {bits!r}")
+    recipe = RECIPES[name](w_bits, a_bits)
+    for key, value in overrides.items():
+        if not hasattr(recipe, key):
+            raise UserInputError(f"recipe {name} has no field {key!r}")
+        setattr(recipe, key, value)
+    return recipe
+
+
+def _first_layer_sites(w_bits):
+    # The patch embedding sees raw pixels: its input stays at 8 bit in every method (the papers' setting).
+    return {"patch_embed.input": QuantSpec(8, search="minmax")}
+
+
+@register_recipe("minmax")
+def minmax_recipe(w_bits, a_bits):
+    """Plain min-max uniform quantization: per-channel weights, per-tensor activations, uniform everywhere."""
+    return Recipe(
+        name="minmax", w_bits=w_bits, a_bits=a_bits,
+        weight=QuantSpec(w_bits, granularity="channel"),
+        act=QuantSpec(a_bits),
+        sites=_first_layer_sites(w_bits),
+    )
+
+
+@register_recipe("ptq4vit")
+def ptq4vit_recipe(w_bits, a_bits):
+    """PTQ4ViT (Yuan et al., ECCV 2022): twin-uniform post-Softmax and post-GELU, searched scales elsewhere."""
+    sites = _first_layer_sites(w_bits)
+    sites["post_softmax"] = QuantSpec(a_bits, kind="twin_uniform", options=(("mode", "magnitude"),))
+    sites["post_gelu"] = QuantSpec(a_bits, kind="twin_uniform", options=(("mode", "sign"),))
+    return Recipe(
+        name="ptq4vit", w_bits=w_bits, a_bits=a_bits,
+        weight=QuantSpec(w_bits, granularity="channel", search="mse"),
+        act=QuantSpec(a_bits, search="mse"),
+        sites=sites,
+    )
+
+
+@register_recipe("repq")
+def repq_recipe(w_bits, a_bits):
+    """RepQ-ViT (Li et al., ICCV 2023): post-LN channel-wise scales folded into LayerNorm + next Linear, log√2 softmax."""
+    sites = _first_layer_sites(w_bits)
+    sites["post_softmax"] = QuantSpec(a_bits, kind="log_sqrt2", search="mse")
+    sites["post_ln"] = QuantSpec(a_bits, search="mse")
+    return Recipe(
+        name="repq", w_bits=w_bits, a_bits=a_bits,
+        weight=QuantSpec(w_bits, granularity="channel", search="mse"),
+        act=QuantSpec(a_bits, search="mse"),
+        sites=sites,
+        reparam="mean",
+    )

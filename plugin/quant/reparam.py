@@ -1,0 +1,86 @@
+"""Post-LayerNorm scale reparameterisation (RepQ-ViT, Li et al., ICCV 2023, Sec. 3.2).
+
+Post-LN activations have a few channels with much larger ranges. Quantizing them channel-wise (scale s_c, zero
+point z_c) and then choosing one layer-wise pair (s̃, z̃ = round(mean z_c)) gives the variation factors
+r1 = s_c / s̃ and r2 = z_c − z̃. With
+    γ' = γ / r1,  β' = β / r1 + s̃·r2           (LayerNorm affine)
+    W' = W·diag(r1),  b' = b − W'·(s̃·r2)        (every consuming Linear)
+the layer-wise quantizer (s̃, z̃) on x' = x / r1 + s̃·r2 produces exactly the codes of the channel-wise quantizer on x,
+and the float network is unchanged. The rule that picks s̃ from the s_c is registered by name (`mean` for RepQ-ViT;
+other methods register theirs) and changes only how hard the reparameterised weights are to quantize.
+"""
+import torch
+import torch.nn as nn
+
+from .calibrate import REPARAM_RULES
+from .quantizers import UniformQuantizer
+
+
+def register_reparam_rule(name):
+    def deco(fn):
+        REPARAM_RULES[name] = fn
+        return fn
+    return deco
+
+
+@register_reparam_rule("mean")
+def mean_scale(scales, obs=None):
+    """RepQ-ViT: the layer-wise scale is the mean of the channel-wise scales."""
+    return scales.mean()
+
+
+def _ensure_affine(norm: nn.Module):
+    c = norm.normalized_shape[-1] if hasattr(norm, "normalized_shape") else norm.weight.shape[0]
+    ref = next((t for t in norm.parameters()), None)
+    kw = dict(device=ref.device if ref is not None else None)
+    if getattr(norm, "weight", None) is None:
+        norm.weight = nn.Parameter(torch.ones(c, **kw))
+        norm.elementwise_affine = True
+    if getattr(norm, "bias", None) is None:
+        norm.bias = nn.Parameter(torch.zeros(c, device=norm.weight.device))
+
+
+def fold_scales(norm: nn.Module, consumers, r1, shift):
+    """Apply x' = x / r1 + shift to the LayerNorm output and undo it in every consuming Linear (in place)."""
+    _ensure_affine(norm)
+    with torch.no_grad():
+        norm.weight.div_(r1)
+        norm.bias.div_(r1).add_(shift)
+        for lin in consumers:
+            lin.weight.mul_(r1)
+            correction = lin.weight @ shift
+            if lin.bias is None:
+                lin.bias = nn.Parameter(-correction)
+            else:
+                lin.bias.sub_(correction)
+
+
+def reparameterize_group(ctx, members, observations):
+    """Reparameterise every norm → consumers pair whose consumers are in `members`, and set their input quantizers."""
+    rule = REPARAM_RULES[ctx.recipe.reparam]
+    member_names = {s.name for s in members}
+    for norm_name, consumer_names in ctx.adapter.norm_consumers(ctx.model):
+        sites = [ctx.by_name[c] for c in consumer_names if c in ctx.by_name]
+        if not sites or sites[0].name not in member_names:
+            continue
+        quantizers = [s.module.input_quantizer for s in sites]
+        if any(q is None or not isinstance(q, UniformQuantizer) or q.spec.symmetric or q.per_channel
+               for q in quantizers):
+            continue  # only an asymmetric layer-wise uniform quantizer can absorb the channel-wise one exactly
+        obs = observations.get((sites[0].name, "input_quantizer"))
+        if obs is None:
+            continue
+        spec = quantizers[0].spec
+        channelwise = UniformQuantizer(spec.replace(granularity="channel"), channel_axis=-1).calibrate(obs)
+        scales, zeros = channelwise.scale, channelwise.zero_point
+        s_layer = rule(scales, obs).reshape(())
+        z_layer = zeros.mean().round()
+        r1 = scales / s_layer
+        shift = s_layer * (zeros - z_layer)
+        fold_scales(ctx.model.get_submodule(norm_name), [s.module for s in sites], r1, shift)
+        new_obs = obs.map_channels(lambda t: t / r1 + shift)
+        for site, q in zip(sites, quantizers):
+            q._set(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))
+            q.initialized.fill_(True)
+            q._ready = True
+            observations[(site.name, "input_quantizer")] = new_obs

@@ -1,0 +1,50 @@
+"""The task interface that tools/ptq_test.py drives, and the task registry.
+
+A task builds the float model from a config and a checkpoint, gives calibration batches from a training split and
+evaluates a model to a dict of metrics. Everything method-specific lives in plugin/quant.
+"""
+from typing import Dict
+
+TASKS: Dict[str, type] = {}
+
+
+def register_task(name):
+    def deco(cls):
+        TASKS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def get_task(name):
+    from ..errors import UserInputError
+    if name not in TASKS:
+        raise UserInputError(f"unknown task {name!r} in config; known tasks: {sorted(TASKS)}")
+    return TASKS[name]
+
+
+class Task:
+    """Subclasses set `primary_metric` and implement the four methods below."""
+    name = "task"
+    primary_metric = "metric"
+    # Default number of calibration samples when the user gives no --calib-num (the papers' defaults).
+    default_calib_num = 32
+
+    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none"):
+        self.cfg, self.checkpoint, self.device, self.work_dir, self.launcher = cfg, checkpoint, device, work_dir, launcher
+
+    def build_model(self):
+        """Float model on self.device, eval mode, checkpoint loaded (safely: weights_only unless opted out)."""
+        raise NotImplementedError
+
+    def calib_data(self, model, num, seed):
+        """plugin.quant.CalibData with `num` samples from a training/calibration split (never the test split)."""
+        raise NotImplementedError
+
+    def evaluate(self, model, progress=True):
+        """Dict of metric name -> float (percentages for accuracies and mAP/mIoU)."""
+        raise NotImplementedError
+
+    def model_meta(self):
+        """JSON-serialisable description that, with the config, rebuilds the float model (saved beside weights)."""
+        return {}
