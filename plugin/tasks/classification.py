@@ -1,0 +1,100 @@
+"""Image classification with timm models (ViT, DeiT, Swin): top-1 / top-5.
+
+Config keys: `model = dict(name=<timm name>, kwargs=dict(...))`, `data = dict(type=..., ...)` (see cls_data.py),
+`calib = dict(num=32, batch_size=32)`, `eval = dict(batch_size=..., num_workers=...)`.
+"""
+import sys
+
+import torch
+
+from ..errors import UserInputError
+from ..utils.checkpoint import load_into, load_state_dict_file
+from ..utils.progress import progress
+from .base import Task, register_task
+
+
+def _get(cfg, key, default=None):
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def timm_filter_fn(model):
+    """timm's own checkpoint_filter_fn for the model's family (official checkpoints: key renames, pos-embed resize)."""
+    fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if fn is None:
+        return None
+
+    def _filter(state, model):
+        own = model.state_dict()
+        if set(state) == set(own):  # already in this model's layout; nothing to convert
+            return state
+        return fn(state, model)
+    return _filter
+
+
+@register_task("classification")
+class ClassificationTask(Task):
+    primary_metric = "top1"
+    default_calib_num = 32
+
+    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
+        super().__init__(cfg, checkpoint, device, work_dir, launcher)
+        self.unsafe_load = unsafe_load
+        self._datasets = None
+
+    def build_model(self):
+        import timm
+        mcfg = _get(self.cfg, "model")
+        if mcfg is None or "name" not in mcfg:
+            raise UserInputError("classification config needs model = dict(name=<timm model>, kwargs=dict(...))")
+        try:
+            model = timm.create_model(mcfg["name"], pretrained=False, **dict(mcfg.get("kwargs", {}) or {}))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise UserInputError(f"cannot build timm model {mcfg['name']!r}: {exc}") from exc
+        state = load_state_dict_file(self.checkpoint, unsafe=self.unsafe_load)
+        load_into(model, state, self.checkpoint, filter_fn=timm_filter_fn(model))
+        return model.to(self.device).eval()
+
+    def datasets(self, model):
+        if self._datasets is None:
+            from .cls_data import build_cls_datasets
+            self._datasets = build_cls_datasets(dict(_get(self.cfg, "data")), model)
+        return self._datasets
+
+    def calib_data(self, model, num, seed):
+        from ..quant import CalibData
+        from .cls_data import calib_subset
+        calib_set, _ = self.datasets(model)
+        subset = calib_subset(calib_set, num, seed)
+        bs = int(_get(_get(self.cfg, "calib", {}), "batch_size", 32))
+        images = torch.stack([subset[i][0] for i in range(len(subset))])
+        batches = [images[i:i + bs].to(self.device) for i in range(0, len(images), bs)]
+        return CalibData(batches, lambda m, batch: m(batch))
+
+    def evaluate(self, model, progress_enabled=True, desc="eval"):
+        _, eval_set = self.datasets(model)
+        ecfg = _get(self.cfg, "eval", {})
+        loader = torch.utils.data.DataLoader(
+            eval_set, batch_size=int(_get(ecfg, "batch_size", 64)), shuffle=False,
+            num_workers=int(_get(ecfg, "num_workers", 0)))
+        correct1 = correct5 = total = 0
+        model.eval()
+        with torch.no_grad():
+            for images, labels in progress(loader, desc=desc, enabled=progress_enabled):
+                logits = model(images.to(self.device))
+                if isinstance(logits, (tuple, list)):  # distilled DeiT in train mode; eval returns the mean
+                    logits = logits[0]
+                if not torch.isfinite(logits).all():
+                    raise UserInputError("the model produced NaN/inf logits during evaluation")
+                labels = labels.to(logits.device)
+                top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                correct1 += (top[:, 0] == labels).sum().item()
+                correct5 += (top == labels[:, None]).any(1).sum().item()
+                total += labels.numel()
+        if total == 0:
+            raise UserInputError("the evaluation set is empty")
+        return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "num_images": total}
+
+    def model_meta(self):
+        mcfg = _get(self.cfg, "model")
+        return {"task": "classification", "timm_model": mcfg["name"], "timm_kwargs": dict(mcfg.get("kwargs", {}) or {})}

@@ -1,0 +1,62 @@
+"""Loading user checkpoints without arbitrary code execution.
+
+.safetensors files are read with safetensors; .pth/.pt/.bin with `torch.load(weights_only=True)`, which refuses
+pickled objects. `unsafe=True` (the CLI's --unsafe-load) is the explicit opt-in for checkpoints that need pickle.
+"""
+import os
+
+from ..errors import UserInputError
+
+WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module", "base_model", "net")
+
+
+def load_state_dict_file(path, unsafe=False, map_location="cpu"):
+    """Return the tensor dict of a checkpoint file (unwrapping common containers and 'module.' prefixes)."""
+    import torch
+    if not os.path.isfile(path):
+        raise UserInputError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            state = load_file(path, device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserInputError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
+    else:
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=not unsafe)
+        except Exception as exc:  # UnpicklingError for pickled objects; RuntimeError/EOFError for broken files
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = "" if unsafe else (" If you trust this file and it needs pickled objects, pass --unsafe-load "
+                                      "(this can execute code from the file).")
+            raise UserInputError(f"cannot load checkpoint {path} safely: {msg}.{hint}") from exc
+    for _ in range(3):
+        if isinstance(state, dict) and not any(hasattr(v, "shape") for v in state.values()):
+            inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+            if inner is None:
+                break
+            state = inner
+    if not isinstance(state, dict) or not any(hasattr(v, "shape") for v in state.values()):
+        raise UserInputError(f"checkpoint {path} holds no state dict of tensors")
+    state = {k: v for k, v in state.items() if hasattr(v, "shape")}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_into(model, state, path, filter_fn=None):
+    """Load strictly, with one clear message listing what does not match."""
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+            if keys:
+                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+        raise UserInputError(f"checkpoint {path} does not match the model: " + "; ".join(parts))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model

@@ -1,0 +1,110 @@
+"""tools/ptq_test.py end to end on the embedded default, and its handling of bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import ptq_test  # noqa: E402
+
+CONFIG = os.path.join(REPO, "configs/classification/fmnist_vit_tiny.py")
+CKPT = os.path.join(REPO, "plugin/assets/fmnist_vit_tiny.safetensors")
+
+
+def run_cli(*argv):
+    return ptq_test.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def embedded_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptq")
+    code = run_cli(CONFIG, CKPT, "--bits", "4", "--method", "minmax", "ptq4vit", "repq", "--out", out, "--quiet",
+                   "--device", "cpu")
+    assert code == 0
+    return out, json.load(open(out / "report.json"))
+
+
+def test_embedded_default_end_to_end(embedded_report):
+    out, report = embedded_report
+    assert report["fp"]["top1"] > 70.0  # the shipped model is a real classifier
+    assert [r["method"] for r in report["results"]] == ["minmax", "ptq4vit", "repq"]
+    for r in report["results"]:
+        assert (r["w_bits"], r["a_bits"]) == (4, 4)
+        assert 0.0 <= r["metrics"]["top1"] <= 100.0 and r["metrics"]["num_images"] == report["fp"]["num_images"]
+        assert r["calib_time_s"] > 0 and r["calib_num"] == 32
+    md = open(out / "report.md").read()
+    for r in report["results"]:
+        assert f"{r['metrics']['top1']:.2f}" in md  # the Markdown shows the same numbers as the JSON
+    assert f"{report['fp']['top1']:.2f}" in md
+
+
+def test_repq_w8a8_close_to_float(tmp_path):
+    assert run_cli(CONFIG, CKPT, "--bits", "8", "--method", "repq", "--out", tmp_path, "--quiet", "--device", "cpu") == 0
+    report = json.load(open(tmp_path / "report.json"))
+    assert abs(report["results"][0]["metrics"]["top1"] - report["fp"]["top1"]) < 2.0
+
+
+def _assert_failed(capsys, code, out_dir, words):
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error" in err.lower() and all(w.lower() in err.lower() for w in words), err
+    assert not os.path.exists(os.path.join(out_dir, "report.json"))
+    assert "Traceback" not in err
+
+
+def test_missing_config(tmp_path, capsys):
+    _assert_failed(capsys, run_cli(tmp_path / "nope.py", CKPT, "--out", tmp_path), tmp_path, ["config", "not found"])
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    _assert_failed(capsys, run_cli(CONFIG, tmp_path / "nope.pth", "--out", tmp_path), tmp_path, ["checkpoint"])
+
+
+def test_mismatched_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": {"blocks.0.wrong.weight": torch.zeros(3)}}, bad)
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path, ["does not match"])
+
+
+def test_pickled_checkpoint_refused(tmp_path, capsys):
+    bad = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": ValueError("x")}, bad)
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path, ["--unsafe-load"])
+
+
+@pytest.mark.parametrize("argv", [["--bits", "9"], ["--bits", "1"], ["--calib-num", "0"], ["--w-bits", "x"]])
+def test_bad_numbers_rejected_by_parser(tmp_path, argv):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(CONFIG, CKPT, "--out", tmp_path, *argv)
+    assert exc.value.code == 2
+    assert not os.path.exists(tmp_path / "report.json")
+
+
+def test_calib_num_larger_than_data(tmp_path, capsys):
+    code = run_cli(CONFIG, CKPT, "--calib-num", "100000", "--out", tmp_path, "--quiet", "--no-fp")
+    _assert_failed(capsys, code, tmp_path, ["100000"])
+
+
+def test_unknown_method(tmp_path, capsys):
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "nosuch", "--out", tmp_path), tmp_path, ["nosuch"])
+
+
+def test_nan_activations_during_calibration(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    state = load_file(CKPT)
+    key = next(k for k in state if k.endswith("mlp.fc1.weight"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    bad = str(tmp_path / "nan.safetensors")
+    save_file(state, bad)
+    code = run_cli(CONFIG, bad, "--out", tmp_path, "--quiet", "--no-fp")
+    _assert_failed(capsys, code, tmp_path, ["non-finite"])
+
+
+def test_exit_code_of_the_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools/ptq_test.py"), CONFIG, str(tmp_path / "x.pth")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr

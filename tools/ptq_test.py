@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""Quantize a model with one or several PTQ methods and report the task metric, full precision beside quantized.
+
+    python tools/ptq_test.py CONFIG CHECKPOINT --bits 4 [--method repq ptq4vit ...] [--out DIR]
+
+Writes DIR/report.json and DIR/report.md at the end (atomically: an interrupted run leaves no report behind).
+Bad input gives one error line and exit code 2.
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def bit_width(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bit width must be an integer, got {text!r}")
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"bit width must be from 2 to 8, got {value}")
+    return value
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="task config (.py)")
+    p.add_argument("checkpoint", help="float checkpoint (.safetensors, or .pth/.pt loaded with weights_only)")
+    p.add_argument("--bits", type=bit_width, nargs="+", default=None,
+                   help="weight and activation bits; several values run each method at each width (default 4)")
+    p.add_argument("--w-bits", type=bit_width, help="weight bits (overrides --bits)")
+    p.add_argument("--a-bits", type=bit_width, help="activation bits (overrides --bits)")
+    p.add_argument("--method", nargs="+", default=["repq"], help="one or several registered methods")
+    p.add_argument("--calib-num", type=positive_int, help="calibration samples (default: the method's/task's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder for report.json / report.md (default work_dirs/ptq/<config>)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--save-model", action="store_true", help="also save each quantized model (safetensors + JSON)")
+    p.add_argument("--no-fp", action="store_true", help="skip the full-precision evaluation")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="allow checkpoints that need pickle (can execute code from the file; only for trusted files)")
+    p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="override config entries (mmengine syntax), as in mmdet's tools/test.py")
+    p.add_argument("--work-dir", help="work dir for mmengine-based tasks")
+    p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = p.parse_args(argv)
+    if args.bits and len(args.bits) > 1 and (args.w_bits or args.a_bits):
+        p.error("--w-bits/--a-bits cannot be combined with several --bits values")
+    return args
+
+
+def bit_pairs(args):
+    bits = args.bits or [4]
+    if args.w_bits or args.a_bits:
+        return [(args.w_bits or bits[0], args.a_bits or bits[0])]
+    return [(b, b) for b in bits]
+
+
+def apply_cfg_options(cfg, options):
+    if not options:
+        return cfg
+    from plugin.errors import UserInputError
+    updates = {}
+    for item in options:
+        if "=" not in item:
+            raise UserInputError(f"--cfg-options entries must be KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            import ast
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        updates[key] = value
+    if hasattr(cfg, "merge_from_dict"):
+        cfg.merge_from_dict(updates)
+    else:
+        for key, value in updates.items():
+            node = cfg
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return cfg
+
+
+def markdown_report(report):
+    metric_names = [k for k in report["fp"] if k != "num_images"] if report.get("fp") else \
+        [k for k in report["results"][0]["metrics"] if k != "num_images"]
+    head = "| method | W/A | " + " | ".join(metric_names) + " | calib time (s) |"
+    lines = [f"# PTQ report: {os.path.basename(report['config'])}", "",
+             f"checkpoint `{report['checkpoint']}`, task {report['task']}, device {report['device']}, "
+             f"seed {report['seed']}", "", head, "|" + "---|" * (len(metric_names) + 3)]
+    if report.get("fp"):
+        lines.append("| full precision | 32/32 | " + " | ".join(f"{report['fp'][k]:.2f}" for k in metric_names)
+                     + " | - |")
+    for r in report["results"]:
+        lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | "
+                     + " | ".join(f"{r['metrics'][k]:.2f}" for k in metric_names)
+                     + f" | {r['calib_time_s']:.1f} |")
+    lines += ["", f"calibration samples: {', '.join(sorted({str(r['calib_num']) for r in report['results']}))}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report, out_dir):
+    from plugin.quant.io import _atomic_write
+    os.makedirs(out_dir, exist_ok=True)
+    _atomic_write(os.path.join(out_dir, "report.json"),
+                  lambda p: open(p, "w").write(json.dumps(report, indent=2, sort_keys=True)))
+    _atomic_write(os.path.join(out_dir, "report.md"), lambda p: open(p, "w").write(markdown_report(report)))
+
+
+def run(args):
+    import torch
+
+    import plugin  # noqa: F401  (registers tasks, adapters, methods)
+    from plugin.config import load_config
+    from plugin.errors import UserInputError
+    from plugin.quant import get_recipe, quantize, save_quantized
+    from plugin.quant.io import package_versions
+    from plugin.tasks.base import get_task
+
+    cfg = apply_cfg_options(load_config(args.config), args.cfg_options)
+    task_name = cfg.get("task", None) if hasattr(cfg, "get") else None
+    if task_name is None:
+        raise UserInputError(f"config {args.config} has no `task` entry (classification, detection, "
+                             "pointcloud_cls, pointcloud_partseg)")
+    task_cls = get_task(task_name)
+    for method in args.method:
+        get_recipe(method, 4, 4)  # unknown methods fail before any work is done
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device} asked for, but no CUDA device is available")
+    kwargs = dict(device=device, work_dir=args.work_dir, launcher=args.launcher)
+    if args.unsafe_load:
+        kwargs["unsafe_load"] = True
+    task = task_cls(cfg, args.checkpoint, **kwargs)
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    out_dir = args.out or os.path.join("work_dirs", "ptq", os.path.splitext(os.path.basename(args.config))[0])
+
+    torch.manual_seed(args.seed)
+    fp_model = task.build_model()
+    report = {"config": args.config, "checkpoint": args.checkpoint, "task": task_name, "device": device,
+              "seed": args.seed, "primary_metric": task.primary_metric, "versions": package_versions(),
+              "model": task.model_meta(), "fp": None, "results": []}
+    if not args.no_fp:
+        report["fp"] = task.evaluate(fp_model, not args.quiet, desc="eval full precision")
+        log(f"full precision: {json.dumps(report['fp'])}")
+    for w_bits, a_bits in bit_pairs(args):
+        for method in args.method:
+            recipe = get_recipe(method, w_bits, a_bits)
+            num = args.calib_num or (recipe.calib_num if recipe.passes else task.default_calib_num)
+            torch.manual_seed(args.seed)
+            calib = task.calib_data(fp_model, num, args.seed)
+            model = copy.deepcopy(fp_model)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.time()
+            quantize(model, recipe, calib, log=log, seed=args.seed)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            calib_time = time.time() - t0
+            metrics = task.evaluate(model, not args.quiet, desc=f"eval {method} W{w_bits}A{a_bits}")
+            log(f"{method} W{w_bits}A{a_bits}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")
+            entry = {"method": method, "w_bits": w_bits, "a_bits": a_bits, "metrics": metrics,
+                     "calib_time_s": calib_time, "calib_num": num, "recipe": recipe.to_dict()}
+            if args.save_model:
+                prefix = os.path.join(out_dir, "models", f"{method}_w{w_bits}a{a_bits}")
+                save_quantized(model, prefix, extra_meta={"model": task.model_meta(), "metrics": metrics})
+                entry["saved_model"] = prefix
+            report["results"].append(entry)
+            del model
+    write_reports(report, out_dir)
+    print(markdown_report(report))
+    print(f"reports written to {os.path.join(out_dir, 'report.json')} and report.md")
+    return report
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from plugin.errors import CalibrationError, UserInputError
+    try:
+        run(args)
+    except (UserInputError, CalibrationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no report written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
