@@ -8,3 +8,5 @@ __version__ = "0.1.0"
 from . import quant  # noqa: F401,E402
 from . import adapters  # noqa: F401,E402
 from .tasks import classification  # noqa: F401,E402
+from . import det  # noqa: F401,E402  (QuantSwin + mmcv-lite ops when mmdet is installed; warns once otherwise)
+from .tasks import detection  # noqa: F401,E402

@@ -13,3 +13,5 @@ __all__ = [
     "load_quantized", "quantize", "read_meta", "register_pass", "register_quantizer", "register_recipe",
     "register_reparam_rule", "save_quantized", "set_quant_enabled",
 ]
+
+from . import mosf, seed_quantizers, seed_recipes  # noqa: F401,E402  (registers tanq/sulq/dfq, "mosf", seed recipes)

@@ -1,0 +1,80 @@
+"""Recipes of the three seed methods, with every component a keyword switch and the ablations registered by name.
+
+- `dopq`   DopQ-ViT (arXiv 2408.03291): TanQ post-Softmax, post-LayerNorm reparameterisation with the MOSF scale.
+- `isvit`  I&S-ViT (arXiv 2311.10126): SULQ post-Softmax, channel-wise post-LayerNorm quantizers, and the three-stage
+           smooth optimisation pass `sos` (plugin.quant.recon), which reconstructs blocks, reparameterises the
+           channel-wise post-LN quantizers to layer-wise with its `rule` (stage 2) and reconstructs again.
+- `aiqvit` AIQViT (arXiv 2502.04628): DFQ post-Softmax, RepQ-style reparameterisation, and the `lowrank` pass
+           (architecture-informed low-rank compensation trained with an easy-to-hard curriculum).
+
+Ablations are one switch each, e.g. `aiqvit_recipe(4, 4, lowrank=False)`, registered as `aiqvit_no_lowrank`. Passes
+that are not registered when the recipe runs make `quantize` raise a clear error. The choices behind the defaults
+(calibration sizes, iteration counts, baseline quantizers of the ablations) are in docs/methods.md.
+"""
+from functools import partial
+
+from .recipe import Recipe, _first_layer_sites, register_recipe
+from .spec import QuantSpec
+
+
+def _pass(kind, setting, **options):
+    """A pass entry. Iterations and batch size come from the pass's `setting` (plugin.quant.recon.SETTINGS: "paper"
+    is I&S-ViT's 1000 iterations at 3/4 bit, 200 at 6 bit, batch 64) unless given here."""
+    return dict(type=kind, setting=setting, **{k: v for k, v in options.items() if v is not None})
+
+
+def _base(name, w_bits, a_bits, post_softmax, post_ln, **fields):
+    sites = _first_layer_sites(w_bits)
+    sites["post_softmax"] = post_softmax
+    sites["post_ln"] = post_ln
+    return Recipe(name=name, w_bits=w_bits, a_bits=a_bits,
+                  weight=QuantSpec(w_bits, granularity="channel", search="mse"),
+                  act=QuantSpec(a_bits, search="mse"), sites=sites, **fields)
+
+
+@register_recipe("dopq")
+def dopq_recipe(w_bits, a_bits, *, tanq=True, mosf=True, name="dopq"):
+    """DopQ-ViT. Off switches fall back to RepQ-ViT's parts: log√2 post-Softmax, mean reparameterisation scale."""
+    softmax = QuantSpec(a_bits, kind="tanq" if tanq else "log_sqrt2", search="mse")
+    return _base(name, w_bits, a_bits, softmax, QuantSpec(a_bits, search="mse"),
+                 reparam="mosf" if mosf else "mean", calib_num=32)
+
+
+@register_recipe("isvit")
+def isvit_recipe(w_bits, a_bits, *, sulq=True, sos=True, setting="paper", iters=None, batch_size=None, lr=4e-5,
+                 name="isvit"):
+    """I&S-ViT. Post-LN quantizers start channel-wise; SOS stage 2 folds them to layer-wise with the `mean` rule.
+    Without SULQ the post-Softmax grid is log2 (the quantizer the paper improves on). Without SOS the post-LN
+    quantizers are layer-wise from the start (reparameterised at calibration) and no reconstruction runs."""
+    softmax = QuantSpec(a_bits, kind="sulq" if sulq else "log2", search="mse")
+    post_ln = QuantSpec(a_bits, granularity="channel" if sos else "tensor", search="mse")
+    passes = [_pass("sos", setting, iters=iters, batch_size=batch_size, lr=lr, rule="mean")] if sos else []
+    return _base(name, w_bits, a_bits, softmax, post_ln, reparam="mean", passes=passes, calib_num=1024)
+
+
+@register_recipe("aiqvit")
+def aiqvit_recipe(w_bits, a_bits, *, dfq=True, lowrank=True, curriculum=True, rank_candidates=(4, 8, 16, 32),
+                  setting="paper", iters=None, batch_size=None, name="aiqvit"):
+    """AIQViT. Without DFQ the post-Softmax grid is log√2 (RepQ-ViT's, the base AIQViT builds on); without low-rank
+    compensation no training pass runs; without curriculum the low-rank pass draws its mini-batches uniformly."""
+    softmax = QuantSpec(a_bits, kind="dfq" if dfq else "log_sqrt2", search="mse")
+    # A list, not a tuple, so the recipe survives a JSON round trip unchanged.
+    passes = [_pass("lowrank", setting, rank_candidates=list(rank_candidates), iters=iters, batch_size=batch_size,
+                    curriculum=curriculum)] if lowrank else []
+    return _base(name, w_bits, a_bits, softmax, QuantSpec(a_bits, search="mse"),
+                 reparam="mean", passes=passes, calib_num=1024)
+
+
+ABLATIONS = {
+    "dopq_no_tanq": (dopq_recipe, dict(tanq=False)),
+    "dopq_no_mosf": (dopq_recipe, dict(mosf=False)),
+    "isvit_no_sulq": (isvit_recipe, dict(sulq=False)),
+    "isvit_no_sos": (isvit_recipe, dict(sos=False)),
+    "aiqvit_no_dfq": (aiqvit_recipe, dict(dfq=False)),
+    "aiqvit_no_lowrank": (aiqvit_recipe, dict(lowrank=False)),
+    "aiqvit_no_curriculum": (aiqvit_recipe, dict(curriculum=False)),
+}
+for _name, (_fn, _switches) in ABLATIONS.items():
+    register_recipe(_name)(partial(_fn, name=_name, **_switches))
+
+__all__ = ["dopq_recipe", "isvit_recipe", "aiqvit_recipe", "ABLATIONS"]

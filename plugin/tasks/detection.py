@@ -1,0 +1,225 @@
+"""Object detection and instance segmentation with MMDetection 3.x: COCO bbox and segm mAP.
+
+The config is an ordinary mmdet config (``_base_`` on mmdet's own, ``custom_imports=dict(imports=['plugin'])``,
+``task = 'detection'``). The detector is built through mmengine's ``Runner`` exactly as mmdet's ``tools/test.py``
+builds it (``--cfg-options`` are merged into the config by the CLI; ``work_dir`` is ``--work-dir``, else the config's,
+else ``./work_dirs/<config name>``; ``launcher`` as given), except that the checkpoint is loaded here, without pickle.
+
+Calibration images come from the config's *training* annotations (``train_dataloader.dataset``, dataset wrappers
+unwrapped) run through the *test* pipeline, one image per batch, and go through ``model.test_step`` (data
+preprocessor + full inference), as the papers calibrate. Evaluation is the config's test loop and evaluator
+(CocoMetric); under ``launcher='pytorch'`` mmengine shards it across ranks and gathers the results, and the evaluated
+model's parameters and buffers are first broadcast from rank 0 (calibration is deterministic on every rank; the
+broadcast makes all ranks evaluate exactly rank 0's quantized model).
+
+Options (config keys, overridable with ``--cfg-options``): ``keep_heads_float=True`` keeps the neck, RPN and RoI heads
+in float (only the backbone is quantized).
+"""
+import contextlib
+import copy
+import io
+import logging
+import os
+
+import numpy as np
+
+from ..errors import UserInputError
+from .base import Task, register_task
+
+DATASET_WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset")
+
+
+def _require_mmdet():
+    from .. import det
+    if not det.HAS_MMDET:
+        raise UserInputError(f"the detection task needs MMDetection ({det.MMDET_ERROR}); "
+                             "install it with: pip install -e '.[det]'")
+
+
+def unwrap_dataset_cfg(ds_cfg):
+    """The innermost dataset config under wrappers (RepeatDataset, ClassBalancedDataset, MultiImageMixDataset; the
+    first member of a ConcatDataset)."""
+    while True:
+        if ds_cfg.get("type") in DATASET_WRAPPERS:
+            ds_cfg = ds_cfg["dataset"]
+        elif ds_cfg.get("type") == "ConcatDataset":
+            ds_cfg = ds_cfg["datasets"][0]
+        else:
+            return ds_cfg
+
+
+def detector_checkpoint_filter(state, model):
+    """Checkpoint keys -> this detector's keys: original-layout Swin backbones are converted (mmdet's converter), and
+    the deterministic ``relative_position_index`` buffers are taken from the model where a checkpoint omits them."""
+    from ..det import convert_original_swin_checkpoint, is_original_swin_layout
+    if is_original_swin_layout(state):
+        state = convert_original_swin_checkpoint(state)
+    own = model.state_dict()
+    for key, value in own.items():
+        if key.endswith("relative_position_index") and key not in state:
+            state[key] = value
+    return state
+
+
+def _set_log_level(logger, level):
+    logger.setLevel(level)
+    for handler in logger.handlers:
+        handler.setLevel(level)
+
+
+def _percent(name, value):
+    """CocoMetric reports AP as a fraction rounded to 3 decimals; the reports use percentages."""
+    return round(100.0 * value, 1) if "_mAP" in name and value >= 0 else float(value)
+
+
+@register_task("detection")
+class DetectionTask(Task):
+    primary_metric = "bbox_mAP"
+    # RepQ-ViT / PTQ4ViT-style calibration uses one image for detection; reconstruction recipes carry their own number.
+    default_calib_num = 1
+
+    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False,
+                 keep_heads_float=None):
+        super().__init__(cfg, checkpoint, device, work_dir, launcher)
+        _require_mmdet()
+        from mmengine.config import Config
+        if not isinstance(cfg, Config):
+            raise UserInputError("the detection task needs the config loaded by mmengine (pip install -e '.[det]')")
+        self.unsafe_load = unsafe_load
+        self.keep_heads_float = bool(cfg.get("keep_heads_float", False) if keep_heads_float is None
+                                     else keep_heads_float)
+        self.runner = None
+        self._calib_set = None
+
+    # -- building -------------------------------------------------------------------------------------------------
+    def _runner_cfg(self):
+        cfg = copy.deepcopy(self.cfg)
+        if self.work_dir is not None:
+            cfg.work_dir = self.work_dir
+        elif cfg.get("work_dir", None) is None:
+            name = os.path.splitext(os.path.basename(cfg.filename or "detection"))[0]
+            cfg.work_dir = os.path.join("./work_dirs", name)
+        cfg.launcher = self.launcher
+        cfg.load_from, cfg.resume = None, False  # the checkpoint is loaded below, with weights_only
+        return cfg
+
+    def build_model(self):
+        from mmengine.model import is_model_wrapper
+        from mmengine.runner import Runner
+
+        from ..adapters.mmdet_swin import keep_heads_float
+        from ..utils.checkpoint import load_into, load_state_dict_file
+
+        cfg = self._runner_cfg()
+        level = cfg.get("log_level", "INFO")
+        cfg.log_level = "WARNING"  # the runner's environment and full-config dump; the test loop logs at `level`
+        try:
+            self.runner = Runner.from_cfg(cfg)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserInputError(f"cannot build the detector from {self.cfg.filename}: {type(exc).__name__}: {exc}") \
+                from exc
+        _set_log_level(self.runner.logger, level)
+        model = self.runner.model.module if is_model_wrapper(self.runner.model) else self.runner.model
+        state = load_state_dict_file(self.checkpoint, unsafe=self.unsafe_load)
+        load_into(model, state, self.checkpoint, filter_fn=detector_checkpoint_filter)
+        if self.launcher == "none":
+            model.to(self.device)
+        if self.keep_heads_float:
+            keep_heads_float(model)
+        return model.eval()
+
+    # -- calibration ----------------------------------------------------------------------------------------------
+    def calib_dataset(self):
+        """The training annotations through the test pipeline (built once)."""
+        if self._calib_set is None:
+            from mmdet.registry import DATASETS
+            from mmengine.registry import DefaultScope
+            train = self.cfg.get("train_dataloader", None)
+            test = self.cfg.get("test_dataloader", None)
+            if not train or not test:
+                raise UserInputError("the detection config needs train_dataloader (calibration images are drawn "
+                                     "from the training annotations) and test_dataloader")
+            ds_cfg = copy.deepcopy(unwrap_dataset_cfg(train["dataset"]))
+            ds_cfg["pipeline"] = copy.deepcopy(unwrap_dataset_cfg(test["dataset"])["pipeline"])
+            with DefaultScope.overwrite_default_scope(self.cfg.get("default_scope", "mmdet")):
+                self._calib_set = DATASETS.build(ds_cfg)
+        return self._calib_set
+
+    def calib_data(self, model, num, seed):
+        from mmengine.dataset import pseudo_collate
+
+        from ..quant import CalibData
+        dataset = self.calib_dataset()
+        if not 1 <= num <= len(dataset):
+            raise UserInputError(f"calibration size must be between 1 and {len(dataset)} (the training "
+                                 f"annotations' usable images), got {num}")
+        indices = np.random.RandomState(seed).choice(len(dataset), int(num), replace=False)
+        batches = [pseudo_collate([dataset[int(i)]]) for i in indices]
+        return CalibData(batches, run_test_step)
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def evaluate(self, model, progress=True, desc="eval"):
+        if self.runner is None:
+            raise RuntimeError("build_model() must run before evaluate()")
+        broadcast_from_rank0(model)
+        level = self.runner.logger.level
+        if not progress:
+            _set_log_level(self.runner.logger, logging.WARNING)
+        self.runner.logger.info(f"[{desc}] {len(self.runner.test_dataloader.dataset)} images")
+        self.runner.model = model  # the test loop runs runner.model.test_step; any model of this config fits
+        try:  # quiet: also pycocotools' prints
+            with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
+                metrics = self.runner.test()
+        finally:
+            _set_log_level(self.runner.logger, level)
+        out = {}
+        for key, value in metrics.items():
+            name = key.split("/", 1)[-1]
+            if isinstance(value, (int, float)):
+                out[name] = _percent(name, value)
+        if not any(k.endswith("_mAP") for k in out):
+            out.update(self._zero_metrics())
+        out["num_images"] = len(self.runner.test_dataloader.dataset)
+        return out
+
+    def _zero_metrics(self):
+        """CocoMetric reports nothing when the detector found no object in the whole test set: that is AP 0."""
+        evaluator = self.cfg.get("test_evaluator", {})
+        if not isinstance(evaluator, dict) or evaluator.get("type") != "CocoMetric":
+            raise UserInputError("the test evaluator reported no mAP; the detection task needs CocoMetric")
+        kinds = evaluator.get("metric", "bbox")
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        self.runner.logger.warning("no detections on the whole test set: reporting AP 0")
+        return {f"{k}_mAP{s}": 0.0 for k in kinds for s in ("", "_50", "_75", "_s", "_m", "_l")}
+
+    def model_meta(self):
+        import mmdet
+        model_cfg = self.cfg.get("model", {})
+        return {"task": "detection", "config": self.cfg.filename, "detector": model_cfg.get("type"),
+                "backbone": model_cfg.get("backbone", {}).get("type"), "mmdet": mmdet.__version__,
+                "keep_heads_float": self.keep_heads_float}
+
+
+def run_test_step(model, batch):
+    """One calibration forward: data preprocessor + inference. The predictions are dropped again (the batch is reused
+    for every calibration pass, and kept masks would pile up in its data samples)."""
+    samples = model.test_step(batch)
+    for sample in samples:
+        if "pred_instances" in sample:
+            del sample.pred_instances
+    return None
+
+
+def broadcast_from_rank0(model):
+    """Under torch.distributed, give every rank rank 0's parameters and buffers (same module structure required)."""
+    from mmengine.dist import broadcast, broadcast_object_list, get_world_size
+    if get_world_size() <= 1:
+        return
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    names = [n for n, _ in tensors]
+    reference = [names]
+    broadcast_object_list(reference, src=0)
+    if reference[0] != names:
+        raise RuntimeError("the model differs between ranks (quantization is not deterministic across ranks)")
+    for _, tensor in tensors:
+        broadcast(tensor.data, src=0)

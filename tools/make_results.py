@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Turn ptq_test.py reports into a results page: one Markdown table per report and a bits-vs-metric plot.
+
+    python tools/make_results.py RUN_DIR [RUN_DIR ...] --out docs/results --title "CIFAR-10 reference models"
+
+Each RUN_DIR holds a report.json written by tools/ptq_test.py (and, optionally, command.txt with the command that
+produced it, shown beside the table). Writes OUT/results.md, OUT/results.json (the reports, merged) and
+OUT/<name>_bits.png.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def table(report):
+    metric = report["primary_metric"]
+    fp = report.get("fp") or {}
+    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
+    bits = sorted({(r["w_bits"], r["a_bits"]) for r in report["results"]})
+    cell = {(r["method"], r["w_bits"], r["a_bits"]): r for r in report["results"]}
+    head = "| method | " + " | ".join(f"W{w}A{a}" for w, a in bits) + " | calib time (s) |"
+    lines = [head, "|" + "---|" * (len(bits) + 2)]
+    if fp:
+        lines.append(f"| full precision | " + " | ".join(f"{fp[metric]:.2f}" for _ in bits) + " | - |")
+    for m in methods:
+        vals, times = [], []
+        for w, a in bits:
+            r = cell.get((m, w, a))
+            vals.append(f"{r['metrics'][metric]:.2f}" if r else "-")
+            if r:
+                times.append(f"{r['calib_time_s']:.1f}")
+        lines.append(f"| {m} | " + " | ".join(vals) + f" | {' / '.join(times)} |")
+    return "\n".join(lines)
+
+
+def plot(report, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metric = report["primary_metric"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in dict.fromkeys(r["method"] for r in report["results"]):
+        pts = sorted((r["a_bits"], r["metrics"][metric]) for r in report["results"] if r["method"] == m
+                     and r["w_bits"] == r["a_bits"])
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=m)
+    if report.get("fp"):
+        ax.axhline(report["fp"][metric], color="k", ls="--", lw=1, label="full precision")
+    ax.set_xlabel("bits (W = A)")
+    ax.set_ylabel(metric)
+    ax.set_title(os.path.basename(report["config"]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--title", default="Results")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    merged, parts = {}, [f"# {args.title}", ""]
+    for run in args.runs:
+        path = os.path.join(run, "report.json")
+        if not os.path.isfile(path):
+            print(f"error: no report.json in {run}", file=sys.stderr)
+            return 2
+        report = json.load(open(path))
+        name = os.path.splitext(os.path.basename(report["config"]))[0]
+        merged[name] = report
+        png = f"{name}_bits.png"
+        plot(report, os.path.join(args.out, png))
+        parts += [f"## {name} ({report['primary_metric']}, device {report['device']})", ""]
+        cmd = os.path.join(run, "command.txt")
+        if os.path.isfile(cmd):
+            parts += ["Produced by:", "", "```bash", open(cmd).read().strip(), "```", ""]
+        parts += [table(report), "", f"![{name}]({png})", ""]
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(merged, f, indent=2, sort_keys=True)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(parts))
+    print(f"wrote {args.out}/results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Train an MMDetection detector from a config (the float model that tools/ptq_test.py then quantizes).
+
+    python tools/train_det.py CONFIG [--work-dir DIR] [--amp] [--cfg-options KEY=VALUE ...]
+    torchrun --nproc_per_node 2 tools/train_det.py CONFIG --launcher pytorch --auto-scale-lr
+
+mmengine's Runner does the training (as mmdet's tools/train.py); at the end the final weights are also written as a
+plain state dict, WORK_DIR/model_final.pth, that `torch.load(weights_only=True)` reads (mmengine's own training
+checkpoints hold pickled objects and need --unsafe-load in ptq_test.py).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("--work-dir", help="default: the config's work_dir, else ./work_dirs/<config name>")
+    p.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, fp16)")
+    p.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by total batch / auto_scale_lr.base")
+    p.add_argument("--resume", nargs="?", const="auto", help="resume from CKPT, or from the latest in work dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries (mmengine syntax)")
+    p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def build_cfg(args):
+    from mmengine.config import Config
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = os.path.join("./work_dirs", os.path.splitext(os.path.basename(args.config))[0])
+    if args.amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    if args.auto_scale_lr:
+        cfg.auto_scale_lr.enable = True
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    cfg.randomness = dict(seed=args.seed)
+    return cfg
+
+
+def export_weights(runner, path):
+    """The trained weights as {'state_dict', 'meta'} of tensors and plain values only (weights_only-loadable)."""
+    import mmdet
+    import torch
+    from mmengine.model import is_model_wrapper
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    metainfo = getattr(runner.train_dataloader.dataset, "metainfo", {}) or {}
+    meta = {"mmdet_version": mmdet.__version__, "epoch": runner.epoch, "iter": runner.iter,
+            "dataset_meta": {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, (list, tuple))
+                             else v for k, v in metainfo.items() if k in ("classes", "palette")}}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "meta": meta}, path)
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import plugin.det  # noqa: F401  (mmcv-lite ops and QuantSwin, before the runner imports mmdet's models)
+    from mmengine.dist import is_main_process
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(build_cfg(args))
+    runner.train()
+    if is_main_process():
+        path = export_weights(runner, os.path.join(runner.work_dir, "model_final.pth"))
+        print(f"final weights (weights_only-loadable): {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
