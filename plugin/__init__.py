@@ -10,3 +10,4 @@ from . import adapters  # noqa: F401,E402
 from .tasks import classification  # noqa: F401,E402
 from . import det  # noqa: F401,E402  (QuantSwin + mmcv-lite ops when mmdet is installed; warns once otherwise)
 from .tasks import detection  # noqa: F401,E402
+from .tasks import pointcloud  # noqa: F401,E402  (Point-MAE style models; torch only)

@@ -67,20 +67,28 @@ def main(argv=None):
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     merged, parts = {}, [f"# {args.title}", ""]
-    for run in args.runs:
+    for run in args.runs:  # first pass: merge
         path = os.path.join(run, "report.json")
         if not os.path.isfile(path):
             print(f"error: no report.json in {run}", file=sys.stderr)
             return 2
         report = json.load(open(path))
+        cmd = os.path.join(run, "command.txt")
+        report["command"] = open(cmd).read().strip() if os.path.isfile(cmd) else report.get("command")
         name = os.path.splitext(os.path.basename(report["config"]))[0]
+        if name in merged:  # several runs of one config (e.g. baselines and seed methods): one table
+            merged[name]["results"] += report["results"]
+            merged[name].setdefault("commands", []).append(report.get("command"))
+            continue
+        report["commands"] = [report.get("command")]
         merged[name] = report
+    for name, report in merged.items():
         png = f"{name}_bits.png"
         plot(report, os.path.join(args.out, png))
         parts += [f"## {name} ({report['primary_metric']}, device {report['device']})", ""]
-        cmd = os.path.join(run, "command.txt")
-        if os.path.isfile(cmd):
-            parts += ["Produced by:", "", "```bash", open(cmd).read().strip(), "```", ""]
+        commands = [c for c in report["commands"] if c]
+        if commands:
+            parts += ["Produced by:", "", "```bash", *commands, "```", ""]
         parts += [table(report), "", f"![{name}]({png})", ""]
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(merged, f, indent=2, sort_keys=True)

@@ -10,6 +10,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--a-bits", type=bit_width, help="activation bits (overrides --bits)")
     p.add_argument("--method", nargs="+", default=["repq"], help="one or several registered methods")
     p.add_argument("--calib-num", type=positive_int, help="calibration samples (default: the method's/task's)")
+    p.add_argument("--recon-setting", choices=["paper", "small"],
+                   help="iterations/batch of reconstruction passes: the paper's, or the documented small setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder for report.json / report.md (default work_dirs/ptq/<config>)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
@@ -100,8 +103,8 @@ def apply_cfg_options(cfg, options):
 
 
 def markdown_report(report):
-    metric_names = [k for k in report["fp"] if k != "num_images"] if report.get("fp") else \
-        [k for k in report["results"][0]["metrics"] if k != "num_images"]
+    metrics = report["fp"] if report.get("fp") else report["results"][0]["metrics"]
+    metric_names = [k for k in metrics if not k.startswith("num_")]  # counts (num_images, num_shapes) are no metric
     head = "| method | W/A | " + " | ".join(metric_names) + " | calib time (s) |"
     lines = [f"# PTQ report: {os.path.basename(report['config'])}", "",
              f"checkpoint `{report['checkpoint']}`, task {report['task']}, device {report['device']}, "
@@ -155,7 +158,7 @@ def run(args):
 
     torch.manual_seed(args.seed)
     fp_model = task.build_model()
-    report = {"config": args.config, "checkpoint": args.checkpoint, "task": task_name, "device": device,
+    report = {"command": args.command, "config": args.config, "checkpoint": args.checkpoint, "task": task_name, "device": device,
               "seed": args.seed, "primary_metric": task.primary_metric, "versions": package_versions(),
               "model": task.model_meta(), "fp": None, "results": []}
     if not args.no_fp:
@@ -164,6 +167,8 @@ def run(args):
     for w_bits, a_bits in bit_pairs(args):
         for method in args.method:
             recipe = get_recipe(method, w_bits, a_bits)
+            if args.recon_setting:
+                recipe.passes = [dict(p, setting=args.recon_setting) for p in recipe.passes]
             num = args.calib_num or (recipe.calib_num if recipe.passes else task.default_calib_num)
             torch.manual_seed(args.seed)
             calib = task.calib_data(fp_model, num, args.seed)
@@ -193,6 +198,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.command = "python " + shlex.join(["tools/ptq_test.py"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
     from plugin.errors import CalibrationError, UserInputError
     try:
         run(args)

@@ -5,18 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-if ! python3 -c 'import ctypes.util,sys; sys.exit(0 if ctypes.util.find_library("usb-1.0") else 1)' 2>/dev/null; then
+# open3d needs libusb-1.0 to import, and Vulkan (libvulkan1 + mesa) for offscreen rendering (else matplotlib draws).
+if ! python3 -c 'import ctypes.util,sys; sys.exit(0 if ctypes.util.find_library("usb-1.0") and ctypes.util.find_library("vulkan") else 1)' 2>/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get install -y -qq libusb-1.0-0 >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libusb-1.0-0 >/dev/null 2>&1)) \
-      || echo "warning: could not install libusb-1.0-0; open3d will not import" >&2
+    pkgs="libusb-1.0-0 libvulkan1 mesa-vulkan-drivers"
+    (apt-get install -y -qq $pkgs >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $pkgs >/dev/null 2>&1)) \
+      || echo "warning: could not install $pkgs; open3d may not import or render" >&2
   else
     echo "warning: libusb-1.0 missing (open3d needs it): apt-get install libusb-1.0-0" >&2
   fi
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
-$PIP install -q --disable-pip-version-check "setuptools<81" wheel 2>&1 | grep -v "^WARNING: Location" || true
+# pip's warnings about this machine's local package indexes are noise; pip's own failures still stop the script.
+pipq() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+pipq "setuptools<81" wheel
 # torch first, pinned to the release tested on these machines (a CUDA build; it also runs on the CPU).
-$PIP install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}" 2>&1 | grep -v "^WARNING: Location" || true
-$PIP install -q --disable-pip-version-check -e ".[all,test]" 2>&1 | grep -v "^WARNING: Location" || true
+pipq "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
+pipq -e ".[all,test]"
 "$VENV/bin/python" -c "import torch, timm, mmengine, safetensors; import plugin; print('vitq environment ready: torch', torch.__version__, 'timm', timm.__version__)"

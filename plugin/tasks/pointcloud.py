@@ -1,0 +1,114 @@
+"""Point-cloud classification (OA / mAcc) and part segmentation (instance / class mIoU) with Point-MAE style models.
+
+Config keys:
+    task = 'pointcloud_cls' | 'pointcloud_partseg'
+    model = dict(type='PointMAECls' | 'PointMAEPartSeg', **constructor arguments)   (plugin/pointcloud/models.py)
+    data = dict(root=..., format='auto', num_points=..., calib_split='train', eval_split='test')
+    calib = dict(num=..., batch_size=...)
+    eval = dict(batch_size=...)
+Relative data roots are looked up from the working directory, then from the repository root.
+"""
+import os
+
+import numpy as np
+
+from ..errors import UserInputError
+from .base import Task, register_task
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _get(cfg, key, default=None):
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+class _PointCloudTask(Task):
+    model_type = ""
+    default_calib_num = 32
+    default_eval_batch = 32
+
+    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
+        super().__init__(cfg, checkpoint, device, work_dir, launcher)
+        self.unsafe_load = unsafe_load
+        self._datasets = {}
+        self.default_calib_num = int(_get(_get(cfg, "calib", {}), "num", self.default_calib_num))
+
+    def _model_cfg(self):
+        mcfg = dict(_get(self.cfg, "model", {}))
+        mcfg.setdefault("type", self.model_type)
+        if mcfg["type"] != self.model_type:
+            raise UserInputError(f"task {self.name} needs model type {self.model_type!r}, config has {mcfg['type']!r}")
+        return mcfg
+
+    def build_model(self):
+        from ..pointcloud.models import build_model, checkpoint_filter_fn
+        from ..utils.checkpoint import load_into, load_state_dict_file
+        try:
+            model = build_model(self._model_cfg())
+        except (TypeError, ValueError) as exc:
+            raise UserInputError(f"cannot build the point-cloud model from the config: {exc}") from exc
+        if self.checkpoint:
+            state = load_state_dict_file(self.checkpoint, unsafe=self.unsafe_load)
+            load_into(model, state, self.checkpoint, filter_fn=lambda s, m: checkpoint_filter_fn(s))
+        self._check_model(model, self.dataset(_get(_get(self.cfg, "data", {}), "eval_split", "test")))
+        return model.to(self.device).eval()
+
+    def dataset(self, split):
+        if split not in self._datasets:
+            from ..pointcloud.data import build_dataset
+            ds = build_dataset(dict(_get(self.cfg, "data", {})), split, base_dirs=[_REPO_ROOT])
+            if ds.task != self.dataset_task:
+                raise UserInputError(f"task {self.name} cannot use a {ds.task} data set ({_get(self.cfg, 'data')})")
+            self._datasets[split] = ds
+        return self._datasets[split]
+
+    def calib_data(self, model, num, seed):
+        from ..pointcloud.data import batches
+        from ..pointcloud.engine import forward_batch
+        from ..quant import CalibData
+        ds = self.dataset(_get(_get(self.cfg, "data", {}), "calib_split", "train"))
+        if len(ds) == 0:
+            raise UserInputError("the calibration split is empty")
+        idx = np.random.default_rng(seed).choice(len(ds), min(int(num), len(ds)), replace=False)
+        bs = int(_get(_get(self.cfg, "calib", {}), "batch_size", 32))
+        cal = [{k: v.to(self.device) for k, v in b.items() if k in ("points", "category")}
+               for b in batches(ds, sorted(idx.tolist()), bs)]
+        return CalibData(cal, lambda m, batch: forward_batch(m, batch, self.device))
+
+    def evaluate(self, model, progress_enabled=True, desc="eval", progress=None):
+        from ..pointcloud.engine import evaluate
+        if progress is not None:
+            progress_enabled = progress
+        ds = self.dataset(_get(_get(self.cfg, "data", {}), "eval_split", "test"))
+        bs = int(_get(_get(self.cfg, "eval", {}), "batch_size", self.default_eval_batch))
+        return evaluate(model, ds, bs, self.device, progress_enabled, desc)
+
+    def model_meta(self):
+        return {"task": self.name, "model": self._model_cfg()}
+
+
+@register_task("pointcloud_cls")
+class PointCloudClsTask(_PointCloudTask):
+    """Shape classification: overall accuracy (OA) and mean class accuracy (mAcc), in percent."""
+    primary_metric = "OA"
+    model_type = "PointMAECls"
+    dataset_task = "cls"
+
+    def _check_model(self, model, ds):
+        if model.num_classes != len(ds.classes):
+            raise UserInputError(f"the model has {model.num_classes} classes, the data set {len(ds.classes)}")
+
+
+@register_task("pointcloud_partseg")
+class PointCloudPartSegTask(_PointCloudTask):
+    """Part segmentation: instance and class mIoU in percent (ShapeNetPart convention)."""
+    primary_metric = "instance_mIoU"
+    model_type = "PointMAEPartSeg"
+    dataset_task = "partseg"
+    default_eval_batch = 16
+
+    def _check_model(self, model, ds):
+        if model.num_categories != len(ds.categories) or model.num_parts != ds.num_parts:
+            raise UserInputError(f"the model has {model.num_categories} categories and {model.num_parts} parts, the "
+                                 f"data set {len(ds.categories)} and {ds.num_parts}")
