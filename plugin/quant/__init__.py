@@ -14,4 +14,4 @@ __all__ = [
     "register_reparam_rule", "save_quantized", "set_quant_enabled",
 ]
 
-from . import mosf, seed_quantizers, seed_recipes  # noqa: F401,E402  (registers tanq/sulq/dfq, "mosf", seed recipes)
+from . import lowrank, mosf, recon, seed_quantizers, seed_recipes  # noqa: F401,E402  (seed quantizers, "mosf", passes, recipes)

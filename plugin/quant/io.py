@@ -15,6 +15,14 @@ from ..errors import UserInputError
 
 FORMAT = "vitq-quantized"
 FORMAT_VERSION = 1
+# Functions (model, state) run after the quantized structure is rebuilt and before the tensors load: passes that add
+# submodules (e.g. unmerged low-rank branches) register one to re-create them.
+LOAD_HOOKS = []
+
+
+def register_load_hook(fn):
+    LOAD_HOOKS.append(fn)
+    return fn
 
 
 def package_versions():
@@ -65,7 +73,7 @@ def read_meta(path: str):
         meta = json.load(open(meta_path))
     except json.JSONDecodeError as exc:
         raise UserInputError(f"{meta_path} is not valid JSON: {exc}") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("recipe"), dict):
         raise UserInputError(f"{meta_path} is not a {FORMAT} file")
     return meta
 
@@ -76,19 +84,34 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     from ..adapters.base import find_adapter
     from .calibrate import attach_quantizers
     from .recipe import Recipe
+    from safetensors import SafetensorError
     meta = read_meta(path)
-    recipe = Recipe.from_dict(meta["recipe"])
-    adapter = find_adapter(fp_model, meta["adapter"])
-    state = load_file(path + ".safetensors", device=str(device) if device else "cpu")
+    try:
+        recipe = Recipe.from_dict(meta["recipe"])
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise UserInputError(f"{path}.json holds a malformed recipe: {type(exc).__name__}: {exc}") from exc
+    adapter = find_adapter(fp_model, meta.get("adapter"))
+    if not adapter.matches(fp_model):
+        raise UserInputError(f"{path} was saved from a model of adapter {adapter.name!r}, which does not match "
+                             f"the given {type(fp_model).__name__}")
+    try:
+        state = load_file(path + ".safetensors", device=str(device) if device else "cpu")
+    except (SafetensorError, OSError) as exc:
+        raise UserInputError(f"cannot read {path}.safetensors: {exc}") from exc
     fp_model.eval()
     adapter.prepare(fp_model)
     attach_quantizers(fp_model, recipe, adapter)
+    for hook in LOAD_HOOKS:
+        hook(fp_model, state)
     for name, module in fp_model.named_modules():
         key = f"{name}.bias" if name else "bias"
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and getattr(module, "bias", None) is None \
                 and key in state:
             module.bias = nn.Parameter(torch.zeros_like(state[key]))  # added by reparameterisation
-    missing, unexpected = fp_model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = fp_model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise UserInputError(f"{path}.safetensors does not match the model: {str(exc).splitlines()[-1].strip()}") from exc
     if missing or unexpected:
         raise UserInputError(f"{path}.safetensors does not match the model: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")

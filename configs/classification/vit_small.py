@@ -1,0 +1,3 @@
+# vit_small_patch16_224 on ImageNet-1k (timm weights: pass the checkpoint to tools/ptq_test.py).
+_base_ = './_base_/imagenet.py'
+model = dict(name='vit_small_patch16_224', kwargs=dict())
