@@ -9,6 +9,7 @@ train through the quantizers (scales may be turned into parameters by the recons
 import torch
 import torch.nn as nn
 
+from ..errors import UserInputError
 from .spec import QuantSpec
 
 QUANTIZERS = {}
@@ -23,6 +24,8 @@ def register_quantizer(kind):
 
 
 def build_quantizer(spec: QuantSpec, channel_axis: int = -1) -> "Quantizer":
+    if spec.kind not in QUANTIZERS:
+        raise UserInputError(f"quantizer kind {spec.kind!r} is not registered (import plugin.quant registers all)")
     return QUANTIZERS[spec.kind](spec, channel_axis)
 
 
@@ -177,7 +180,8 @@ class UniformQuantizer(Quantizer):
         return scale, zero
 
     def fake_quant(self, x, scale, zero):
-        q = torch.clamp(round_ste(x / scale) + zero, self.qmin, self.qmax)
+        # Clamp before rounding: the straight-through gradient is then 1 everywhere inside the range, end bins too.
+        q = round_ste(torch.clamp(x / scale + zero, self.qmin, self.qmax))
         return (q - zero) * scale
 
     def quantize(self, x):
@@ -223,9 +227,9 @@ class _LogQuantizer(Quantizer):
     def fake_quant(self, x, scale):
         k = self.base_div
         ratio = (x / scale).clamp_min(1e-30)
-        j = round_ste(-k * torch.log2(ratio)).clamp_min(0)
+        j = round_ste((-k * torch.log2(ratio)).clamp_min(0))
         out = scale * torch.pow(2.0, -j / k)
-        return torch.where(j > self.levels - 1, torch.zeros_like(out), out)
+        return torch.where((j > self.levels - 1) | (x <= 0), torch.zeros_like(out), out)
 
     def quantize(self, x):
         return self.fake_quant(x, _broadcast(self.scale, x, self.channel_axis))
@@ -269,6 +273,8 @@ class TwinUniformQuantizer(Quantizer):
     def __init__(self, spec, channel_axis=-1):
         super().__init__(spec, channel_axis)
         self.mode = spec.opts.get("mode", "magnitude")
+        if self.mode not in ("magnitude", "sign"):
+            raise UserInputError(f"twin_uniform mode must be 'magnitude' or 'sign', got {self.mode!r}")
         self.register_buffer("delta1", torch.ones(1))
         self.register_buffer("delta2", torch.ones(1))
         self.half = 2 ** (spec.bits - 1)
@@ -276,12 +282,13 @@ class TwinUniformQuantizer(Quantizer):
     def fake_quant(self, x, d1, d2):
         top = self.half - 1
         if self.mode == "sign":
-            q1 = torch.clamp(round_ste(x / d1), -self.half, 0) * d1
-            q2 = torch.clamp(round_ste(x / d2), 0, top) * d2
+            q1 = round_ste(torch.clamp(x / d1, -self.half, 0)) * d1
+            q2 = round_ste(torch.clamp(x / d2, 0, top)) * d2
             return torch.where(x < 0, q1, q2)
-        q1 = torch.clamp(round_ste(x / d1), 0, top) * d1
-        q2 = torch.clamp(round_ste(x / d2), 0, top) * d2
-        return torch.where(x <= top * d1, q1, q2)
+        q1 = round_ste(torch.clamp(x / d1, 0, top)) * d1
+        q2 = round_ste(torch.clamp(x / d2, 0, top)) * d2
+        # Each value takes the nearer of its two candidate levels (R1's when it fits R1, which it then always is).
+        return torch.where((q1 - x).abs() <= (q2 - x).abs(), q1, q2)
 
     def quantize(self, x):
         return self.fake_quant(x, _broadcast(self.delta1, x, self.channel_axis), _broadcast(self.delta2, x, self.channel_axis))

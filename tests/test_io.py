@@ -1,0 +1,282 @@
+"""save_quantized / load_quantized: identical outputs after a reload, safetensors without pickle, JSON metadata,
+clear errors for corrupted metadata and mismatched models; non-finite calibration data is refused."""
+import json
+import pickle
+import struct
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn as nn
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+
+import plugin.adapters  # noqa: F401  (registers the timm adapters)
+from plugin.errors import CalibrationError, UserInputError
+from plugin.quant import (RECIPES, CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, read_meta,
+                          save_quantized)
+
+BASELINES = ["minmax", "ptq4vit", "repq"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spinning on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def build(arch, seed=0, **kw):
+    torch.manual_seed(seed)
+    if arch == "vit":
+        args = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
+        args.update(kw)
+        return VisionTransformer(**args).eval()
+    if arch == "deit_distilled":
+        return VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                                          num_classes=10).eval()
+    args = dict(img_size=32, patch_size=2, window_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
+                num_classes=10)
+    args.update(kw)
+    return SwinTransformer(**args).eval()
+
+
+def images(n=2, seed=1):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def calib_data(seed=2):
+    return CalibData(batches=[images(2, seed)], forward=lambda model, batch: model(batch))
+
+
+def quantized(arch, recipe="minmax", w_bits=4, a_bits=4):
+    return quantize(build(arch), get_recipe(recipe, w_bits, a_bits), calib_data(), log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def saved_vit(tmp_path_factory):
+    """A W4A4 repq ViT saved once: (model, path prefix)."""
+    model = quantized("vit", "repq")
+    path = str(tmp_path_factory.mktemp("saved") / "vit_repq")
+    save_quantized(model, path, extra_meta={"note": "test"})
+    return model, path
+
+
+def test_baseline_recipes_are_registered():
+    assert set(BASELINES) <= set(RECIPES)
+
+
+@pytest.mark.parametrize("arch,recipe", [(a, r) for a in ("vit", "swin") for r in BASELINES]
+                         + [("deit_distilled", "repq")])
+def test_save_load_gives_identical_outputs(arch, recipe, tmp_path):
+    model = quantized(arch, recipe)
+    path = str(tmp_path / "model")
+    tensors_path, meta_path = save_quantized(model, path)
+    assert tensors_path == path + ".safetensors" and meta_path == path + ".json"
+    fresh = build(arch, seed=123)  # different random init: every value must come from the file
+    loaded = load_quantized(fresh, path)
+    assert loaded is fresh
+    x = images(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    ref_state, new_state = model.state_dict(), loaded.state_dict()
+    assert ref_state.keys() == new_state.keys()
+    assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
+    assert {n for n, _ in iter_quantizers(loaded)} == {n for n, _ in iter_quantizers(model)}
+    assert all(q._ready for _, q in iter_quantizers(loaded))
+    # a reloaded model saves again to the same tensors
+    path2 = str(tmp_path / "again")
+    save_quantized(loaded, path2)
+    a, b = safetensors.torch.load_file(path + ".safetensors"), safetensors.torch.load_file(path2 + ".safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_safetensors_file_is_plain_safetensors(saved_vit):
+    model, path = saved_vit
+    raw = open(path + ".safetensors", "rb").read()
+    assert not raw.startswith(b"\x80")  # not a pickle stream
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + header_len])
+    assert header["__metadata__"]["format"] == "vitq-quantized"
+    state = model.state_dict()
+    with safetensors.safe_open(path + ".safetensors", framework="pt") as f:
+        assert set(f.keys()) == set(state)
+        for k in f.keys():
+            assert torch.equal(f.get_tensor(k), state[k]), k
+
+
+def test_load_uses_no_pickle(saved_vit, monkeypatch):
+    model, path = saved_vit
+
+    def refuse(*a, **k):
+        raise AssertionError("pickle used while loading")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = load_quantized(build("vit", seed=7), path)
+    x = images(2, seed=8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_json_holds_recipe_bits_adapter_versions(saved_vit):
+    model, path = saved_vit
+    meta = json.load(open(path + ".json"))
+    assert meta == read_meta(path)
+    assert meta["format"] == "vitq-quantized" and isinstance(meta["format_version"], int)
+    assert meta["recipe"]["name"] == "repq"
+    assert meta["recipe"]["w_bits"] == 4 and meta["recipe"]["a_bits"] == 4
+    assert meta["recipe"]["weight"]["bits"] == 4 and meta["recipe"]["act"]["bits"] == 4
+    assert meta["recipe"]["reparam"] == "mean"
+    assert meta["adapter"] == "timm_vit"
+    for pkg in ("python", "torch", "timm"):
+        assert isinstance(meta["versions"].get(pkg), str) and meta["versions"][pkg], pkg
+    assert meta["versions"]["torch"] == torch.__version__
+    assert meta["note"] == "test"
+    assert Recipe.from_dict(meta["recipe"]).to_dict() == meta["recipe"]
+
+
+def test_swin_json_names_its_adapter(tmp_path):
+    path = str(tmp_path / "swin")
+    save_quantized(quantized("swin", "minmax"), path)
+    assert read_meta(path)["adapter"] == "timm_swin"
+
+
+def test_save_needs_a_quantized_model(tmp_path):
+    with pytest.raises(UserInputError):
+        save_quantized(build("vit"), str(tmp_path / "float"))
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+def _copy_saved(saved_vit, tmp_path):
+    _, path = saved_vit
+    new = str(tmp_path / "copy")
+    for ext in (".safetensors", ".json"):
+        with open(path + ext, "rb") as src, open(new + ext, "wb") as dst:
+            dst.write(src.read())
+    return new
+
+
+def _edit_meta(fn):
+    def edit(path):
+        meta = json.load(open(path + ".json"))
+        fn(meta)
+        with open(path + ".json", "w") as f:
+            json.dump(meta, f)
+    return edit
+
+
+def _write(text):
+    def edit(path):
+        with open(path + ".json", "w") as f:
+            f.write(text)
+    return edit
+
+
+def _truncate_json(path):
+    text = open(path + ".json").read()
+    with open(path + ".json", "w") as f:
+        f.write(text[: len(text) // 2])
+
+
+CORRUPTIONS = {
+    "truncated": _truncate_json,
+    "not_json": _write("\x00\x01 garbage"),
+    "empty": _write(""),
+    "wrong_format": _edit_meta(lambda m: m.update(format="something-else")),
+    "unknown_adapter": _edit_meta(lambda m: m.update(adapter="no_such_adapter")),
+    "future_recipe_version": _edit_meta(lambda m: m["recipe"].update(version=99)),
+    "bits_out_of_range": _edit_meta(lambda m: m["recipe"]["weight"].update(bits=12)),
+    "unknown_quantizer_kind": _edit_meta(lambda m: m["recipe"]["act"].update(kind="nope")),
+}
+BUGGY_CORRUPTIONS = {
+    # json.load gives a list, then `meta.get` raises AttributeError (plugin/quant/io.py read_meta)
+    "json_array": (_write("[1, 2, 3]"), AttributeError),
+    # `meta["recipe"]` raises KeyError (plugin/quant/io.py load_quantized)
+    "no_recipe": (_edit_meta(lambda m: m.pop("recipe")), KeyError),
+    # Recipe.from_dict reads d["weight"] etc. without checking: KeyError (plugin/quant/recipe.py Recipe.from_dict)
+    "recipe_missing_field": (_edit_meta(lambda m: m["recipe"].pop("weight")), KeyError),
+    # Role(r) in Recipe.from_dict raises ValueError for an unknown role name
+    "unknown_float_role": (_edit_meta(lambda m: m["recipe"].update(float_roles=["nope"])), ValueError),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupted_json_raises_user_input_error(saved_vit, tmp_path, corruption):
+    path = _copy_saved(saved_vit, tmp_path)
+    CORRUPTIONS[corruption](path)
+    with pytest.raises(UserInputError):
+        load_quantized(build("vit"), path)
+
+
+@pytest.mark.parametrize("corruption", sorted(BUGGY_CORRUPTIONS))
+def test_malformed_json_raises_user_input_error(saved_vit, tmp_path, corruption):
+    path = _copy_saved(saved_vit, tmp_path)
+    edit, raw_error = BUGGY_CORRUPTIONS[corruption]
+    edit(path)
+    try:
+        load_quantized(build("vit"), path)
+    except raw_error:
+        pytest.fail(f"raised {raw_error.__name__}, not UserInputError")
+    except UserInputError:
+        return
+    pytest.fail("no error")
+
+
+def test_missing_files_raise_user_input_error(saved_vit, tmp_path):
+    with pytest.raises(UserInputError):
+        load_quantized(build("vit"), str(tmp_path / "does_not_exist"))
+
+
+def test_model_with_other_depth_raises_user_input_error(saved_vit):
+    _, path = saved_vit
+    with pytest.raises(UserInputError):
+        load_quantized(build("vit", depth=3), path)
+
+
+@pytest.mark.parametrize("change", [{"embed_dim": 96}, {"num_classes": 5}], ids=["embed_dim", "num_classes"])
+def test_model_with_other_shapes_raises_user_input_error(saved_vit, change):
+    _, path = saved_vit
+    with pytest.raises(UserInputError):
+        load_quantized(build("vit", **change), path)
+
+
+@pytest.mark.parametrize("other", ["swin", "sequential"])
+def test_model_of_other_architecture_raises_user_input_error(saved_vit, other):
+    _, path = saved_vit
+    if other == "swin":
+        model = build("swin")
+    else:
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 30 * 30, 10))
+    with pytest.raises(UserInputError):
+        load_quantized(model, path)
+
+
+# --------------------------------------------------------------------------------------------------- calibration
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("arch", ["vit", "swin"])
+def test_non_finite_calibration_input_raises_calibration_error(arch, bad):
+    x = images(2, seed=3)
+    x[1, 0, 5, 7] = bad
+    calib = CalibData(batches=[images(2, seed=2), x], forward=lambda model, batch: model(batch))
+    with pytest.raises(CalibrationError):
+        quantize(build(arch), get_recipe("minmax", 4, 4), calib, log=lambda *a: None)
+
+
+def test_non_finite_activation_inside_the_model_raises_calibration_error():
+    model = build("vit")
+    with torch.no_grad():
+        model.blocks[1].norm2.weight[3] = float("inf")
+    with pytest.raises(CalibrationError):
+        quantize(model, get_recipe("repq", 4, 4), calib_data(), log=lambda *a: None)
+
+
+def test_empty_calibration_set_raises_calibration_error():
+    with pytest.raises(CalibrationError):
+        CalibData(batches=[], forward=lambda model, batch: model(batch))
