@@ -45,8 +45,9 @@ def plot(report, path):
     for m in dict.fromkeys(r["method"] for r in report["results"]):
         pts = sorted((r["a_bits"], r["metrics"][metric]) for r in report["results"] if r["method"] == m
                      and r["w_bits"] == r["a_bits"])
-        if pts:
+        if len(pts) > 1:  # single-width rows (ablations) stay in the table only
             ax.plot(*zip(*pts), marker="o", label=m)
+    ax.set_xticks(sorted({r["a_bits"] for r in report["results"]}))
     if report.get("fp"):
         ax.axhline(report["fp"][metric], color="k", ls="--", lw=1, label="full precision")
     ax.set_xlabel("bits (W = A)")
