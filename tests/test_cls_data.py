@@ -1,4 +1,4 @@
-"""Classification data sets (plugin/tasks/cls_data.py) on tiny fixtures in the real formats, and the embedded default."""
+"""plugin/tasks/cls_data.py on tiny fixtures in the real formats, tools/train_cls.py, and the embedded default."""
 import gzip
 import io
 import json
@@ -62,8 +62,10 @@ def _packed_cifar(path, per_class_train=2, per_class_test=3, corrupt_offsets=Fal
 
 def _npz(path, calib_shape=(6, 8, 8), eval_shape=(4, 8, 8), dtype=np.uint8, **overrides):
     rng = np.random.RandomState(0)
-    arrays = dict(calib_images=rng.randint(0, 256, calib_shape).astype(dtype), calib_labels=np.arange(calib_shape[0]) % 3,
-                  eval_images=rng.randint(0, 256, eval_shape).astype(dtype), eval_labels=np.arange(eval_shape[0]) % 3,
+    arrays = dict(calib_images=rng.randint(0, 256, calib_shape).astype(dtype),
+                  calib_labels=np.arange(calib_shape[0]) % 3,
+                  eval_images=rng.randint(0, 256, eval_shape).astype(dtype),
+                  eval_labels=np.arange(eval_shape[0]) % 3,
                   classes=np.array(["a", "b", "c"]))
     arrays.update(overrides)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})

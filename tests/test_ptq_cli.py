@@ -70,9 +70,13 @@ def test_mismatched_checkpoint(tmp_path, capsys):
     _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path, ["does not match"])
 
 
+class NotATensor:
+    """An arbitrary class: unpickling it needs code from this module, which weights_only loading refuses."""
+
+
 def test_pickled_checkpoint_refused(tmp_path, capsys):
     bad = tmp_path / "pickled.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": ValueError("x")}, bad)
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": NotATensor()}, bad)
     _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path, ["--unsafe-load"])
 
 

@@ -1,6 +1,7 @@
 """Train a classification config's timm model from scratch on a small data set, for use as a PTQ reference model.
 
-    python tools/train_cls.py configs/classification/cifar10_vit.py --out work_dirs/cifar10_vit --device cuda --amp
+    python tools/train_cls.py configs/classification/cifar10_vit.py --data-path .devdata/cifar10_jpeg_packed.npz \
+        --out work_dirs/cifar10_vit --device cuda --amp
 
 The whole training split is decoded once into a uint8 tensor on the device; augmentation (random crop with zero
 padding, horizontal flip, Mixup/CutMix) runs on batches of that tensor, so no data loader is involved. The recipe
@@ -111,8 +112,9 @@ def random_crop_flip(x, padding, hflip, gen):
         dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=gen)
         rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]
-        x = x[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
-              rows, cols]
+        batch_idx = torch.arange(n, device=x.device)[:, None, None, None]
+        channel_idx = torch.arange(c, device=x.device)[None, :, None, None]
+        x = x[batch_idx, channel_idx, rows, cols]
     if hflip:
         flip = torch.rand(n, device=x.device, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -195,7 +197,7 @@ def main(argv=None):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)
 
     (train, test), mean, std = load_train_test(recipe, cfg["data"], args.data_path)
-    train, test = (_random_subset(split, num, args.seed) for split, num in ((train, args.train_num), (test, args.test_num)))
+    train, test = _random_subset(train, args.train_num, args.seed), _random_subset(test, args.test_num, args.seed)
     x_train, y_train, x_test, y_test = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (*train, *test))
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -277,9 +279,10 @@ def main(argv=None):
         "dtype": "float16" if args.half else "float32", "epochs": recipe["epochs"], "recipe": recipe,
         "seed": args.seed, "amp": use_amp, "compile": args.compile,
         "train_time_s": round(train_time, 1), "wall_time_s": round(time.time() - t_start, 1),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads)"),
         "torch": torch.__version__, "timm": timm.__version__, "history": history,
-        "command": " ".join(shlex.quote(a) for a in ["python", os.path.relpath(os.path.abspath(sys.argv[0]))] + sys.argv[1:]),
+        "command": " ".join(shlex.quote(a) for a in ["python", os.path.relpath(sys.argv[0])] + sys.argv[1:]),
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)

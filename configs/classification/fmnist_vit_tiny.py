@@ -4,7 +4,8 @@
 task = 'classification'
 model = dict(
     name='vit_tiny_patch16_224',
-    kwargs=dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0))
+    kwargs=dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
+                mlp_ratio=2.0))
 data = dict(type='npz', path='plugin/assets/fashion_mnist_subset.npz', mean=(0.2860,), std=(0.3530,))
 calib = dict(num=32, batch_size=32)
 eval = dict(batch_size=250)

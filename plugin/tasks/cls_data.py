@@ -172,7 +172,8 @@ def _npz_datasets(data_cfg):
     out = []
     for split in ("calib", "eval"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        channels_ok = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))
+        if images.dtype != np.uint8 or not channels_ok:
             raise UserInputError(f"{path}: {split}_images must be uint8 N×H×W or N×H×W×C (C 1 or 3), "
                                  f"got {images.dtype} {images.shape}")
         if len(images) == 0:
