@@ -124,15 +124,6 @@ default_hooks = dict(logger=dict(interval=1))
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny detector is far too small for intra-op threads; on a busy 2-core machine they cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(config path, float checkpoint path, work dir) of a random-init tiny Swin Mask R-CNN on a tiny COCO set."""

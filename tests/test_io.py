@@ -21,15 +21,6 @@ from plugin.quant import (RECIPES, CalibData, Recipe, get_recipe, iter_quantizer
 BASELINES = ["minmax", "ptq4vit", "repq"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(arch, seed=0, **kw):
     torch.manual_seed(seed)
     if arch == "vit":

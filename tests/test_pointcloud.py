@@ -32,15 +32,6 @@ except ImportError:
     HAVE_O3D = False
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are tiny: one thread avoids thread start-up and contention costing more than the work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cloud(rng, n):
     return rng.normal(size=(n, 3)).astype(np.float32)
 

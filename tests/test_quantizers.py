@@ -24,15 +24,6 @@ SEARCHES = ("minmax", "percentile", "mse")
 LOG_KINDS = ("log2", "log_sqrt2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------------------------------- layouts
 class Layout:
     """Where the channels of a tensor are: `to_layout` maps canonical (rows, C) to the quantizer's shape."""

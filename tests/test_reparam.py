@@ -16,15 +16,6 @@ from plugin.quant import CalibData, Observation, QuantSpec, Role, build_quantize
 from plugin.quant.reparam import fold_scales, mean_scale
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(arch, seed=0):
     torch.manual_seed(seed)
     if arch == "vit":
