@@ -4,7 +4,8 @@
 # CIFAR_NPZ is the packed-JPEG CIFAR-10 file (configs' data.path); the checkpoints come from tools/train_cls.py.
 # Every (model, method group, bit width) runs as its own process, all at once on the one GPU (small models leave it
 # mostly idle); each writes OUT/<model>_<group>/report.json. RECON_SETTING (default "small", see
-# plugin/quant/recon.py) sets the iterations of the reconstruction methods. Then tools/make_results.py merges them.
+# plugin/quant/recon.py) sets the iterations of the reconstruction methods; ABLATION_BITS (default "4 3") the widths
+# of the ablation rows. Then tools/make_results.py merges the reports into OUT/page.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NPZ=$1; VIT=$2; SWIN=$3; OUT=$4; SETTING=${5:-small}; LIMIT=${LIMIT:-560}
@@ -22,10 +23,12 @@ for m in vit swin; do
   ckpt=$VIT; [ "$m" = swin ] && ckpt=$SWIN
   run $m "$ckpt" base --bits 3 4 6 --method minmax ptq4vit repq dopq &
   for b in 3 4 6; do run $m "$ckpt" seed_w$b --bits $b --method isvit aiqvit --recon-setting "$SETTING" & done
-  run $m "$ckpt" ablation_w4 --bits 4 --method dopq_no_tanq isvit_no_sulq isvit_no_sos aiqvit_no_dfq \
-      aiqvit_no_lowrank aiqvit_no_curriculum --recon-setting "$SETTING" &
+  for b in ${ABLATION_BITS:-4 3}; do
+    run $m "$ckpt" ablation_w$b --bits $b --method dopq_no_tanq isvit_no_sulq isvit_no_sos aiqvit_no_dfq \
+        aiqvit_no_lowrank aiqvit_no_curriculum --recon-setting "$SETTING" &
+  done
 done
 wait
-runs=$(for m in vit swin; do for g in base seed_w3 seed_w4 seed_w6 ablation_w4; do
+runs=$(for m in vit swin; do for g in base seed_w3 seed_w4 seed_w6 ablation_w4 ablation_w3; do
   [ -f "$OUT/${m}_$g/report.json" ] && echo "$OUT/${m}_$g"; done; done)
 "$PY" tools/make_results.py $runs --out "$OUT/page" --title "CIFAR-10 reference models"
