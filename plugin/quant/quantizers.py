@@ -31,6 +31,8 @@ def build_quantizer(spec: QuantSpec, channel_axis: int = -1) -> "Quantizer":
 
 def round_ste(x):
     """Round to nearest with an identity gradient."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return x.round()  # calibration and inference: no graph, so skip the two extra passes over x
     return (x.round() - x).detach() + x
 
 
