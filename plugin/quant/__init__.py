@@ -15,3 +15,4 @@ __all__ = [
 ]
 
 from . import lowrank, mosf, recon, seed_quantizers, seed_recipes  # noqa: F401,E402  (seed quantizers, "mosf", passes, recipes)
+from .freeze import Int8Linear, freeze, frozen_summary  # noqa: E402,F401  (W8A8 integer path)

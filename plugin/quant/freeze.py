@@ -1,0 +1,196 @@
+"""Freeze: turn calibrated fake-quant Linear layers into stored int8 weights and integer matrix products (W8A8 path).
+
+A `QuantLinear` qualifies when its weight quantizer is a `UniformQuantizer` (symmetric or asymmetric, per output
+channel or per tensor) and its input quantizer a per-tensor `UniformQuantizer`, both calibrated, enabled and at most
+8 bits. Anything else (log / twin / seed post-Softmax grids, channel-wise post-LN input quantizers, low-rank branches,
+float inputs, convolutions, the attention matmuls) stays fake-quant; `frozen_summary` says what was and was not frozen.
+
+Exactness. The fake-quant layer computes y = (q_x − z_x)s_x · ((q_w − z_w)s_w)ᵀ + b with integer codes q. `Int8Linear`
+stores the weight codes as int8 (an unsigned grid, 0 … 255, is shifted by −128 so it fits; the zero point moves with
+it), quantizes the input with the same float operations as the fake quantizer (so the codes are identical), and
+computes the integer part exactly:
+
+    Σ_k (a − z'_x)(b − z'_w) = Σ_k a·b − z'_w·Σ_k a − z'_x·Σ_k b + K·z'_x·z'_w
+
+with a, b the int8 codes and z' the shifted zero points: Σ a·b by `torch._int_mm` (int8 × int8 → int32), Σ b per output
+channel precomputed, Σ a per token only when the weight grid is asymmetric. All of this is in int32 (no overflow for
+K < 32 768; larger layers are refused). The epilogue multiplies by s_x·s_w per output channel and adds the bias, in
+float32. The only difference from fake-quant is therefore the float rounding of the fake-quant matmul itself (see
+tests/test_freeze.py for the stated tolerance).
+
+Speed. In eager mode the input quantization and the epilogue are separate elementwise passes over (M, K) and (M, N)
+tensors; on a GPU they can cost as much as the int8 matmul saves. `torch.compile` fuses them (tools/benchmark.py
+--compile); a Triton kernel with the epilogue fused into the matmul is the next step if that is not enough.
+
+`torch._int_mm` on CUDA needs M > 16 and K, N multiples of 8: smaller or odd shapes are zero-padded (zeros add nothing
+to Σ a·b; the corrections use the unpadded sums). Where `torch._int_mm` fails (other devices, old builds) the product
+falls back to a float64 matmul of the codes, which is exact (|Σ a·b| < 2^53).
+
+A frozen model is for inference only: its frozen layers no longer hold quantizers (`set_quant_enabled` does not reach
+them) and `save_quantized`/`load_quantized` do not know `Int8Linear` — save the calibrated model before freezing,
+load it, then freeze again.
+"""
+import torch
+import torch.nn as nn
+
+from .modules import QuantLinear
+from .quantizers import UniformQuantizer
+
+_INT_MM_BROKEN = set()  # device types on which torch._int_mm raised; the exact float64 product is used there
+
+
+def _pad_to(t, dim, multiple, minimum=0):
+    size = t.shape[dim]
+    target = max(-(-size // multiple) * multiple, minimum)
+    if target == size:
+        return t
+    pad = [0, 0] * t.dim()
+    pad[2 * (t.dim() - 1 - dim) + 1] = target - size
+    return nn.functional.pad(t, pad)
+
+
+def int8_matmul(a, w):
+    """Exact a @ wᵀ for int8 a (M, K) and int8 w (N, K), as int32 (M, N)."""
+    m, n = a.shape[0], w.shape[0]
+    kind = a.device.type
+    if kind not in _INT_MM_BROKEN:
+        try:
+            if kind == "cuda":
+                a_p = _pad_to(_pad_to(a, 1, 8), 0, 8, minimum=32)
+                w_p = _pad_to(_pad_to(w, 1, 8), 0, 8)
+                return torch._int_mm(a_p.contiguous(), w_p.t())[:m, :n]
+            return torch._int_mm(a.contiguous(), w.t())
+        except (RuntimeError, NotImplementedError):
+            _INT_MM_BROKEN.add(kind)
+    return (a.double() @ w.double().t()).to(torch.int32)
+
+
+def _uniform(q):
+    return type(q) is UniformQuantizer and q.enabled and q._ready and q.bits <= 8
+
+
+def why_not_freezable(module):
+    """None when `module` can be frozen, else the reason (a short phrase)."""
+    if type(module) is not QuantLinear:
+        return "not a plain QuantLinear"
+    wq, xq = module.weight_quantizer, module.input_quantizer
+    if wq is None or xq is None:
+        return "float weight or input"
+    if not _uniform(wq):
+        return f"weight quantizer {type(wq).__name__} is not a calibrated uniform ≤ 8-bit one"
+    if not _uniform(xq):
+        return f"input quantizer {type(xq).__name__} is not a calibrated uniform ≤ 8-bit one"
+    if xq.scale.numel() != 1 or xq.zero_point.numel() != 1:
+        return "input quantizer is not per-tensor"
+    if wq.scale.numel() not in (1, module.out_features) or (wq.scale.numel() > 1 and wq.channel_axis not in (0, -2)):
+        return "weight quantizer is neither per output channel nor per tensor"
+    return None
+
+
+def _offset(q):
+    # An unsigned grid (qmax > 127) is shifted by -128 into int8; the zero point is shifted with it.
+    return 128 if q.qmax > 127 else 0
+
+
+class Int8Linear(nn.Module):
+    """y = s_x·s_w·(Σ a·b − corrections) + bias, with int8 weight codes stored and int8 input codes made per call."""
+
+    def __init__(self, in_features, out_features, x_qmin, x_qmax, x_offset, w_asymmetric, source_weight_bytes=0):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.x_qmin, self.x_qmax, self.x_offset = x_qmin, x_qmax, x_offset
+        self.w_asymmetric = w_asymmetric
+        self.source_weight_bytes = source_weight_bytes
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("x_scale", torch.ones(()))
+        self.register_buffer("x_zero", torch.zeros(()))
+        self.register_buffer("out_scale", torch.ones(out_features))                  # s_x · s_w
+        self.register_buffer("w_zero", torch.zeros(out_features, dtype=torch.int32))  # z'_w (shifted)
+        self.register_buffer("const", torch.zeros(out_features, dtype=torch.int32))   # −z'_x·Σb + K·z'_x·z'_w
+        self.register_buffer("bias", None)
+
+    @classmethod
+    def from_quant_linear(cls, m: QuantLinear):
+        reason = why_not_freezable(m)
+        if reason is not None:
+            raise ValueError(f"cannot freeze this layer: {reason}")
+        wq, xq = m.weight_quantizer, m.input_quantizer
+        w = m.weight.detach().float()
+        n, k = w.shape
+        with torch.no_grad():
+            w_scale = wq.scale.detach().float().reshape(-1, 1).expand(n, 1)
+            w_zp = wq.zero_point.detach().float().reshape(-1, 1).expand(n, 1)
+            # The fake quantizer's own operations, so the codes are exactly the ones it uses.
+            codes = torch.clamp(w / w_scale + w_zp, wq.qmin, wq.qmax).round()
+            w_off, x_off = _offset(wq), _offset(xq)
+            b = (codes - w_off).to(torch.int8)
+            zw = (w_zp.reshape(-1) - w_off).round().long()
+            zx = int(round(float(xq.zero_point.reshape(()))) - x_off)
+            colsum = b.long().sum(1)
+            const = -zx * colsum + k * zx * zw
+            if const.abs().max() >= 2 ** 31 or k * 128 * 128 * 4 >= 2 ** 31:
+                raise ValueError(f"in_features={k} is too large for exact int32 accumulation")
+            out = cls(k, n, xq.qmin, xq.qmax, x_off, bool((zw != 0).any()),
+                      source_weight_bytes=m.weight.numel() * m.weight.element_size())
+            out.weight_int8 = b.contiguous()
+            out.x_scale = xq.scale.detach().float().reshape(()).clone()
+            out.x_zero = xq.zero_point.detach().float().reshape(()).clone()
+            out.out_scale = (out.x_scale * w_scale.reshape(-1)).contiguous()
+            out.w_zero = zw.to(torch.int32)
+            out.const = const.to(torch.int32)
+            out.bias = None if m.bias is None else m.bias.detach().float().clone()
+        return out.to(m.weight.device)
+
+    def quantize_input(self, x):
+        """int8 input codes (M, K), from the same float operations as the fake quantizer."""
+        q = torch.clamp(x / self.x_scale + self.x_zero, self.x_qmin, self.x_qmax).round()
+        return (q - self.x_offset).to(torch.int8)
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        a = self.quantize_input(x.reshape(-1, self.in_features).float())
+        acc = int8_matmul(a, self.weight_int8)
+        acc += self.const  # in place: in eager mode every pass over the (M, N) output costs as much as the matmul
+        if self.w_asymmetric:
+            acc -= a.sum(1, dtype=torch.int32).unsqueeze(1) * self.w_zero
+        if self.bias is not None:
+            y = torch.addcmul(self.bias, acc.float(), self.out_scale)
+        else:
+            y = acc.float().mul_(self.out_scale)
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def weight_bytes(self):
+        return sum(t.numel() * t.element_size() for t in (self.weight_int8, self.out_scale, self.w_zero, self.const))
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"act=[{self.x_qmin},{self.x_qmax}]-{self.x_offset}, asym_weight={self.w_asymmetric}")
+
+
+def _set_submodule(model, name, new):
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Replace (in place) every qualifying calibrated QuantLinear by an Int8Linear. Returns the model."""
+    targets = [(name, m) for name, m in model.named_modules() if why_not_freezable(m) is None]
+    for name, m in targets:
+        _set_submodule(model, name, Int8Linear.from_quant_linear(m))
+    return model
+
+
+def frozen_summary(model: nn.Module) -> dict:
+    """How many Linear layers are frozen, which quantized ones are not (and why), and their weight bytes."""
+    frozen = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    not_frozen = {name: why_not_freezable(m) for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    return {
+        "frozen": len(frozen),
+        "not_frozen": not_frozen,
+        "weight_bytes_before": sum(m.source_weight_bytes for m in frozen),
+        "weight_bytes_after": sum(m.weight_bytes() for m in frozen),
+    }
+
+
+__all__ = ["Int8Linear", "freeze", "frozen_summary", "int8_matmul", "why_not_freezable"]

@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""Speed of calibration and inference, float beside fake-quant beside frozen INT8, measured in one run.
+
+    python tools/benchmark.py --device cuda --out results/bench.json
+    python tools/benchmark.py --device cpu --quick --out /tmp/bench.json     # tiny sizes, a smoke run
+
+For each model (timm, random weights: speed does not depend on them): calibration wall time per method; evaluation
+throughput (images/s) of the float model, the fake-quant model and the frozen INT8 model (`plugin.quant.freeze`);
+peak GPU memory on CUDA. Then a micro-benchmark of ViT-B-sized Linear layers at M = batch·197 tokens: BF16 matmul
+against `torch._int_mm`, and against the whole `Int8Linear` (input quantization + int8 matmul + epilogue). Ratios are
+taken between figures of the same run. See docs/performance.md.
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+MODELS = ["deit_small_patch16_224", "vit_base_patch16_224"]
+METHODS = ["minmax", "ptq4vit", "repq", "dopq"]
+# (in_features, out_features) of ViT-B's Linear layers: qkv, proj, fc1, fc2.
+VIT_B_LINEARS = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
+# --quick: the same families at toy sizes, so the whole run takes seconds on a CPU.
+QUICK_MODEL_ARGS = {
+    "deit_small_patch16_224": dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10),
+    "vit_base_patch16_224": dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10),
+}
+QUICK_LINEARS = [(64, 192), (64, 64), (64, 256), (256, 64)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", nargs="+", default=MODELS, help="timm model names (created with pretrained=False)")
+    p.add_argument("--method", nargs="+", default=METHODS, help="recipes to calibrate (reconstruction ones: "
+                   "isvit, aiqvit — set --iters to keep them short)")
+    p.add_argument("--w-bits", type=int, default=8)
+    p.add_argument("--a-bits", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    p.add_argument("--calib-num", type=int, default=32, help="calibration images")
+    p.add_argument("--calib-batch", type=int, default=32, help="calibration images per forward")
+    p.add_argument("--iters", type=int, default=None, help="iterations of reconstruction / low-rank passes")
+    p.add_argument("--eval-batches", type=int, default=10, help="timed evaluation batches per model variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches before each timing")
+    p.add_argument("--micro-m", type=int, default=None, help="tokens of the Linear micro-benchmark "
+                   "(default batch-size·197)")
+    p.add_argument("--micro-reps", type=int, default=20)
+    p.add_argument("--no-micro", action="store_true", help="skip the Linear micro-benchmark")
+    p.add_argument("--micro-only", action="store_true", help="only the Linear micro-benchmark")
+    p.add_argument("--compile", action="store_true", help="torch.compile every timed model and layer (fuses the "
+                   "INT8 path's quantize and epilogue kernels; eager mode runs them as separate passes)")
+    p.add_argument("--quick", action="store_true", help="toy model and layer sizes (a smoke run on CPU)")
+    p.add_argument("--out", default=None, help="write the JSON here")
+    p.add_argument("--verbose", action="store_true", help="calibration progress to stderr")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_size = min(args.batch_size, 8)
+        args.calib_num = min(args.calib_num, 8)
+        args.calib_batch = min(args.calib_batch, 8)
+        args.eval_batches = min(args.eval_batches, 5)
+        args.warmup = min(args.warmup, 1)
+        args.micro_reps = min(args.micro_reps, 10)
+        if args.iters is None:
+            args.iters = 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    return args
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device):
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def build_model(name, quick, device):
+    import timm
+    kwargs = QUICK_MODEL_ARGS.get(name, {}) if quick else {}
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval().to(device)
+    return model
+
+
+def input_size(model):
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None:
+        return (3, *size)
+    return tuple(cfg.get("input_size", (3, 224, 224)))
+
+
+def make_recipe(method, args):
+    from plugin.quant import get_recipe
+    recipe = get_recipe(method, args.w_bits, args.a_bits)
+    if args.iters is not None:
+        for p in recipe.passes:
+            p["iters"] = args.iters
+            if args.quick:
+                p["batch_size"] = min(p.get("batch_size") or args.calib_batch, args.calib_batch)
+    return recipe
+
+
+def throughput(model, device, shape, args, autocast_bf16=False):
+    """images/s over `eval_batches` timed batches (after `warmup`), and peak GPU memory of the timed part."""
+    x = torch.randn(args.batch_size, *shape, device=device, generator=torch.Generator(device).manual_seed(0))
+    if args.compile:
+        model = torch.compile(model)
+    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast_bf16 else torch.no_grad
+
+    def run(n):
+        with torch.no_grad(), ctx():
+            for _ in range(n):
+                model(x)
+    run(args.warmup)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _, seconds = _timed(lambda: run(args.eval_batches), device)
+    result = {"images_per_s": args.batch_size * args.eval_batches / seconds, "seconds": seconds}
+    if device.type == "cuda":
+        result["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result
+
+
+def bench_model(name, args, device, log):
+    from plugin.quant import CalibData, quantize
+    from plugin.quant.freeze import freeze, frozen_summary
+    base = build_model(name, args.quick, device)
+    shape = input_size(base)
+    gen = torch.Generator(device).manual_seed(1)
+    images = torch.randn(args.calib_num, *shape, device=device, generator=gen)
+    calib = CalibData(list(images.split(args.calib_batch)), lambda m, b: m(b))
+    entry = {"input_size": list(shape), "params": sum(p.numel() for p in base.parameters()),
+             "float": throughput(base, device, shape, args)}
+    if device.type == "cuda":
+        entry["float_bf16"] = throughput(base, device, shape, args, autocast_bf16=True)
+    entry["methods"] = {}
+    for method in args.method:
+        model = copy.deepcopy(base)
+        recipe = make_recipe(method, args)
+        quiet = (lambda *a: print(*a, file=sys.stderr)) if args.verbose else (lambda *a: None)
+        _, calib_s = _timed(lambda: quantize(model, recipe, calib, log=quiet), device)
+        res = {"calib_s": calib_s, "fake_quant": throughput(model, device, shape, args)}
+        frozen = freeze(copy.deepcopy(model))
+        summary = frozen_summary(frozen)
+        res["frozen_summary"] = {k: v for k, v in summary.items() if k != "not_frozen"}
+        res["frozen_summary"]["not_frozen"] = len(summary["not_frozen"])
+        if summary["frozen"]:
+            res["int8_frozen"] = throughput(frozen, device, shape, args)
+            x = images[: args.calib_batch]
+            with torch.no_grad():
+                a, b = model(x), frozen(x)
+            res["int8_vs_fake_top1_agreement"] = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+            res["int8_vs_fake_max_abs_logit_diff"] = (a - b).abs().max().item()
+        f = entry["float"]["images_per_s"]
+        res["ratios"] = {"fake_over_float": res["fake_quant"]["images_per_s"] / f}
+        if "int8_frozen" in res:
+            res["ratios"]["int8_over_float"] = res["int8_frozen"]["images_per_s"] / f
+            res["ratios"]["int8_over_fake"] = res["int8_frozen"]["images_per_s"] / res["fake_quant"]["images_per_s"]
+            if "float_bf16" in entry:
+                res["ratios"]["int8_over_float_bf16"] = (res["int8_frozen"]["images_per_s"]
+                                                         / entry["float_bf16"]["images_per_s"])
+        entry["methods"][method] = res
+        log(f"  {name} {method}: calibrated in {calib_s:.2f}s")
+        del model, frozen
+    return entry
+
+
+def _time_op(fn, device, reps, warmup=2):
+    for _ in range(warmup):
+        fn()
+    _, seconds = _timed(lambda: [fn() for _ in range(reps)], device)
+    return seconds / reps
+
+
+def linear_microbench(args, device):
+    """BF16 x @ wᵀ vs torch._int_mm and vs the full Int8Linear forward, per layer shape."""
+    from plugin.quant.freeze import Int8Linear, int8_matmul
+    shapes = QUICK_LINEARS if args.quick else VIT_B_LINEARS
+    m = args.micro_m or (args.batch_size * (17 if args.quick else 197))
+    gen = torch.Generator(device).manual_seed(0)
+    rows = []
+    for k, n in shapes:
+        x = torch.randn(m, k, device=device, generator=gen)
+        w = torch.randn(n, k, device=device, generator=gen) / k ** 0.5
+        x16, w16 = x.bfloat16(), w.bfloat16()
+        a8 = torch.randint(-128, 128, (m, k), device=device, dtype=torch.int8, generator=gen)
+        w8 = torch.randint(-128, 128, (n, k), device=device, dtype=torch.int8, generator=gen)
+        layer = Int8Linear(k, n, -128, 127, 0, False).to(device)
+        layer.weight_int8 = w8
+        layer.x_scale = x.abs().max() / 127
+        layer.bias = torch.zeros(n, device=device)
+        run_layer = torch.compile(layer) if args.compile else layer
+        with torch.no_grad():
+            bf16 = _time_op(lambda: x16 @ w16.t(), device, args.micro_reps)
+            int_mm = _time_op(lambda: int8_matmul(a8, w8), device, args.micro_reps)
+            full = _time_op(lambda: run_layer(x), device, args.micro_reps)
+        rows.append({"M": m, "K": k, "N": n, "bf16_ms": bf16 * 1e3, "int_mm_ms": int_mm * 1e3,
+                     "int8_linear_ms": full * 1e3, "speedup_int_mm_over_bf16": bf16 / int_mm,
+                     "speedup_int8_linear_over_bf16": bf16 / full})
+    return rows
+
+
+def print_report(report):
+    print(f"device: {report['device_name']}  torch {report['torch']}  quick={report['quick']}  "
+          f"W{report['w_bits']}A{report['a_bits']}  batch {report['batch_size']}")
+    for name, entry in report["models"].items():
+        fl = entry["float"]["images_per_s"]
+        line = f"\n{name} ({entry['params'] / 1e6:.2f} M params): float32 {fl:.1f} img/s"
+        if "float_bf16" in entry:
+            line += f", bf16 autocast {entry['float_bf16']['images_per_s']:.1f} img/s"
+        if "peak_mem_bytes" in entry["float"]:
+            line += f", peak {entry['float']['peak_mem_bytes'] / 2 ** 20:.0f} MiB"
+        print(line)
+        print(f"  {'method':<10} {'calib s':>8} {'fake img/s':>11} {'int8 img/s':>11} {'fake/fp32':>9} "
+              f"{'int8/fp32':>9} {'int8/fake':>9} {'frozen':>6} {'top1=':>6}")
+        for method, r in entry["methods"].items():
+            i8 = r.get("int8_frozen", {}).get("images_per_s")
+            ra = r["ratios"]
+            fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+            print(f"  {method:<10} {r['calib_s']:>8.2f} {r['fake_quant']['images_per_s']:>11.1f} {fmt(i8, '>11.1f')} "
+                  f"{ra['fake_over_float']:>9.2f} {fmt(ra.get('int8_over_float'), '>9.2f')} "
+                  f"{fmt(ra.get('int8_over_fake'), '>9.2f')} {r['frozen_summary']['frozen']:>6} "
+                  f"{fmt(r.get('int8_vs_fake_top1_agreement'), '>6.2f')}")
+            if "peak_mem_bytes" in r["fake_quant"]:
+                print(f"  {'':<10} peak MiB: fake {r['fake_quant']['peak_mem_bytes'] / 2 ** 20:.0f}"
+                      + (f", int8 {r['int8_frozen']['peak_mem_bytes'] / 2 ** 20:.0f}" if i8 else ""))
+    if report.get("linear_microbench"):
+        print(f"\nLinear layers (M tokens x K -> N): bf16 matmul vs torch._int_mm vs full Int8Linear")
+        print(f"  {'M':>6} {'K':>5} {'N':>5} {'bf16 ms':>9} {'int_mm ms':>9} {'Int8Lin ms':>10} {'int_mm x':>8} "
+              f"{'Int8Lin x':>9}")
+        for r in report["linear_microbench"]:
+            print(f"  {r['M']:>6} {r['K']:>5} {r['N']:>5} {r['bf16_ms']:>9.3f} {r['int_mm_ms']:>9.3f} "
+                  f"{r['int8_linear_ms']:>10.3f} {r['speedup_int_mm_over_bf16']:>8.2f} "
+                  f"{r['speedup_int8_linear_over_bf16']:>9.2f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import plugin  # noqa: F401  (registers adapters, recipes, passes)
+    device = torch.device(args.device)
+    log = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
+    report = {
+        "device": args.device, "quick": args.quick, "torch": torch.__version__, "python": platform.python_version(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(), "w_bits": args.w_bits, "a_bits": args.a_bits,
+        "batch_size": args.batch_size, "compile": args.compile, "calib_num": args.calib_num, "iters": args.iters,
+        "methods": args.method,
+        "models": {},
+    }
+    t0 = time.perf_counter()
+    for name in [] if args.micro_only else args.model:
+        log(f"[benchmark] {name}")
+        report["models"][name] = bench_model(name, args, device, log)
+    report["linear_microbench"] = [] if args.no_micro else linear_microbench(args, device)
+    report["total_s"] = time.perf_counter() - t0
+    print_report(report)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
