@@ -53,6 +53,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output folder for report.json / report.md (default work_dirs/ptq/<config>)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--save-model", action="store_true", help="also save each quantized model (safetensors + JSON)")
+    p.add_argument("--checkpoint-dir", help="where reconstruction passes write a checkpoint after each finished unit, "
+                   "one subfolder per method and bit widths (default OUT/ckpt)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each calibration after the last finished unit in --checkpoint-dir")
     p.add_argument("--no-fp", action="store_true", help="skip the full-precision evaluation")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that need pickle (can execute code from the file; only for trusted files)")
@@ -176,14 +180,22 @@ def run(args):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.time()
-            quantize(model, recipe, calib, log=log, seed=args.seed)
+            ckpt_dir = None
+            if recipe.passes:  # only the reconstruction passes run long enough to need checkpoints
+                ckpt_dir = os.path.join(args.checkpoint_dir or os.path.join(out_dir, "ckpt"),
+                                        f"{method}_w{w_bits}a{a_bits}")
+            quantize(model, recipe, calib, log=log, seed=args.seed, checkpoint_dir=ckpt_dir,
+                     resume=bool(args.resume and ckpt_dir))
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             calib_time = time.time() - t0
             metrics = task.evaluate(model, not args.quiet, desc=f"eval {method} W{w_bits}A{a_bits}")
             log(f"{method} W{w_bits}A{a_bits}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")
             entry = {"method": method, "w_bits": w_bits, "a_bits": a_bits, "metrics": metrics,
-                     "calib_time_s": calib_time, "calib_num": num, "recipe": recipe.to_dict()}
+                     "calib_time_s": calib_time, "calib_num": num, "recipe": recipe.to_dict(),
+                     "rolled_back": list(getattr(model, "_vitq_rollbacks", []))}
+            if ckpt_dir:
+                entry["checkpoint_dir"] = ckpt_dir
             if args.save_model:
                 prefix = os.path.join(out_dir, "models", f"{method}_w{w_bits}a{a_bits}")
                 save_quantized(model, prefix, extra_meta={"model": task.model_meta(), "metrics": metrics})

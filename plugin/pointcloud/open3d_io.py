@@ -5,6 +5,7 @@ Mesa's llvmpipe: `apt-get install libvulkan1 mesa-vulkan-drivers`). When that is
 as a matplotlib 3-D scatter instead; `render_parts` returns which one was used.
 """
 import os
+import sys
 
 import numpy as np
 
@@ -38,20 +39,59 @@ def read_points(path: str, num_points: int = 1024, seed: int = 0, normalize: boo
     rng = np.random.default_rng(seed)
     pts = None
     if ext in MESH_EXTS or ext == ".ply":
-        mesh = o3d.io.read_triangle_mesh(path)
+        mesh = _checked_read(o3d, o3d.io.read_triangle_mesh, path)
         if len(mesh.triangles):
             pts = _sample_mesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), num_points, rng)
         elif ext in MESH_EXTS:
             raise UserInputError(f"{path}: no triangles could be read (corrupted or empty mesh)")
     if pts is None:
-        pts = np.asarray(o3d.io.read_point_cloud(path).points)
+        pts = np.asarray(_checked_read(o3d, o3d.io.read_point_cloud, path).points)
         if len(pts) == 0:
             raise UserInputError(f"{path}: no points could be read (corrupted or empty file)")
         pts = pts[rng.choice(len(pts), num_points, replace=len(pts) < num_points)]
     if not np.isfinite(pts).all():
         raise UserInputError(f"{path}: NaN or inf coordinates")
     pts = pts.astype(np.float32)
+    if not np.isfinite(pts).all():
+        raise UserInputError(f"{path}: coordinates beyond the float32 range")
     return normalize_unit_sphere(pts) if normalize else pts
+
+
+def _flush_c_stdout():
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+def _checked_read(o3d, reader, path):
+    """Run an Open3D reader and refuse the file when the reader reports a failure.
+
+    Open3D only prints a warning when a file is damaged ("Read PLY failed: unable to read file") and may return the
+    points read so far plus uninitialised memory, so its own messages (written by C++ to the process's stdout) are
+    captured and searched."""
+    import tempfile
+    with tempfile.TemporaryFile(mode="w+b") as log, \
+            o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Warning):
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            result = reader(path)
+        except (UnicodeDecodeError, RuntimeError, ValueError) as exc:  # binary junk in a text format's header
+            raise UserInputError(f"{path}: Open3D could not read the file: {type(exc).__name__}: {exc}") from exc
+        finally:
+            _flush_c_stdout()  # a file stdout is block-buffered in C: flush before switching back
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        messages = log.read().decode("utf-8", "replace")
+    failures = [line for line in messages.splitlines() if "fail" in line.lower()]
+    if failures:
+        message = failures[0].replace("\x1b[1;33m", "").replace("\x1b[0;m", "").strip()
+        raise UserInputError(f"{path}: Open3D could not read the file (corrupted or truncated): {message}")
+    return result
 
 
 def _sample_mesh(vertices, triangles, n, rng):

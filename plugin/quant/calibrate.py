@@ -156,10 +156,15 @@ class _StopForward(Exception):
 class CalibContext:
     """Everything a pass needs: the model, recipe, data, adapter and the quantized sites."""
 
-    def __init__(self, model, recipe, calib, adapter, sites, log, max_elems=2 ** 20, seed=0):
+    def __init__(self, model, recipe, calib, adapter, sites, log, max_elems=2 ** 20, seed=0, checkpoint=None):
         self.model, self.recipe, self.calib, self.adapter, self.sites = model, recipe, calib, adapter, sites
         self.log, self.max_elems, self.seed = log, max_elems, seed
         self.by_name = {s.name: s for s in sites}
+        # plugin.quant.resume.CalibCheckpoint (or None): reconstruction writes one after each unit, skips finished ones
+        self.checkpoint = checkpoint
+        self.pass_index, self.pass_kind = None, None
+        # units a guard rolled back: [{"pass", "unit", "reason"}], reported by the CLI
+        self.rollbacks = list(checkpoint.rollbacks) if checkpoint is not None else []
 
     def run_calib(self, stop_after: Optional[nn.Module] = None, desc=None):
         """Run every calibration batch (no grad); stop each forward right after `stop_after` ran, if given."""
@@ -249,15 +254,26 @@ def calibrate_group(ctx, members, stop_after=None):
                 q.calibrate(obs)
 
 
-def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print, seed=0):
-    """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode)."""
+def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print, seed=0, checkpoint_dir=None,
+             resume=False):
+    """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode).
+
+    With `checkpoint_dir`, the reconstruction passes write a checkpoint there after each finished unit; with `resume`
+    as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). The units a guard
+    rolled back are listed in `model._vitq_rollbacks`."""
     from ..adapters.base import find_adapter, Adapter
+    if resume and not checkpoint_dir:
+        raise UserInputError("resume needs a checkpoint directory")
     if not isinstance(adapter, Adapter):
         adapter = find_adapter(model, adapter)
     model.eval()
+    checkpoint = None
+    if checkpoint_dir:
+        from .resume import CalibCheckpoint
+        checkpoint = CalibCheckpoint(checkpoint_dir, recipe, model, calib, seed, resume=resume, log=log)
     adapter.prepare(model)
     sites = attach_quantizers(model, recipe, adapter)
-    ctx = CalibContext(model, recipe, calib, adapter, sites, log, seed=seed)
+    ctx = CalibContext(model, recipe, calib, adapter, sites, log, seed=seed, checkpoint=checkpoint)
     t0 = time.time()
     groups = ctx.groups() if recipe.sequential else [(None, ctx.sites, False)]
     for i, (key, members, single_call) in enumerate(groups):
@@ -266,16 +282,20 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         where = f"block {key}" if key is not None else "between blocks"
         log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}, {len(members)} modules) "
             f"done, {time.time() - t0:.1f}s")
-    for p in recipe.passes:
+    for pass_index, p in enumerate(recipe.passes):
         p = dict(p)
         kind = p.pop("type")
+        ctx.pass_index, ctx.pass_kind = pass_index, kind
         if kind not in PASSES:
             raise UserInputError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
         t1 = time.time()
         PASSES[kind](ctx, **p)
         log(f"[calibrate {recipe.name}] pass {kind} done, {time.time() - t1:.1f}s")
+    if checkpoint is not None and checkpoint.resume_step is not None:
+        raise UserInputError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
     model._vitq_recipe = recipe
     model._vitq_adapter = adapter.name
+    model._vitq_rollbacks = list(ctx.rollbacks)
     return model
 
 

@@ -239,6 +239,11 @@ class LowRankSearch:
             picks.append(f"{name[len(unit.name) + 1:] or name}={r}" + (f" (p={max(probs):.2f})" if probs else ""))
         log(f"[lowrank] {unit.name}: ranks from {list(self.ranks)}: {', '.join(picks)}")
 
+    def resumed(self, model):
+        """A resumed run restored the branches of the units it skipped: record their ranks."""
+        for name, m in branches(model):
+            self.chosen[name] = m.lowrank.rank
+
     def finish(self, unit):
         for name, _, b in self.current:
             self.chosen[name] = b.rank

@@ -647,9 +647,23 @@ def reconstruct(ctx, cfg, reference=None, extension=None):
     if reference is None:
         reference = float_reference(ctx)
     units = reconstruction_units(ctx, cfg.layers)
+    ckpt = getattr(ctx, "checkpoint", None)
+    rollbacks = getattr(ctx, "rollbacks", None)
     report = {}
     for i, unit in enumerate(units):
-        report[unit.name] = reconstruct_unit(ctx, unit, cfg, reference, i, len(units), extension)
+        step, skip = ckpt.next_unit() if ckpt is not None else (None, False)
+        if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
+            if step == ckpt.resume_step:
+                ckpt.restore(ctx.model)
+                if extension is not None and hasattr(extension, "resumed"):
+                    extension.resumed(ctx.model)
+                ctx.log(f"[{cfg.tag}] resumed after unit {i + 1}/{len(units)} {unit.name}")
+            continue
+        report[unit.name] = result = reconstruct_unit(ctx, unit, cfg, reference, i, len(units), extension)
+        if result[2] not in ("ok", "skipped") and rollbacks is not None:
+            rollbacks.append({"pass": cfg.tag, "pass_index": ctx.pass_index, "unit": unit.name, "reason": result[2]})
+        if ckpt is not None:
+            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, unit.name, rollbacks or [])
     rolled = [n for n, (_, _, s) in report.items() if s not in ("ok", "skipped")]
     gains = [(b, a) for b, a, s in report.values() if s == "ok"]
     if gains:

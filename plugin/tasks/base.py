@@ -18,7 +18,7 @@ def register_task(name):
 
 def get_task(name):
     from ..errors import UserInputError
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise UserInputError(f"unknown task {name!r} in config; known tasks: {sorted(TASKS)}")
     return TASKS[name]
 

@@ -18,6 +18,23 @@ def _get(cfg, key, default=None):
     return default if value is None else value
 
 
+def _section(cfg, key, required=False):
+    """A dict entry of the config ({} when absent and optional); a wrong type is a UserInputError."""
+    value = _get(cfg, key)
+    if value is None and not required:
+        return {}
+    if not hasattr(value, "keys") or not hasattr(value, "get"):
+        raise UserInputError(f"classification config: `{key}` must be a dict, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _int(section, key, default, where, minimum=1):
+    value = _get(section, key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserInputError(f"classification config: `{where}.{key}` must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def timm_filter_fn(model):
     """timm's own checkpoint_filter_fn for the model's family (official checkpoints: key renames, pos-embed resize)."""
     fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
@@ -45,11 +62,12 @@ class ClassificationTask(Task):
     def build_model(self):
         import timm
         mcfg = _get(self.cfg, "model")
-        if mcfg is None or "name" not in mcfg:
+        if not hasattr(mcfg, "get") or not isinstance(mcfg.get("name"), str) \
+                or not hasattr(mcfg.get("kwargs") or {}, "keys"):
             raise UserInputError("classification config needs model = dict(name=<timm model>, kwargs=dict(...))")
         try:
             model = timm.create_model(mcfg["name"], pretrained=False, **dict(mcfg.get("kwargs", {}) or {}))
-        except (RuntimeError, TypeError, ValueError) as exc:
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
             raise UserInputError(f"cannot build timm model {mcfg['name']!r}: {exc}") from exc
         state = load_state_dict_file(self.checkpoint, unsafe=self.unsafe_load)
         load_into(model, state, self.checkpoint, filter_fn=timm_filter_fn(model))
@@ -58,7 +76,7 @@ class ClassificationTask(Task):
     def datasets(self, model):
         if self._datasets is None:
             from .cls_data import build_cls_datasets
-            self._datasets = build_cls_datasets(dict(_get(self.cfg, "data")), model)
+            self._datasets = build_cls_datasets(dict(_section(self.cfg, "data", required=True)), model)
         return self._datasets
 
     def calib_data(self, model, num, seed):
@@ -66,17 +84,17 @@ class ClassificationTask(Task):
         from .cls_data import calib_subset
         calib_set, _ = self.datasets(model)
         subset = calib_subset(calib_set, num, seed)
-        bs = int(_get(_get(self.cfg, "calib", {}), "batch_size", 32))
+        bs = _int(_section(self.cfg, "calib"), "batch_size", 32, "calib")
         images = torch.stack([subset[i][0] for i in range(len(subset))])
         batches = [images[i:i + bs].to(self.device) for i in range(0, len(images), bs)]
         return CalibData(batches, lambda m, batch: m(batch))
 
     def evaluate(self, model, progress_enabled=True, desc="eval"):
         _, eval_set = self.datasets(model)
-        ecfg = _get(self.cfg, "eval", {})
+        ecfg = _section(self.cfg, "eval")
         loader = torch.utils.data.DataLoader(
-            eval_set, batch_size=int(_get(ecfg, "batch_size", 64)), shuffle=False,
-            num_workers=int(_get(ecfg, "num_workers", 0)))
+            eval_set, batch_size=_int(ecfg, "batch_size", 64, "eval"), shuffle=False,
+            num_workers=_int(ecfg, "num_workers", 0, "eval", minimum=0))
         correct1 = correct5 = total = 0
         model.eval()
         with torch.no_grad():

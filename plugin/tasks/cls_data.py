@@ -5,6 +5,7 @@ Every data set yields `(image, label)` with `image` a normalised float CHW tenso
 the evaluation set. The readers of the raw training files (`load_fashion_mnist`, `load_cifar10_packed`) live here too,
 so that tools/train_cls.py decodes pixels exactly as the evaluation does.
 """
+import contextlib
 import gzip
 import io
 import os
@@ -108,16 +109,35 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
-        from PIL import Image
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            return self.transform(im.convert("RGB")), label
+        with _image_errors(path):
+            im = _open_rgb(path)
+        return self.transform(im), label
+
+
+# What PIL raises for a damaged, truncated or absurdly large image (UnidentifiedImageError is an OSError).
+def _pil_errors():
+    from PIL import Image
+    return (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def _image_errors(where):
+    try:
+        yield
+    except _pil_errors() as exc:
+        raise UserInputError(f"cannot decode image {where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_rgb(source):
+    from PIL import Image
+    with Image.open(source) as im:
+        return im.convert("RGB")  # decodes the whole image here, so damage shows up inside _image_errors
 
 
 def decode_jpeg(data, offsets, i):
-    from PIL import Image
-    with Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())) as im:
-        return np.array(im.convert("RGB"))
+    with _image_errors(f"number {i} of the packed file"):
+        return np.array(_open_rgb(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())))
 
 
 def _load_npz(path, keys):

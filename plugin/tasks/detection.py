@@ -61,6 +61,11 @@ def detector_checkpoint_filter(state, model):
     return state
 
 
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def _set_log_level(logger, level):
     logger.setLevel(level)
     for handler in logger.handlers:
@@ -142,7 +147,13 @@ class DetectionTask(Task):
             ds_cfg = copy.deepcopy(unwrap_dataset_cfg(train["dataset"]))
             ds_cfg["pipeline"] = copy.deepcopy(unwrap_dataset_cfg(test["dataset"])["pipeline"])
             with DefaultScope.overwrite_default_scope(self.cfg.get("default_scope", "mmdet")):
-                self._calib_set = DATASETS.build(ds_cfg)
+                try:
+                    self._calib_set = DATASETS.build(ds_cfg)
+                except UserInputError:
+                    raise
+                except Exception as exc:  # mmdet/pycocotools raise anything for a damaged annotation file
+                    raise UserInputError(f"cannot load the calibration annotations "
+                                         f"({ds_cfg.get('ann_file', '?')}): {_first_line(exc)}") from exc
         return self._calib_set
 
     def calib_data(self, model, num, seed):
@@ -154,7 +165,12 @@ class DetectionTask(Task):
             raise UserInputError(f"calibration size must be between 1 and {len(dataset)} (the training "
                                  f"annotations' usable images), got {num}")
         indices = np.random.RandomState(seed).choice(len(dataset), int(num), replace=False)
-        batches = [pseudo_collate([dataset[int(i)]]) for i in indices]
+        try:
+            batches = [pseudo_collate([dataset[int(i)]]) for i in indices]
+        except UserInputError:
+            raise
+        except Exception as exc:  # an image or annotation the pipeline cannot read
+            raise UserInputError(f"cannot load a calibration image: {_first_line(exc)}") from exc
         return CalibData(batches, run_test_step)
 
     # -- evaluation -----------------------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""Checkpoints of a running calibration, so a crashed or pre-empted run continues where it stopped.
+
+The reconstruction passes (block_recon, sos, lowrank) visit units one by one; every unit they visit gets a step number
+(counted over the whole `quantize` call). After each finished unit the whole model state is written to
+`DIR/calib-<step>.safetensors`, then `DIR/calib.json` (recipe, model and calibration-data fingerprints, seed, pass index,
+unit index and name, step, the rollbacks so far) is replaced to point at it; both writes are atomic (temporary file,
+then rename), and the JSON is written last, so a kill at any moment leaves the previous complete checkpoint in force.
+
+Resuming replays the same `quantize` call: the basic calibration and the passes run as before, but every unit up to
+the checkpoint's step is skipped, and the saved state is loaded in place of the last one. Work done between units
+(SOS stage 2 reparameterisation, low-rank merging) runs again, so the model has the structure the saved state was
+taken from. Units are independent given their inputs (each has its own seeded generator), so the resumed run gives
+the same tensors as an uninterrupted one.
+"""
+import hashlib
+import json
+import os
+
+import torch
+
+from ..errors import UserInputError
+from .io import LOAD_HOOKS, _atomic_write
+
+FORMAT = "vitq-calib-checkpoint"
+FORMAT_VERSION = 1
+META = "calib.json"
+
+
+def _hash_tensor(h, t):
+    t = t.detach().cpu().contiguous().reshape(-1)
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def model_fingerprint(model):
+    """sha256 of the model's class, state-dict keys, shapes, dtypes and values."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        _hash_tensor(h, value)
+    return h.hexdigest()
+
+
+def data_fingerprint(batches):
+    """sha256 over the tensors of the calibration batches (nested lists, tuples, dicts; other objects by type)."""
+    h = hashlib.sha256(str(len(batches)).encode())
+
+    def walk(obj):
+        if torch.is_tensor(obj):
+            _hash_tensor(h, obj)
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                walk(o)
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                h.update(str(k).encode())
+                walk(obj[k])
+        elif isinstance(obj, (int, float, str, bool)) or obj is None:
+            h.update(repr(obj).encode())
+        else:
+            h.update(type(obj).__name__.encode())
+            walk(getattr(obj, "__dict__", {}))
+    walk(list(batches))
+    return h.hexdigest()
+
+
+class CalibCheckpoint:
+    """Writes a checkpoint after every finished unit; with `resume`, says which units to skip and restores the state."""
+
+    def __init__(self, directory, recipe, model, calib, seed, resume=False, log=print):
+        self.dir, self.log = directory, log
+        self.identity = {"recipe": recipe.to_dict(), "model": model_fingerprint(model),
+                         "calib": data_fingerprint(calib.batches), "seed": int(seed)}
+        self.step = 0
+        self.resume_step = None
+        self.resume_meta = None
+        if resume:
+            self._read()
+
+    @property
+    def meta_path(self):
+        return os.path.join(self.dir, META)
+
+    def _read(self):
+        if not os.path.isfile(self.meta_path):
+            self.log(f"[resume] no checkpoint in {self.dir}: starting from the beginning")
+            return
+        try:
+            with open(self.meta_path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"cannot read calibration checkpoint {self.meta_path}: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise UserInputError(f"{self.meta_path} is not a calibration checkpoint (format {FORMAT!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserInputError(f"{self.meta_path} has checkpoint version {meta.get('format_version')!r}; "
+                                 f"this code reads version {FORMAT_VERSION}")
+        what = {"recipe": "a different recipe (method, bit widths or pass options)",
+                "model": "a different model or checkpoint", "calib": "different calibration data",
+                "seed": "a different seed"}
+        for key, label in what.items():
+            if meta.get(key) != self.identity[key]:
+                raise UserInputError(f"cannot resume from {self.dir}: it was written for {label}; remove it or "
+                                     f"choose another --checkpoint-dir")
+        if not isinstance(meta.get("step"), int) or not os.path.isfile(os.path.join(self.dir, str(meta.get("file")))):
+            raise UserInputError(f"calibration checkpoint {self.meta_path} is incomplete (no state file)")
+        self.resume_step, self.resume_meta = meta["step"], meta
+        self.log(f"[resume] {self.dir}: continuing after pass {meta['pass_index']} ({meta['pass']}) unit "
+                 f"{meta['unit_index'] + 1} ({meta['unit']}), step {meta['step'] + 1}")
+
+    @property
+    def rollbacks(self):
+        return list(self.resume_meta.get("rollbacks", [])) if self.resume_meta else []
+
+    def next_unit(self):
+        """(step, skip): this unit's step number and whether a resumed run already has it."""
+        step = self.step
+        self.step += 1
+        return step, self.resume_step is not None and step <= self.resume_step
+
+    def restore(self, model):
+        """Load the checkpoint's state into the model (at the step it was written)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        path = os.path.join(self.dir, self.resume_meta["file"])
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        try:
+            state = load_file(path, device=str(device))
+        except (SafetensorError, OSError) as exc:
+            raise UserInputError(f"cannot read calibration checkpoint {path}: {exc}") from exc
+        for hook in LOAD_HOOKS:
+            hook(model, state)
+        for name, module in model.named_modules():
+            key = f"{name}.bias" if name else "bias"
+            if getattr(module, "bias", False) is None and key in state:
+                module.bias = torch.nn.Parameter(torch.zeros_like(state[key]))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise UserInputError(f"calibration checkpoint {path} does not match the model at step "
+                                 f"{self.resume_step + 1}: {str(exc).splitlines()[-1].strip()}") from exc
+        self.resume_step = None  # from here on, units run and write checkpoints again
+
+    def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, rollbacks):
+        from safetensors.torch import save_file
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        name = f"calib-{step:05d}.safetensors"
+        _atomic_write(os.path.join(self.dir, name), lambda p: save_file(state, p, metadata={"format": FORMAT}))
+        meta = dict(format=FORMAT, format_version=FORMAT_VERSION, **self.identity, step=step, file=name,
+                    pass_index=pass_index, **{"pass": pass_kind}, unit_index=unit_index, unit=unit_name,
+                    rollbacks=list(rollbacks))
+        _atomic_write(self.meta_path, lambda p: open(p, "w").write(json.dumps(meta, indent=1, sort_keys=True)))
+        for old in os.listdir(self.dir):  # earlier states are superseded once the JSON points at the new one
+            if old.startswith("calib-") and old.endswith(".safetensors") and old != name:
+                try:
+                    os.remove(os.path.join(self.dir, old))
+                except OSError:
+                    pass
+
+
+__all__ = ["CalibCheckpoint", "data_fingerprint", "model_fingerprint"]
