@@ -149,8 +149,8 @@ def attach_quantizers(model, recipe, adapter) -> List[Site]:
     return sites
 
 
-class _StopForward(Exception):
-    pass
+class StopForward(Exception):
+    """Raised from a hook to end a calibration forward early; `CalibContext.run_calib` swallows it per batch."""
 
 
 class CalibContext:
@@ -171,14 +171,14 @@ class CalibContext:
         handle = None
         if stop_after is not None:
             def _stop(*_):
-                raise _StopForward
+                raise StopForward
             handle = stop_after.register_forward_hook(_stop)
         try:
             with torch.no_grad():
                 for batch in self.calib.batches:
                     try:
                         self.calib.forward(self.model, batch)
-                    except _StopForward:
+                    except StopForward:
                         pass
         finally:
             if handle is not None:

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CalibrationError, UserInputError
-from .calibrate import PASSES, REPARAM_RULES, CalibContext, Observer, Site, register_pass
+from .calibrate import PASSES, REPARAM_RULES, CalibContext, Observer, Site, StopForward, register_pass
 from .quantizers import Quantizer, TwinUniformQuantizer, UniformQuantizer, _LogQuantizer
 from .reparam import fold_scales
 from .spec import Role
@@ -223,30 +223,17 @@ def reconstruction_units(ctx, layers=True) -> List[Unit]:
     return units
 
 
-class _Stop(Exception):
-    pass
-
-
-def _run_calib(ctx):
-    with torch.no_grad():
-        for batch in ctx.calib.batches:
-            try:
-                ctx.calib.forward(ctx.model, batch)
-            except _Stop:
-                pass
-
-
 def capture_inputs(ctx, unit):
     """(args, kwargs) the unit receives, per calibration batch; each forward stops at the unit's input."""
     records = []
 
     def hook(mod, args, kwargs):
         records.append((args, dict(kwargs)))
-        raise _Stop
+        raise StopForward
 
     handle = unit.module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        _run_calib(ctx)
+        ctx.run_calib()
     finally:
         handle.remove()
     if len(records) != len(ctx.calib.batches):
@@ -260,11 +247,11 @@ def capture_outputs(ctx, unit):
 
     def hook(mod, args, output):
         records.append(_tensors(output))
-        raise _Stop
+        raise StopForward
 
     handle = unit.module.register_forward_hook(hook)
     try:
-        _run_calib(ctx)
+        ctx.run_calib()
     finally:
         handle.remove()
     if len(records) != len(ctx.calib.batches):
