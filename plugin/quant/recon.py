@@ -223,33 +223,20 @@ def reconstruction_units(ctx, layers=True) -> List[Unit]:
     return units
 
 
-def capture_inputs(ctx, unit):
-    """(args, kwargs) the unit receives, per calibration batch; each forward stops at the unit's input."""
+def _capture(ctx, unit, inputs):
+    """Per calibration batch, the unit's (args, kwargs) (`inputs`) or its output tensors; each forward stops there."""
     records = []
 
-    def hook(mod, args, kwargs):
+    def pre_hook(mod, args, kwargs):
         records.append((args, dict(kwargs)))
         raise StopForward
 
-    handle = unit.module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        ctx.run_calib()
-    finally:
-        handle.remove()
-    if len(records) != len(ctx.calib.batches):
-        raise CalibrationError(f"{unit.name} was not reached by every calibration batch")
-    return records
-
-
-def capture_outputs(ctx, unit):
-    """The unit's output tensors per calibration batch; each forward stops right after the unit."""
-    records = []
-
-    def hook(mod, args, output):
+    def post_hook(mod, args, output):
         records.append(_tensors(output))
         raise StopForward
 
-    handle = unit.module.register_forward_hook(hook)
+    handle = (unit.module.register_forward_pre_hook(pre_hook, with_kwargs=True) if inputs
+              else unit.module.register_forward_hook(post_hook))
     try:
         ctx.run_calib()
     finally:
@@ -257,6 +244,16 @@ def capture_outputs(ctx, unit):
     if len(records) != len(ctx.calib.batches):
         raise CalibrationError(f"{unit.name} was not reached by every calibration batch")
     return records
+
+
+def capture_inputs(ctx, unit):
+    """(args, kwargs) the unit receives, per calibration batch."""
+    return _capture(ctx, unit, inputs=True)
+
+
+def capture_outputs(ctx, unit):
+    """The unit's output tensors per calibration batch."""
+    return _capture(ctx, unit, inputs=False)
 
 
 def _tensors(obj, detach=True):
