@@ -326,6 +326,21 @@ def test_repq_w4a4_quantized_detector(task_and_model):
     assert "bbox_mAP" in metrics and "segm_mAP" in metrics
 
 
+@pytest.mark.parametrize("method", ["dopq", "isvit", "aiqvit"])
+def test_seed_recipes_run_unchanged_on_the_detector(task_and_model, method):
+    """The seed methods' recipes (reconstruction passes included, a few steps) quantize and evaluate a detector."""
+    import copy
+
+    from plugin.quant import get_recipe, quantize
+    task, fp_model = task_and_model
+    model = copy.deepcopy(fp_model)
+    recipe = get_recipe(method, w_bits=4, a_bits=4)
+    recipe.passes = [dict(p, iters=2, batch_size=1) for p in recipe.passes]
+    quantize(model, recipe, task.calib_data(model, 2, seed=0), log=lambda s: None)
+    metrics = task.evaluate(model, progress=False)
+    assert "bbox_mAP" in metrics and "segm_mAP" in metrics
+
+
 def test_ptq_test_cli_end_to_end(tiny, tmp_path):
     cfg_path, ckpt, _ = tiny
     out = tmp_path / "out"
