@@ -58,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue each calibration after the last finished unit in --checkpoint-dir")
     p.add_argument("--no-fp", action="store_true", help="skip the full-precision evaluation")
+    p.add_argument("--freeze", action="store_true",
+                   help="also evaluate through the integer path (plugin.quant.freeze: int8 weights and activations, "
+                        "torch._int_mm) after the fake-quant evaluation; layers that do not qualify stay fake-quant")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that need pickle (can execute code from the file; only for trusted files)")
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
@@ -120,6 +123,10 @@ def markdown_report(report):
         lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | "
                      + " | ".join(f"{r['metrics'][k]:.2f}" for k in metric_names)
                      + f" | {r['calib_time_s']:.1f} |")
+        if r.get("int8"):
+            lines.append(f"| {r['method']} (integer path, {r['int8']['frozen_layers']} layers) | "
+                         f"{r['w_bits']}/{r['a_bits']} | "
+                         + " | ".join(f"{r['int8']['metrics'][k]:.2f}" for k in metric_names) + " | - |")
     lines += ["", f"calibration samples: {', '.join(sorted({str(r['calib_num']) for r in report['results']}))}"]
     return "\n".join(lines) + "\n"
 
@@ -138,7 +145,7 @@ def run(args):
     import plugin  # noqa: F401  (registers tasks, adapters, methods)
     from plugin.config import load_config
     from plugin.errors import UserInputError
-    from plugin.quant import get_recipe, quantize, save_quantized
+    from plugin.quant import freeze, frozen_summary, get_recipe, quantize, save_quantized
     from plugin.quant.io import package_versions
     from plugin.tasks.base import get_task
 
@@ -196,10 +203,18 @@ def run(args):
                      "rolled_back": list(getattr(model, "_vitq_rollbacks", []))}
             if ckpt_dir:
                 entry["checkpoint_dir"] = ckpt_dir
-            if args.save_model:
+            if args.save_model:  # before freezing: the saved model is the calibrated fake-quant one
                 prefix = os.path.join(out_dir, "models", f"{method}_w{w_bits}a{a_bits}")
                 save_quantized(model, prefix, extra_meta={"model": task.model_meta(), "metrics": metrics})
                 entry["saved_model"] = prefix
+            if args.freeze:
+                freeze(model)
+                summary = frozen_summary(model)
+                int8 = task.evaluate(model, not args.quiet, desc=f"eval {method} W{w_bits}A{a_bits} int8")
+                log(f"{method} W{w_bits}A{a_bits} integer path ({summary['frozen']} Linear layers frozen): "
+                    f"{json.dumps(int8)}")
+                entry["int8"] = {"metrics": int8, "frozen_layers": summary["frozen"],
+                                 "not_frozen": summary["not_frozen"]}
             report["results"].append(entry)
             del model
     write_reports(report, out_dir)
