@@ -112,3 +112,14 @@ def test_exit_code_of_the_real_process(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools/ptq_test.py"), CONFIG, str(tmp_path / "x.pth")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_freeze_evaluates_the_integer_path(tmp_path):
+    code = run_cli(CONFIG, CKPT, "--bits", "8", "--method", "minmax", "--freeze", "--no-fp", "--out", tmp_path,
+                   "--quiet", "--device", "cpu")
+    assert code == 0
+    entry = json.load(open(tmp_path / "report.json"))["results"][0]
+    assert entry["int8"]["frozen_layers"] > 0
+    # the integer path computes the same codes as fake-quant; only float rounding of the epilogue differs
+    assert abs(entry["int8"]["metrics"]["top1"] - entry["metrics"]["top1"]) <= 0.5
+    assert "integer path" in open(tmp_path / "report.md").read()
