@@ -92,7 +92,7 @@ class Observer:
         return Observation(self.min, self.max, self.rows, self.count)
 
 
-def _set_submodule(model, name, new):
+def set_submodule(model, name, new):
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -133,15 +133,12 @@ def attach_quantizers(model, recipe, adapter) -> List[Site]:
         module = model.get_submodule(name)
         if not isinstance(module, MatMul):
             quant_cls = quant_class_for(module)
-            if quant_cls is None:
-                if hasattr(module, "weight_quantizer"):  # already quantized (load path re-attaching)
-                    quant_cls = None
-                else:
-                    raise UserInputError(f"adapter {adapter.name} gave role {role.value} to {name}, "
-                                         f"a {type(module).__name__}, which cannot be quantized")
-            else:
+            if quant_cls is not None:
                 module = quant_cls.from_module(module)
-                _set_submodule(model, name, module)
+                set_submodule(model, name, module)
+            elif not hasattr(module, "weight_quantizer"):  # an already quantized module is re-attached as it is
+                raise UserInputError(f"adapter {adapter.name} gave role {role.value} to {name}, "
+                                     f"a {type(module).__name__}, which cannot be quantized")
         site = Site(name, module, role, post_ln=name in consumers)
         for slot, axis in quantizer_slots(module):
             setattr(module, slot, _make_quantizer(recipe.spec_for(_site_keys(site, slot)), axis))

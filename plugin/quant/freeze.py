@@ -33,6 +33,7 @@ load it, then freeze again.
 import torch
 import torch.nn as nn
 
+from .calibrate import set_submodule
 from .modules import QuantLinear
 from .quantizers import UniformQuantizer
 
@@ -167,17 +168,11 @@ class Int8Linear(nn.Module):
                 f"act=[{self.x_qmin},{self.x_qmax}]-{self.x_offset}, asym_weight={self.w_asymmetric}")
 
 
-def _set_submodule(model, name, new):
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def freeze(model: nn.Module) -> nn.Module:
     """Replace (in place) every qualifying calibrated QuantLinear by an Int8Linear. Returns the model."""
     targets = [(name, m) for name, m in model.named_modules() if why_not_freezable(m) is None]
     for name, m in targets:
-        _set_submodule(model, name, Int8Linear.from_quant_linear(m))
+        set_submodule(model, name, Int8Linear.from_quant_linear(m))
     return model
 
 
