@@ -99,6 +99,14 @@ class Quantizer(nn.Module):
     def calibrate(self, obs: Observation):
         with torch.no_grad():
             self._calibrate(obs)
+        return self._mark_ready()
+
+    def set_params(self, **tensors):
+        """Set parameter buffers directly (e.g. from a reparameterisation) and mark the quantizer calibrated."""
+        self._set(**tensors)
+        return self._mark_ready()
+
+    def _mark_ready(self):
         self.initialized.fill_(True)
         self._ready = True
         return self

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..errors import CalibrationError, UserInputError
 from .calibrate import PASSES, REPARAM_RULES, CalibContext, Observer, Site, StopForward, register_pass
 from .quantizers import Quantizer, TwinUniformQuantizer, UniformQuantizer, _LogQuantizer
-from .reparam import fold_scales
+from .reparam import fold_channelwise
 from .spec import Role
 
 LEARNABLE = ("act_scale", "weight_scale", "weight", "bias")
@@ -726,8 +726,8 @@ def reparameterize_channelwise(ctx, rule="mean"):
 
     The same algebra as plugin.quant.reparam (RepQ-ViT): with channel scales s_c and zero points z_c, the layer-wise
     s̃ = rule(s_c), z̃ = round(mean z_c), r1 = s_c / s̃ and shift = s̃·(z_c − z̃) are folded into the LayerNorm affine
-    and the consuming Linears (`fold_scales`). When several consumers share a LayerNorm their (possibly separately
-    learned) scales are averaged first. Returns the number of LayerNorms folded.
+    and the consuming Linears (`reparam.fold_channelwise`). When several consumers share a LayerNorm their (possibly
+    separately learned) scales are averaged first. Returns the number of LayerNorms folded.
     """
     if rule not in REPARAM_RULES:
         raise UserInputError(f"sos: unknown reparameterisation rule {rule!r}; known: {sorted(REPARAM_RULES)}")
@@ -738,15 +738,11 @@ def reparameterize_channelwise(ctx, rule="mean"):
             scales = torch.stack([q.scale.reshape(-1) for q in qs]).mean(0)
             zeros = qs[0].zero_point.reshape(-1)
             s_layer = REPARAM_RULES[rule](scales, observations.get(sites[0].name)).reshape(())
-            z_layer = zeros.mean().round()
-            r1 = scales / s_layer
-            shift = s_layer * (zeros - z_layer)
-        fold_scales(ctx.model.get_submodule(norm_name), [s.module for s in sites], r1, shift)
+        z_layer, _, _ = fold_channelwise(ctx.model.get_submodule(norm_name), [s.module for s in sites],
+                                         scales, zeros, s_layer)
         for site, q in zip(sites, qs):
             layerwise = UniformQuantizer(q.spec.replace(granularity="tensor"), channel_axis=q.channel_axis)
-            layerwise._set(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))
-            layerwise.initialized.fill_(True)
-            layerwise._ready = True
+            layerwise.set_params(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))
             layerwise.enabled = q.enabled
             site.module.input_quantizer = layerwise.to(scales.device)
     return len(pairs)

@@ -55,6 +55,19 @@ def fold_scales(norm: nn.Module, consumers, r1, shift):
                 lin.bias.sub_(correction)
 
 
+def fold_channelwise(norm, consumers, scales, zeros, s_layer):
+    """Fold channel-wise (scales, integer zeros) into `norm` and `consumers` for the layer-wise scale `s_layer`.
+
+    Returns (z̃, r1, shift): the layer-wise zero point round(mean z_c), r1 = s_c / s̃ and shift = s̃·(z_c − z̃).
+    """
+    with torch.no_grad():
+        z_layer = zeros.mean().round()
+        r1 = scales / s_layer
+        shift = s_layer * (zeros - z_layer)
+    fold_scales(norm, consumers, r1, shift)
+    return z_layer, r1, shift
+
+
 def reparameterize_group(ctx, members, observations):
     """Reparameterise every norm → consumers pair whose consumers are in `members`, and set their input quantizers."""
     rule = REPARAM_RULES[ctx.recipe.reparam]
@@ -74,13 +87,9 @@ def reparameterize_group(ctx, members, observations):
         channelwise = UniformQuantizer(spec.replace(granularity="channel"), channel_axis=-1).calibrate(obs)
         scales, zeros = channelwise.scale, channelwise.zero_point
         s_layer = rule(scales, obs).reshape(())
-        z_layer = zeros.mean().round()
-        r1 = scales / s_layer
-        shift = s_layer * (zeros - z_layer)
-        fold_scales(ctx.model.get_submodule(norm_name), [s.module for s in sites], r1, shift)
+        z_layer, r1, shift = fold_channelwise(ctx.model.get_submodule(norm_name), [s.module for s in sites],
+                                              scales, zeros, s_layer)
         new_obs = obs.map_channels(lambda t: t / r1 + shift)
         for site, q in zip(sites, quantizers):
-            q._set(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))
-            q.initialized.fill_(True)
-            q._ready = True
+            q.set_params(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))
             observations[(site.name, "input_quantizer")] = new_obs
