@@ -4,7 +4,6 @@
 reparameterisation that edits the weights in place is seen by the quantized module. Either quantizer may be None
 (that input or weight stays in float).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -19,7 +19,6 @@ absorb exactly. So s̃ changes the quantized model only through floating-point r
 layer-wise quantizer parameters a later pass trains (its learning rate is absolute), and through anything that
 recalibrates that quantizer afterwards. The consumer weights are not needed by this rule.
 """
-import torch
 
 from .reparam import register_reparam_rule
 
