@@ -90,6 +90,38 @@ def test_block_recon_lowers_every_block_error_and_reloads(setup, tmp_path):
         assert torch.equal(model(x), loaded(x))
 
 
+def test_unit_reached_by_some_batches_learns_on_those(setup):
+    """A unit that some calibration batches skip (in detection: a RoI head on an image without proposals) learns
+    from the batches that reach it; one reached by none is skipped, not an error."""
+    fp, calib, base = setup
+
+    def forward(model, batch):
+        x, skip = batch
+        x = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+        for i, blk in enumerate(model.blocks):
+            if i not in skip:
+                x = blk(x)
+        return model.forward_head(model.norm(x))
+
+    b0, b1 = calib.batches
+    skipping = CalibData([(b0, ()), (b1, ()), (b0, (1,)), (b1, (0, 1))], forward)
+    logs = []
+    model = with_pass(base, skipping, dict(type="block_recon", iters=20, batch_size=8, scale_lr=1e-2, lr=1e-3,
+                                           learn=("act_scale", "weight_scale", "weight", "bias")), logs)
+    assert any("blocks.1: reached by 2 of 4 calibration batches" in line for line in logs), logs
+    assert any("blocks.0: reached by 3 of 4 calibration batches" in line for line in logs), logs
+    x = fixed_input(calib)
+    before, after = block_errors(base, fp, x), block_errors(model, fp, x)
+    assert after[1] < before[1], (before, after)
+
+    never = CalibData([(b, (1,)) for b in calib.batches], forward)
+    logs = []
+    model = with_pass(base, never, dict(type="block_recon", iters=4, batch_size=8, layers=False), logs)
+    assert any("blocks.1: not reached by the calibration data, skipped" in line for line in logs), logs
+    for k, v in model.blocks[1].state_dict().items():
+        assert torch.equal(v, base.blocks[1].state_dict()[k]), k
+
+
 def test_float_reference_is_the_float_model(setup):
     fp, calib, base = setup
     model = copy.deepcopy(base)

@@ -24,11 +24,14 @@ for m in vit swin; do
   run $m "$ckpt" base --bits 3 4 6 --method minmax ptq4vit repq dopq &
   for b in 3 4 6; do run $m "$ckpt" seed_w$b --bits $b --method isvit aiqvit --recon-setting "$SETTING" & done
   for b in ${ABLATION_BITS:-4 3}; do
-    run $m "$ckpt" ablation_w$b --bits $b --method dopq_no_tanq isvit_no_sulq isvit_no_sos aiqvit_no_dfq \
-        aiqvit_no_lowrank aiqvit_no_curriculum --recon-setting "$SETTING" &
+    run $m "$ckpt" ablation_w${b}_isvit --bits $b --method dopq_no_tanq isvit_no_sulq isvit_no_sos \
+        --recon-setting "$SETTING" &
+    run $m "$ckpt" ablation_w${b}_aiqvit --bits $b --method aiqvit_no_dfq aiqvit_no_lowrank aiqvit_no_curriculum \
+        --recon-setting "$SETTING" &
   done
 done
 wait
-runs=$(for m in vit swin; do for g in base seed_w3 seed_w4 seed_w6 ablation_w4 ablation_w3; do
+runs=$(for m in vit swin; do for g in base seed_w3 seed_w4 seed_w6 ablation_w4_isvit ablation_w4_aiqvit \
+    ablation_w3_isvit ablation_w3_aiqvit; do
   [ -f "$OUT/${m}_$g/report.json" ] && echo "$OUT/${m}_$g"; done; done)
 "$PY" tools/make_results.py $runs --out "$OUT/page" --title "CIFAR-10 reference models"

@@ -24,6 +24,9 @@ def parse_args(argv=None):
     p.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by total batch / auto_scale_lr.base")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from CKPT, or from the latest in work dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop after the last epoch that ends inside this wall-time budget (the epoch count and lr "
+                   "schedule stay the config's: set them so training fits; this is a guard, not a schedule)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries (mmengine syntax)")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
@@ -70,12 +73,37 @@ def export_weights(runner, path):
     return path
 
 
+def time_budget_hook(seconds):
+    """A hook that ends training after the epoch past which the next one would overrun `seconds` of wall time."""
+    import time
+    from mmengine.hooks import Hook
+
+    class TimeBudgetHook(Hook):
+        priority = "VERY_LOW"
+
+        def before_train(self, runner):
+            self.start = self.last = time.monotonic()
+
+        def after_train_epoch(self, runner):
+            now = time.monotonic()
+            epoch_s, self.last = now - self.last, now
+            done = runner.epoch + 1  # mmengine counts the epoch up after this hook
+            if now - self.start + epoch_s > seconds and done < runner.max_epochs:
+                runner.logger.warning(f"--max-time {seconds:g}s: stopping after epoch {done} of "
+                                      f"{runner.max_epochs} ({now - self.start:.0f}s spent, {epoch_s:.0f}s per epoch)")
+                runner.train_loop.stop_training = True
+
+    return TimeBudgetHook()
+
+
 def main(argv=None):
     args = parse_args(argv)
     import plugin.det  # noqa: F401  (mmcv-lite ops and QuantSwin, before the runner imports mmdet's models)
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
     runner = Runner.from_cfg(build_cfg(args))
+    if args.max_time:
+        runner.register_hook(time_budget_hook(args.max_time))
     runner.train()
     if is_main_process():
         path = export_weights(runner, os.path.join(runner.work_dir, "model_final.pth"))

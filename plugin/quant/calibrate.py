@@ -160,6 +160,7 @@ class CalibContext:
         # plugin.quant.resume.CalibCheckpoint (or None): reconstruction writes one after each unit, skips finished ones
         self.checkpoint = checkpoint
         self.pass_index, self.pass_kind = None, None
+        self.batch_index = None  # the calibration batch run_calib is running
         # units a guard rolled back: [{"pass", "unit", "reason"}], reported by the CLI
         self.rollbacks = list(checkpoint.rollbacks) if checkpoint is not None else []
 
@@ -172,7 +173,7 @@ class CalibContext:
             handle = stop_after.register_forward_hook(_stop)
         try:
             with torch.no_grad():
-                for batch in self.calib.batches:
+                for self.batch_index, batch in enumerate(self.calib.batches):
                     try:
                         self.calib.forward(self.model, batch)
                     except StopForward:

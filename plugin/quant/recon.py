@@ -224,15 +224,16 @@ def reconstruction_units(ctx, layers=True) -> List[Unit]:
 
 
 def _capture(ctx, unit, inputs):
-    """Per calibration batch, the unit's (args, kwargs) (`inputs`) or its output tensors; each forward stops there."""
-    records = []
+    """{batch index: the unit's (args, kwargs) (`inputs`) or its output tensors} for every calibration batch that
+    reaches the unit (in detection a RoI head is skipped on an image without proposals); each forward stops there."""
+    records = {}
 
     def pre_hook(mod, args, kwargs):
-        records.append((args, dict(kwargs)))
+        records[ctx.batch_index] = (args, dict(kwargs))
         raise StopForward
 
     def post_hook(mod, args, output):
-        records.append(_tensors(output))
+        records[ctx.batch_index] = _tensors(output)
         raise StopForward
 
     handle = (unit.module.register_forward_pre_hook(pre_hook, with_kwargs=True) if inputs
@@ -241,18 +242,16 @@ def _capture(ctx, unit, inputs):
         ctx.run_calib()
     finally:
         handle.remove()
-    if len(records) != len(ctx.calib.batches):
-        raise CalibrationError(f"{unit.name} was not reached by every calibration batch")
     return records
 
 
 def capture_inputs(ctx, unit):
-    """(args, kwargs) the unit receives, per calibration batch."""
+    """(args, kwargs) the unit receives, per calibration batch that reaches it."""
     return _capture(ctx, unit, inputs=True)
 
 
 def capture_outputs(ctx, unit):
-    """The unit's output tensors per calibration batch."""
+    """The unit's output tensors, per calibration batch that reaches it."""
     return _capture(ctx, unit, inputs=False)
 
 
@@ -505,7 +504,13 @@ def reconstruct_unit(ctx, unit, cfg, reference, index=0, total=1, extension=None
         inputs = capture_inputs(ctx, unit)
     with reference.active():
         targets = capture_outputs(ctx, unit)
-    cache = UnitCache(inputs, targets)
+    common = sorted(inputs.keys() & targets.keys())  # batches reaching the unit in both the current and float model
+    if not common:
+        ctx.log(f"{where}: not reached by the calibration data, skipped")
+        return None, None, "skipped"
+    if len(common) < len(ctx.calib.batches):
+        ctx.log(f"{where}: reached by {len(common)} of {len(ctx.calib.batches)} calibration batches, learns on those")
+    cache = UnitCache([inputs[i] for i in common], [targets[i] for i in common])
     del inputs, targets
     bs = cfg.batch_size
     gen = torch.Generator().manual_seed(int(ctx.seed) * 1000003 + index)
