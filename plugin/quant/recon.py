@@ -255,6 +255,22 @@ def capture_outputs(ctx, unit):
     return _capture(ctx, unit, inputs=False)
 
 
+@torch.no_grad()
+def _realign_targets(unit, reference, inputs, targets, batches):
+    """Where the quantized model feeds the unit other shapes than the float model did (a RoI head gets the boxes its
+    own model proposed), the float target does not match item for item: use the float unit's output on the same
+    inputs instead. Returns how many batches were realigned."""
+    count = 0
+    for i in batches:
+        args, kwargs = inputs[i]
+        with reference.active():
+            own = _tensors(unit.module(*args, **kwargs))
+        if [t.shape for t in own] != [t.shape for t in targets[i]]:
+            targets[i] = own
+            count += 1
+    return count
+
+
 def _tensors(obj, detach=True):
     """The floating-point tensors in a (nested) output, in a fixed order."""
     if torch.is_tensor(obj):
@@ -510,6 +526,10 @@ def reconstruct_unit(ctx, unit, cfg, reference, index=0, total=1, extension=None
         return None, None, "skipped"
     if len(common) < len(ctx.calib.batches):
         ctx.log(f"{where}: reached by {len(common)} of {len(ctx.calib.batches)} calibration batches, learns on those")
+    realigned = _realign_targets(unit, reference, inputs, targets, common)
+    if realigned:
+        ctx.log(f"{where}: {realigned} batch(es) reach it with other shapes than in the float model (data-dependent "
+                f"proposals); their targets are the float unit's output on the same inputs")
     cache = UnitCache([inputs[i] for i in common], [targets[i] for i in common])
     del inputs, targets
     bs = cfg.batch_size
