@@ -1,0 +1,183 @@
+"""Triton INT8 GEMM with the `Int8Linear` epilogue fused in, optionally quantizing a float input while loading it.
+
+Computes, for int8 activation codes a (M, K) and int8 weight codes w (N, K):
+
+    y[m, n] = s[n] · (Σ_k a[m,k]·w[n,k] + c[n] − (Σ_k a[m,k])·z_w[n]) + bias[n]
+
+with the int8 × int8 products accumulated exactly in int32 by `tl.dot`, then one float32 multiply-add and a cast to
+the output dtype (bf16 / fp16 / fp32) before the only store — the int32 (M, N) product never reaches memory. This is
+`plugin.quant.freeze.Int8Linear`'s math: s = s_x·s_w (per output channel), c = −z'_x·Σ_k w + K·z'_x·z'_w (per output
+channel), z_w = z'_w (the row-sum term only for asymmetric weight grids; `w_zero=None` drops it).
+
+Two entry points:
+- `int8_gemm(a8, w8, ...)`: a8 already int8 (the GEMM alone, with its epilogue).
+- `quant_int8_gemm(x, w8, ...)`: x float (bf16 / fp16 / fp32); each A tile is quantized in registers right after it
+  is loaded, a = clamp(x / s_x + z_x, qmin, qmax).round() − offset, with the same float32 operations as
+  `Int8Linear.quantize_input` (IEEE division `div_rn`, round half to even), so the codes are identical and there is no
+  separate quantize pass over (M, K). The price: every N-tile re-quantizes its rows (N / BLOCK_N times per element);
+  `exact_quant=False` multiplies by 1/s_x instead of dividing (cheaper, may move a code by one at a rounding tie).
+
+Weight layout: W stays [N, K] row-major as `Int8Linear` stores it; the kernel reads its [BLOCK_K, BLOCK_N] tiles
+through strides. That tile is K-contiguous, which is the operand order the int8 tensor-core instructions want (Hopper
+wgmma takes 8-bit operands only K-major), so no transposed copy is made at freeze time.
+
+On CUDA the block sizes are picked by `triton.autotune` (key: M, N, K and the variant). Under the Triton interpreter
+(TRITON_INTERPRET=1, CPU tensors; used by tests/test_triton_int8.py) or off CUDA a single small config is used, so no
+autotuning runs. Rows and columns past M, N are wrapped (index % M) on load and masked on store; K is masked unless
+it is a multiple of BLOCK_K, so there are no shape constraints beyond K < 2^17 (int32 accumulation).
+tests/test_triton_int8.py also compiles the kernel for sm_90 offline and checks for int8 wgmma and pipelined loads.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# 1.5·2^23: (v + R) − R rounds a float32 |v| < 2^22 to the nearest integer, ties to even (as torch.round does)
+_ROUND = tl.constexpr(12582912.0)
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _int8_gemm_kernel(x_ptr, w_ptr, out_ptr, scale_ptr, const_ptr, wzero_ptr, bias_ptr, xs_ptr, xz_ptr,
+                      M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
+                      x_qmin, x_qmax, x_offset,
+                      QUANT_X: tl.constexpr, EXACT_QUANT: tl.constexpr, W_ASYM: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # Grouped ("swizzled") tile order: GROUP_M row-tiles share each column-tile, so W tiles stay in L2.
+    pid = tl.program_id(0)
+    grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * grid_n)
+    first_m = group * GROUP_M
+    rows_in_group = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * grid_n)) % rows_in_group
+    pid_n = (pid % (GROUP_M * grid_n)) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, cols = offs_m % M, offs_n % N  # wrapped: loads stay in bounds, the extra rows/columns are not stored
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + cols[None, :] * stride_wn  # [BLOCK_K, BLOCK_N] view of W[N, K]
+
+    if QUANT_X:
+        xs = tl.load(xs_ptr)
+        xz = tl.load(xz_ptr)
+        inv = 1.0 / xs
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            b = tl.load(w_ptrs)
+        else:
+            k_ok = offs_k < K - k0
+            x = tl.load(x_ptrs, mask=k_ok[None, :], other=0)
+            b = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
+        if QUANT_X:
+            x = x.to(tl.float32)
+            if EXACT_QUANT:
+                v = tl.math.div_rn(x, xs) + xz
+            else:
+                v = x * inv + xz
+            v = tl.minimum(tl.maximum(v, x_qmin), x_qmax)
+            v = (v + _ROUND) - _ROUND
+            a = v.to(tl.int32) - x_offset
+            if not EVEN_K:
+                a = tl.where(k_ok[None, :], a, 0)  # K padding must be code 0, not the zero point
+            a = a.to(tl.int8)
+        else:
+            a = x
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        if W_ASYM:
+            row_sum += tl.sum(a.to(tl.int32), axis=1)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    # Epilogue: exact integer corrections, then s·acc + bias in float32, cast once.
+    acc += tl.load(const_ptr + cols)[None, :]
+    if W_ASYM:
+        acc -= row_sum[:, None] * tl.load(wzero_ptr + cols)[None, :]
+    y = acc.to(tl.float32) * tl.load(scale_ptr + cols)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + cols)[None, :].to(tl.float32)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def _cfg(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+                         num_stages=stages)
+
+
+# Candidates for H100 / A100 at ViT-B sizes (M ≈ 10^4, K, N ∈ {768, 2304, 3072}); 128-byte K tiles suit int8.
+_CONFIGS = [
+    _cfg(128, 128, 128, 8, 3), _cfg(128, 128, 128, 4, 4), _cfg(128, 256, 128, 8, 3), _cfg(256, 128, 128, 8, 3),
+    _cfg(128, 128, 64, 4, 4), _cfg(128, 256, 64, 8, 4), _cfg(256, 128, 64, 8, 4),
+]
+_SMALL = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}  # interpreter / non-CUDA: no autotuning
+# EVEN_K (K a multiple of BLOCK_K, as in ViT layers) drops the K masks from the inner loop.
+_kernel = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_int8_gemm_kernel)
+_tuned_kernel = triton.autotune(_CONFIGS, key=["M", "N", "K", "QUANT_X", "EXACT_QUANT", "W_ASYM", "HAS_BIAS"])(_kernel)
+
+
+def _launch(x, w8, out_scale, const, w_zero, bias, out_dtype, quant):
+    if x.dim() != 2 or w8.dim() != 2 or x.shape[1] != w8.shape[1]:
+        raise ValueError(f"expected x (M, K) and w8 (N, K), got {tuple(x.shape)} and {tuple(w8.shape)}")
+    if w8.dtype != torch.int8:
+        raise TypeError(f"w8 must be int8, got {w8.dtype}")
+    if not (x.is_cuda or _interpreting()):
+        raise RuntimeError("the Triton INT8 GEMM needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
+    (m, k), n = x.shape, w8.shape[0]
+    if k >= 2 ** 17:
+        raise ValueError(f"K={k} is too large for exact int32 accumulation")
+    out = torch.empty(m, n, device=x.device, dtype=out_dtype)
+    if m == 0 or n == 0:
+        return out
+    out_scale = out_scale.to(device=x.device, dtype=torch.float32).expand(n).contiguous()
+    const = (torch.zeros(n, dtype=torch.int32, device=x.device) if const is None
+             else const.to(device=x.device, dtype=torch.int32).expand(n).contiguous())
+    dummy = out_scale  # never read: its use is switched off by a constexpr flag
+    args = [x, w8, out, out_scale, const, dummy if w_zero is None else w_zero.to(torch.int32).contiguous(),
+            dummy if bias is None else bias.contiguous(), *(quant["ptrs"] if quant else (dummy, dummy)),
+            m, n, k, x.stride(0), x.stride(1), w8.stride(0), w8.stride(1), out.stride(0), out.stride(1),
+            *(quant["ints"] if quant else (0, 0, 0))]
+    flags = dict(QUANT_X=quant is not None, EXACT_QUANT=bool(quant and quant["exact"]), W_ASYM=w_zero is not None,
+                 HAS_BIAS=bias is not None)
+    if x.is_cuda and not _interpreting():
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        _tuned_kernel[grid](*args, **flags)
+    else:
+        grid = (triton.cdiv(m, _SMALL["BLOCK_M"]) * triton.cdiv(n, _SMALL["BLOCK_N"]),)
+        _kernel[grid](*args, **flags, **_SMALL)
+    return out
+
+
+def int8_gemm(a8, w8, out_scale, const=None, w_zero=None, bias=None, out_dtype=torch.bfloat16):
+    """out_scale·(a8 @ w8ᵀ + const − rowsum(a8)·w_zero) + bias for int8 a8 (M, K), w8 (N, K); out (M, N) out_dtype.
+
+    out_scale: float (N,) or scalar; const, w_zero: int32 (N,) or None; bias: (N,) or None."""
+    if a8.dtype != torch.int8:
+        raise TypeError(f"a8 must be int8, got {a8.dtype}")
+    return _launch(a8, w8, out_scale, const, w_zero, bias, out_dtype, None)
+
+
+def quant_int8_gemm(x, w8, out_scale, x_scale, x_zero, qmin=-128, qmax=127, x_offset=0, const=None, w_zero=None,
+                    bias=None, out_dtype=None, exact_quant=True):
+    """`int8_gemm` of a = clamp(x / x_scale + x_zero, qmin, qmax).round() − x_offset, quantized inside the kernel.
+
+    x: float (M, K); x_scale, x_zero: 0-d float tensors (read on the device, no host sync); out_dtype defaults to
+    x.dtype."""
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor, got {x.dtype}")
+    quant = {"ptrs": (x_scale.to(device=x.device, dtype=torch.float32).reshape(1),
+                      x_zero.to(device=x.device, dtype=torch.float32).reshape(1)),
+             "ints": (float(qmin), float(qmax), int(x_offset)), "exact": exact_quant}
+    return _launch(x, w8, out_scale, const, w_zero, bias, out_dtype or x.dtype, quant)
+
+
+__all__ = ["int8_gemm", "quant_int8_gemm"]
