@@ -20,7 +20,11 @@ tests/test_freeze.py for the stated tolerance).
 
 Speed. In eager mode the input quantization and the epilogue are separate elementwise passes over (M, K) and (M, N)
 tensors; on a GPU they can cost as much as the int8 matmul saves. `torch.compile` fuses them (tools/benchmark.py
---compile); a Triton kernel with the epilogue fused into the matmul is the next step if that is not enough.
+--compile). The opt-in "triton" backend (`set_int8_backend("triton")` or `Int8Linear(..., backend="triton")`, CUDA
+only) runs `plugin.quant.triton_int8.quant_int8_gemm` instead: one kernel that quantizes the input while loading it,
+multiplies in int32 and applies the corrections, scale and bias before its only store (same codes, same integer
+result; the float epilogue may differ from the eager one by float rounding). `torch._int_mm` ("int_mm") stays the
+default.
 
 `torch._int_mm` on CUDA needs M > 16 and K, N multiples of 8: smaller or odd shapes are zero-padded (zeros add nothing
 to Σ a·b; the corrections use the unpadded sums). Where `torch._int_mm` fails (other devices, old builds) the product
@@ -30,6 +34,8 @@ A frozen model is for inference only: its frozen layers no longer hold quantizer
 them) and `save_quantized`/`load_quantized` do not know `Int8Linear` — save the calibrated model before freezing,
 load it, then freeze again.
 """
+import os
+
 import torch
 import torch.nn as nn
 
@@ -38,6 +44,33 @@ from .modules import QuantLinear
 from .quantizers import UniformQuantizer
 
 _INT_MM_BROKEN = set()  # device types on which torch._int_mm raised; the exact float64 product is used there
+BACKENDS = ("int_mm", "triton")
+_default_backend = "int_mm"
+
+
+def set_int8_backend(name):
+    """The backend of every `Int8Linear` whose own `backend` is None: "int_mm" (default) or "triton" (CUDA only)."""
+    global _default_backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown Int8Linear backend {name!r}; expected one of {BACKENDS}")
+    _default_backend = name
+
+
+def get_int8_backend():
+    return _default_backend
+
+
+def _triton_forward(layer, x2d):
+    if not (x2d.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise RuntimeError(f"Int8Linear backend 'triton' needs a CUDA input, got device {x2d.device}; "
+                           "use the 'int_mm' backend on this device")
+    try:
+        from .triton_int8 import quant_int8_gemm
+    except ImportError as e:
+        raise RuntimeError(f"Int8Linear backend 'triton' needs the triton package ({e})") from e
+    return quant_int8_gemm(x2d, layer.weight_int8, layer.out_scale, layer.x_scale, layer.x_zero, layer.x_qmin,
+                           layer.x_qmax, layer.x_offset, const=layer.const,
+                           w_zero=layer.w_zero if layer.w_asymmetric else None, bias=layer.bias)
 
 
 def _pad_to(t, dim, multiple, minimum=0):
@@ -96,8 +129,12 @@ def _offset(q):
 class Int8Linear(nn.Module):
     """y = s_x·s_w·(Σ a·b − corrections) + bias, with int8 weight codes stored and int8 input codes made per call."""
 
-    def __init__(self, in_features, out_features, x_qmin, x_qmax, x_offset, w_asymmetric, source_weight_bytes=0):
+    def __init__(self, in_features, out_features, x_qmin, x_qmax, x_offset, w_asymmetric, source_weight_bytes=0,
+                 backend=None):
         super().__init__()
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown Int8Linear backend {backend!r}; expected one of {BACKENDS}")
+        self.backend = backend  # None: the module default (`set_int8_backend`)
         self.in_features, self.out_features = in_features, out_features
         self.x_qmin, self.x_qmax, self.x_offset = x_qmin, x_qmax, x_offset
         self.w_asymmetric = w_asymmetric
@@ -149,6 +186,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         lead = x.shape[:-1]
+        if (self.backend or _default_backend) == "triton":
+            y = _triton_forward(self, x.reshape(-1, self.in_features))
+            return y.reshape(*lead, self.out_features)
         a = self.quantize_input(x.reshape(-1, self.in_features).float())
         acc = int8_matmul(a, self.weight_int8)
         acc += self.const  # in place: in eager mode every pass over the (M, N) output costs as much as the matmul
@@ -165,7 +205,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"act=[{self.x_qmin},{self.x_qmax}]-{self.x_offset}, asym_weight={self.w_asymmetric}")
+                f"act=[{self.x_qmin},{self.x_qmax}]-{self.x_offset}, asym_weight={self.w_asymmetric}"
+                + (f", backend={self.backend}" if self.backend else ""))
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -188,4 +229,5 @@ def frozen_summary(model: nn.Module) -> dict:
     }
 
 
-__all__ = ["Int8Linear", "freeze", "frozen_summary", "int8_matmul", "why_not_freezable"]
+__all__ = ["Int8Linear", "freeze", "frozen_summary", "get_int8_backend", "int8_matmul", "set_int8_backend",
+           "why_not_freezable"]
