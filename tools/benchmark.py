@@ -7,8 +7,10 @@
 For each model (timm, random weights: speed does not depend on them): calibration wall time per method; evaluation
 throughput (images/s) of the float model, the fake-quant model and the frozen INT8 model (`plugin.quant.freeze`);
 peak GPU memory on CUDA. Then a micro-benchmark of ViT-B-sized Linear layers at M = batch·197 tokens: BF16 matmul
-against `torch._int_mm`, and against the whole `Int8Linear` (input quantization + int8 matmul + epilogue). Ratios are
-taken between figures of the same run. See docs/performance.md.
+against `torch._int_mm`, against the whole `Int8Linear` (input quantization + int8 matmul + epilogue) and, on CUDA
+with triton installed, against the Triton kernels of `plugin.quant.triton_int8` (int8 GEMM with the epilogue fused;
+the same quantizing a bf16 input while loading it). Ratios are taken between figures of the same run. See
+docs/performance.md.
 """
 import argparse
 import copy
@@ -185,12 +187,24 @@ def _time_op(fn, device, reps, warmup=2):
     return seconds / reps
 
 
+def _triton_status(device):
+    """None when the Triton kernels can run on `device`, else why not."""
+    if device.type != "cuda":
+        return f"not on CUDA ({device.type})"
+    try:
+        import plugin.quant.triton_int8  # noqa: F401
+    except ImportError as e:
+        return f"triton unavailable ({e})"
+    return None
+
+
 def linear_microbench(args, device):
-    """BF16 x @ wᵀ vs torch._int_mm and vs the full Int8Linear forward, per layer shape."""
+    """BF16 x @ wᵀ vs torch._int_mm, the full Int8Linear forward and (CUDA) the Triton kernels, per layer shape."""
     from plugin.quant.freeze import Int8Linear, int8_matmul
     shapes = QUICK_LINEARS if args.quick else VIT_B_LINEARS
     m = args.micro_m or (args.batch_size * (17 if args.quick else 197))
     gen = torch.Generator(device).manual_seed(0)
+    triton_skip = _triton_status(device)
     rows = []
     for k, n in shapes:
         x = torch.randn(m, k, device=device, generator=gen)
@@ -207,9 +221,24 @@ def linear_microbench(args, device):
             bf16 = _time_op(lambda: x16 @ w16.t(), device, args.micro_reps)
             int_mm = _time_op(lambda: int8_matmul(a8, w8), device, args.micro_reps)
             full = _time_op(lambda: run_layer(x), device, args.micro_reps)
-        rows.append({"M": m, "K": k, "N": n, "bf16_ms": bf16 * 1e3, "int_mm_ms": int_mm * 1e3,
-                     "int8_linear_ms": full * 1e3, "speedup_int_mm_over_bf16": bf16 / int_mm,
-                     "speedup_int8_linear_over_bf16": bf16 / full})
+        row = {"M": m, "K": k, "N": n, "bf16_ms": bf16 * 1e3, "int_mm_ms": int_mm * 1e3,
+               "int8_linear_ms": full * 1e3, "speedup_int_mm_over_bf16": bf16 / int_mm,
+               "speedup_int8_linear_over_bf16": bf16 / full,
+               "triton_gemm_ms": None, "triton_quant_gemm_ms": None,
+               "speedup_triton_gemm_over_bf16": None, "speedup_triton_quant_gemm_over_bf16": None}
+        if triton_skip is None:
+            from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm
+            epi = dict(const=layer.const, bias=layer.bias, out_dtype=torch.bfloat16)
+            with torch.no_grad():  # the first calls autotune (inside _time_op's warm-up)
+                gemm = _time_op(lambda: int8_gemm(a8, w8, layer.out_scale, **epi), device, args.micro_reps)
+                qgemm = _time_op(lambda: quant_int8_gemm(x16, w8, layer.out_scale, layer.x_scale, layer.x_zero,
+                                                         layer.x_qmin, layer.x_qmax, layer.x_offset, **epi),
+                                 device, args.micro_reps)
+            row.update(triton_gemm_ms=gemm * 1e3, triton_quant_gemm_ms=qgemm * 1e3,
+                       speedup_triton_gemm_over_bf16=bf16 / gemm, speedup_triton_quant_gemm_over_bf16=bf16 / qgemm)
+        else:
+            row["triton_skipped"] = triton_skip
+        rows.append(row)
     return rows
 
 
@@ -238,13 +267,20 @@ def print_report(report):
                 print(f"  {'':<10} peak MiB: fake {r['fake_quant']['peak_mem_bytes'] / 2 ** 20:.0f}"
                       + (f", int8 {r['int8_frozen']['peak_mem_bytes'] / 2 ** 20:.0f}" if i8 else ""))
     if report.get("linear_microbench"):
-        print(f"\nLinear layers (M tokens x K -> N): bf16 matmul vs torch._int_mm vs full Int8Linear")
+        print(f"\nLinear layers (M tokens x K -> N): bf16 matmul vs torch._int_mm vs full Int8Linear vs Triton "
+              f"(int8 GEMM + fused epilogue; the same quantizing bf16 X on load)")
         print(f"  {'M':>6} {'K':>5} {'N':>5} {'bf16 ms':>9} {'int_mm ms':>9} {'Int8Lin ms':>10} {'int_mm x':>8} "
-              f"{'Int8Lin x':>9}")
+              f"{'Int8Lin x':>9} {'tri ms':>8} {'tri x':>6} {'triQ ms':>8} {'triQ x':>6}")
+        fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.split(".")[0])  # noqa: E731
         for r in report["linear_microbench"]:
             print(f"  {r['M']:>6} {r['K']:>5} {r['N']:>5} {r['bf16_ms']:>9.3f} {r['int_mm_ms']:>9.3f} "
                   f"{r['int8_linear_ms']:>10.3f} {r['speedup_int_mm_over_bf16']:>8.2f} "
-                  f"{r['speedup_int8_linear_over_bf16']:>9.2f}")
+                  f"{r['speedup_int8_linear_over_bf16']:>9.2f} {fmt(r['triton_gemm_ms'], '>8.3f')} "
+                  f"{fmt(r['speedup_triton_gemm_over_bf16'], '>6.2f')} {fmt(r['triton_quant_gemm_ms'], '>8.3f')} "
+                  f"{fmt(r['speedup_triton_quant_gemm_over_bf16'], '>6.2f')}")
+        skipped = {r.get("triton_skipped") for r in report["linear_microbench"]} - {None}
+        if skipped:
+            print(f"  Triton columns skipped: {', '.join(sorted(skipped))}")
 
 
 def main(argv=None):
