@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--micro-reps", type=int, default=20)
     p.add_argument("--no-micro", action="store_true", help="skip the Linear micro-benchmark")
     p.add_argument("--micro-only", action="store_true", help="only the Linear micro-benchmark")
+    p.add_argument("--cuda-graph", action="store_true", help="time the Linear micro-benchmark's ops as CUDA-graph "
+                   "replays (GPU time without host launch cost, for every column alike)")
     p.add_argument("--compile", action="store_true", help="torch.compile every timed model and layer (fuses the "
                    "INT8 path's quantize and epilogue kernels; eager mode runs them as separate passes)")
     p.add_argument("--quick", action="store_true", help="toy model and layer sizes (a smoke run on CPU)")
@@ -180,9 +182,23 @@ def bench_model(name, args, device, log):
     return entry
 
 
-def _time_op(fn, device, reps, warmup=2):
-    for _ in range(warmup):
+def _time_op(fn, device, reps, warmup=2, graph=False):
+    """Seconds per call of `fn`. With `graph` (CUDA), the `reps` calls are captured once in a CUDA graph and the
+    replay is timed: kernel time without the host's launch cost (a Python-launched Triton kernel costs tens of µs
+    on the host, as long as a whole ViT-B-sized matmul)."""
+    for _ in range(warmup):  # also autotunes, before any capture
         fn()
+    if graph and device.type == "cuda":
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
+            for _ in range(reps):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        g.replay()
+        _, seconds = _timed(g.replay, device)
+        return seconds / reps
     _, seconds = _timed(lambda: [fn() for _ in range(reps)], device)
     return seconds / reps
 
@@ -218,9 +234,9 @@ def linear_microbench(args, device):
         layer.bias = torch.zeros(n, device=device)
         run_layer = torch.compile(layer) if args.compile else layer
         with torch.no_grad():
-            bf16 = _time_op(lambda: x16 @ w16.t(), device, args.micro_reps)
-            int_mm = _time_op(lambda: int8_matmul(a8, w8), device, args.micro_reps)
-            full = _time_op(lambda: run_layer(x), device, args.micro_reps)
+            bf16 = _time_op(lambda: x16 @ w16.t(), device, args.micro_reps, graph=args.cuda_graph)
+            int_mm = _time_op(lambda: int8_matmul(a8, w8), device, args.micro_reps, graph=args.cuda_graph)
+            full = _time_op(lambda: run_layer(x), device, args.micro_reps, graph=args.cuda_graph)
         row = {"M": m, "K": k, "N": n, "bf16_ms": bf16 * 1e3, "int_mm_ms": int_mm * 1e3,
                "int8_linear_ms": full * 1e3, "speedup_int_mm_over_bf16": bf16 / int_mm,
                "speedup_int8_linear_over_bf16": bf16 / full,
@@ -230,10 +246,11 @@ def linear_microbench(args, device):
             from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm
             epi = dict(const=layer.const, bias=layer.bias, out_dtype=torch.bfloat16)
             with torch.no_grad():  # the first calls autotune (inside _time_op's warm-up)
-                gemm = _time_op(lambda: int8_gemm(a8, w8, layer.out_scale, **epi), device, args.micro_reps)
+                gemm = _time_op(lambda: int8_gemm(a8, w8, layer.out_scale, **epi), device, args.micro_reps,
+                                graph=args.cuda_graph)
                 qgemm = _time_op(lambda: quant_int8_gemm(x16, w8, layer.out_scale, layer.x_scale, layer.x_zero,
                                                          layer.x_qmin, layer.x_qmax, layer.x_offset, **epi),
-                                 device, args.micro_reps)
+                                 device, args.micro_reps, graph=args.cuda_graph)
             row.update(triton_gemm_ms=gemm * 1e3, triton_quant_gemm_ms=qgemm * 1e3,
                        speedup_triton_gemm_over_bf16=bf16 / gemm, speedup_triton_quant_gemm_over_bf16=bf16 / qgemm)
         else:
@@ -292,7 +309,8 @@ def main(argv=None):
         "device": args.device, "quick": args.quick, "torch": torch.__version__, "python": platform.python_version(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(), "w_bits": args.w_bits, "a_bits": args.a_bits,
-        "batch_size": args.batch_size, "compile": args.compile, "calib_num": args.calib_num, "iters": args.iters,
+        "batch_size": args.batch_size, "compile": args.compile, "cuda_graph": args.cuda_graph,
+        "calib_num": args.calib_num, "iters": args.iters,
         "methods": args.method,
         "models": {},
     }
