@@ -15,21 +15,28 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# Metrics shown together in one cell, after the primary one (detection: box and mask mAP).
+COMPANIONS = {"bbox_mAP": ["segm_mAP"]}
+
+
 def table(report):
     metric = report["primary_metric"]
     fp = report.get("fp") or {}
+    shown = [metric] + [m for m in COMPANIONS.get(metric, []) if m in fp]
+    fmt = lambda values: " / ".join(f"{values[m]:.2f}" for m in shown)  # noqa: E731
     methods = list(dict.fromkeys(r["method"] for r in report["results"]))
     bits = sorted({(r["w_bits"], r["a_bits"]) for r in report["results"]})
     cell = {(r["method"], r["w_bits"], r["a_bits"]): r for r in report["results"]}
-    head = "| method | " + " | ".join(f"W{w}A{a}" for w, a in bits) + " | calib time (s) |"
+    label = f" ({' / '.join(shown)})" if len(shown) > 1 else ""
+    head = "| method | " + " | ".join(f"W{w}A{a}{label}" for w, a in bits) + " | calib time (s) |"
     lines = [head, "|" + "---|" * (len(bits) + 2)]
     if fp:
-        lines.append(f"| full precision | " + " | ".join(f"{fp[metric]:.2f}" for _ in bits) + " | - |")
+        lines.append(f"| full precision | " + " | ".join(fmt(fp) for _ in bits) + " | - |")
     for m in methods:
         vals, times = [], []
         for w, a in bits:
             r = cell.get((m, w, a))
-            vals.append(f"{r['metrics'][metric]:.2f}" if r else "-")
+            vals.append(fmt(r["metrics"]) if r else "-")
             if r:
                 times.append(f"{r['calib_time_s']:.1f}")
         lines.append(f"| {m} | " + " | ".join(vals) + f" | {' / '.join(times)} |")
