@@ -1,0 +1,55 @@
+"""tools/make_results.py: reports of several runs of one config merge into one table (and one plot); detection
+tables show mask mAP beside box mAP; a run without a report is an error."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+import make_results  # noqa: E402
+
+pytest.importorskip("matplotlib")
+
+
+def _run(tmp_path, name, config, metric, fp, rows, command="python tools/ptq_test.py ..."):
+    d = tmp_path / name
+    d.mkdir()
+    results = [{"method": m, "w_bits": b, "a_bits": b, "calib_time_s": t, "metrics": v} for m, b, v, t in rows]
+    report = {"config": f"configs/{config}.py", "primary_metric": metric, "fp": fp, "device": "cpu",
+              "results": results}
+    (d / "report.json").write_text(json.dumps(report))
+    (d / "command.txt").write_text(command + f" --out {name}\n")
+    return str(d)
+
+
+def test_runs_of_one_config_merge(tmp_path):
+    a = _run(tmp_path, "base", "vit", "top1", {"top1": 90.0}, [("repq", 4, {"top1": 80.123}, 1.0),
+                                                               ("repq", 6, {"top1": 89.5}, 1.5)])
+    b = _run(tmp_path, "seed", "vit", "top1", {"top1": 90.0}, [("isvit", 4, {"top1": 85.0}, 60.0)])
+    assert make_results.main([a, b, "--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "results.md").read_text()
+    assert "| method | W4A4 | W6A6 | calib time (s) |" in md
+    assert "| full precision | 90.00 | 90.00 | - |" in md
+    assert "| repq | 80.12 | 89.50 | 1.0 / 1.5 |" in md
+    assert "| isvit | 85.00 | - | 60.0 |" in md
+    assert md.count("--out base") == 1 and md.count("--out seed") == 1
+    merged = json.loads((tmp_path / "page" / "results.json").read_text())
+    assert [r["method"] for r in merged["vit"]["results"]] == ["repq", "repq", "isvit"]
+    assert (tmp_path / "page" / "vit_bits.png").is_file()
+
+
+def test_detection_shows_mask_beside_box(tmp_path):
+    fp = {"bbox_mAP": 8.6, "segm_mAP": 5.1}
+    a = _run(tmp_path, "det", "det", "bbox_mAP", fp, [("repq", 4, {"bbox_mAP": 8.9, "segm_mAP": 4.9}, 3.5)])
+    assert make_results.main([a, "--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "results.md").read_text()
+    assert "| method | W4A4 (bbox_mAP / segm_mAP) | calib time (s) |" in md
+    assert "| full precision | 8.60 / 5.10 | - |" in md
+    assert "| repq | 8.90 / 4.90 | 3.5 |" in md
+
+
+def test_missing_report_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert make_results.main([str(tmp_path / "empty"), "--out", str(tmp_path / "page")]) == 2
+    assert "no report.json" in capsys.readouterr().err
