@@ -232,5 +232,14 @@ def test_benchmark_quick_cpu(tmp_path):
             assert {"fake_over_float", "int8_over_float", "int8_over_fake"} <= set(r["ratios"])
             assert r["int8_vs_fake_top1_agreement"] >= 0.95
     assert len(report["linear_microbench"]) == 4
+    assert report["int8_backend"] == "int_mm" and report["cuda_graph"] is False
     for row in report["linear_microbench"]:
         assert {"M", "K", "N", "bf16_ms", "int_mm_ms", "int8_linear_ms", "speedup_int_mm_over_bf16"} <= set(row)
+        assert row["triton_two_step_ms"] is None and row["triton_skipped"].startswith("not on CUDA")
+
+
+def test_benchmark_triton_backend_needs_cuda(capsys):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import benchmark
+    assert benchmark.main(["--quick", "--device", "cpu", "--int8-backend", "triton", "--micro-only"]) == 2
+    assert "--int8-backend triton: not on CUDA" in capsys.readouterr().err

@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--micro-reps", type=int, default=20)
     p.add_argument("--no-micro", action="store_true", help="skip the Linear micro-benchmark")
     p.add_argument("--micro-only", action="store_true", help="only the Linear micro-benchmark")
+    p.add_argument("--int8-backend", choices=["int_mm", "triton"], default="int_mm",
+                   help="matmul of the frozen models' Int8Linear layers (plugin.quant.freeze.set_int8_backend)")
     p.add_argument("--cuda-graph", action="store_true", help="time the Linear micro-benchmark's ops as CUDA-graph "
                    "replays (GPU time without host launch cost, for every column alike)")
     p.add_argument("--compile", action="store_true", help="torch.compile every timed model and layer (fuses the "
@@ -240,8 +242,9 @@ def linear_microbench(args, device):
         row = {"M": m, "K": k, "N": n, "bf16_ms": bf16 * 1e3, "int_mm_ms": int_mm * 1e3,
                "int8_linear_ms": full * 1e3, "speedup_int_mm_over_bf16": bf16 / int_mm,
                "speedup_int8_linear_over_bf16": bf16 / full,
-               "triton_gemm_ms": None, "triton_quant_gemm_ms": None,
-               "speedup_triton_gemm_over_bf16": None, "speedup_triton_quant_gemm_over_bf16": None}
+               "triton_gemm_ms": None, "triton_quant_gemm_ms": None, "triton_two_step_ms": None,
+               "speedup_triton_gemm_over_bf16": None, "speedup_triton_quant_gemm_over_bf16": None,
+               "speedup_triton_two_step_over_bf16": None}
         if triton_skip is None:
             from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm
             epi = dict(const=layer.const, bias=layer.bias, out_dtype=torch.bfloat16)
@@ -251,8 +254,12 @@ def linear_microbench(args, device):
                 qgemm = _time_op(lambda: quant_int8_gemm(x16, w8, layer.out_scale, layer.x_scale, layer.x_zero,
                                                          layer.x_qmin, layer.x_qmax, layer.x_offset, **epi),
                                  device, args.micro_reps, graph=args.cuda_graph)
-            row.update(triton_gemm_ms=gemm * 1e3, triton_quant_gemm_ms=qgemm * 1e3,
-                       speedup_triton_gemm_over_bf16=bf16 / gemm, speedup_triton_quant_gemm_over_bf16=bf16 / qgemm)
+                # quantize once (the torch ops of Int8Linear.quantize_input), then the fused-epilogue GEMM
+                two = _time_op(lambda: int8_gemm(layer.quantize_input(x16.float()), w8, layer.out_scale, **epi),
+                               device, args.micro_reps, graph=args.cuda_graph)
+            row.update(triton_gemm_ms=gemm * 1e3, triton_quant_gemm_ms=qgemm * 1e3, triton_two_step_ms=two * 1e3,
+                       speedup_triton_gemm_over_bf16=bf16 / gemm, speedup_triton_quant_gemm_over_bf16=bf16 / qgemm,
+                       speedup_triton_two_step_over_bf16=bf16 / two)
         else:
             row["triton_skipped"] = triton_skip
         rows.append(row)
@@ -285,16 +292,19 @@ def print_report(report):
                       + (f", int8 {r['int8_frozen']['peak_mem_bytes'] / 2 ** 20:.0f}" if i8 else ""))
     if report.get("linear_microbench"):
         print(f"\nLinear layers (M tokens x K -> N): bf16 matmul vs torch._int_mm vs full Int8Linear vs Triton "
-              f"(int8 GEMM + fused epilogue; the same quantizing bf16 X on load)")
+              f"(tri: int8 GEMM + fused epilogue; triQ: the same quantizing bf16 X on load; tri2: X quantized by "
+              f"torch ops, then tri)")
         print(f"  {'M':>6} {'K':>5} {'N':>5} {'bf16 ms':>9} {'int_mm ms':>9} {'Int8Lin ms':>10} {'int_mm x':>8} "
-              f"{'Int8Lin x':>9} {'tri ms':>8} {'tri x':>6} {'triQ ms':>8} {'triQ x':>6}")
+              f"{'Int8Lin x':>9} {'tri ms':>8} {'tri x':>6} {'triQ ms':>8} {'triQ x':>6} {'tri2 ms':>8} {'tri2 x':>6}")
         fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.split(".")[0])  # noqa: E731
         for r in report["linear_microbench"]:
             print(f"  {r['M']:>6} {r['K']:>5} {r['N']:>5} {r['bf16_ms']:>9.3f} {r['int_mm_ms']:>9.3f} "
                   f"{r['int8_linear_ms']:>10.3f} {r['speedup_int_mm_over_bf16']:>8.2f} "
                   f"{r['speedup_int8_linear_over_bf16']:>9.2f} {fmt(r['triton_gemm_ms'], '>8.3f')} "
                   f"{fmt(r['speedup_triton_gemm_over_bf16'], '>6.2f')} {fmt(r['triton_quant_gemm_ms'], '>8.3f')} "
-                  f"{fmt(r['speedup_triton_quant_gemm_over_bf16'], '>6.2f')}")
+                  f"{fmt(r['speedup_triton_quant_gemm_over_bf16'], '>6.2f')} "
+                  f"{fmt(r.get('triton_two_step_ms'), '>8.3f')} "
+                  f"{fmt(r.get('speedup_triton_two_step_over_bf16'), '>6.2f')}")
         skipped = {r.get("triton_skipped") for r in report["linear_microbench"]} - {None}
         if skipped:
             print(f"  Triton columns skipped: {', '.join(sorted(skipped))}")
@@ -303,6 +313,11 @@ def print_report(report):
 def main(argv=None):
     args = parse_args(argv)
     import plugin  # noqa: F401  (registers adapters, recipes, passes)
+    from plugin.quant.freeze import set_int8_backend
+    if args.int8_backend == "triton" and _triton_status(torch.device(args.device)) is not None:
+        print(f"error: --int8-backend triton: {_triton_status(torch.device(args.device))}", file=sys.stderr)
+        return 2
+    set_int8_backend(args.int8_backend)
     device = torch.device(args.device)
     log = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
     report = {
@@ -310,6 +325,7 @@ def main(argv=None):
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(), "w_bits": args.w_bits, "a_bits": args.a_bits,
         "batch_size": args.batch_size, "compile": args.compile, "cuda_graph": args.cuda_graph,
+        "int8_backend": args.int8_backend,
         "calib_num": args.calib_num, "iters": args.iters,
         "methods": args.method,
         "models": {},
