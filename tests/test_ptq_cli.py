@@ -119,7 +119,18 @@ def test_freeze_evaluates_the_integer_path(tmp_path):
                    "--quiet", "--device", "cpu")
     assert code == 0
     entry = json.load(open(tmp_path / "report.json"))["results"][0]
-    assert entry["int8"]["frozen_layers"] > 0
+    assert entry["int8"]["frozen_layers"] > 0 and entry["int8"]["backend"] == "int_mm"
     # the integer path computes the same codes as fake-quant; only float rounding of the epilogue differs
     assert abs(entry["int8"]["metrics"]["top1"] - entry["metrics"]["top1"]) <= 0.5
     assert "integer path" in open(tmp_path / "report.md").read()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "--int8-backend triton applies to the integer path: add --freeze"),
+    (("--freeze",), "--int8-backend triton needs --device cuda, not cpu"),
+])
+def test_triton_backend_refused_where_it_cannot_run(tmp_path, capsys, extra, message):
+    code = run_cli(CONFIG, CKPT, "--bits", "8", "--method", "minmax", "--int8-backend", "triton", *extra,
+                   "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
