@@ -308,6 +308,7 @@ def test_adapter_roles_cover_backbone(task_and_model):
         assert all(isinstance(model.get_submodule(c), nn.Linear) for c in consumers)
     assert len(adapter.norm_consumers(model)) == 2 * 8 + 3
     assert adapter.blocks(model) == [f"backbone.stages.{i}.blocks.{j}" for i in range(4) for j in range(2)]
+    assert adapter.model_dependent_inputs(model) == ["roi_head"]  # RoI heads see the model's own proposals
     plugin.adapters.mmdet_swin.keep_heads_float(model)
     assert not any(not n.startswith("backbone.") for n in adapter.roles(model))
 

@@ -140,6 +140,25 @@ def test_targets_realigned_where_shapes_depend_on_the_model(setup):
         assert not torch.allclose(fc1(x3), targets[0][0], atol=1e-4)  # the quantizers are back on afterwards
 
 
+def test_model_dependent_units_fit_the_float_unit_on_their_own_inputs(setup, monkeypatch):
+    """Units the adapter names in model_dependent_inputs (a detector's RoI heads) are fitted to the float unit on the
+    quantized model's inputs: their float-model outputs are never captured."""
+    fp, calib, base = setup
+    model = copy.deepcopy(base)
+    ctx = recon.context_for(model, calib, log=quiet)
+    monkeypatch.setattr(type(ctx.adapter), "model_dependent_inputs", lambda self, m: ["blocks.1"])
+    captured, capture = [], recon.capture_outputs
+    monkeypatch.setattr(recon, "capture_outputs", lambda c, unit: captured.append(unit.name) or capture(c, unit))
+    logs = []
+    ctx.log = logs.append
+    cfg = recon.ReconConfig.build(ctx, "block_recon", iters=10, batch_size=8, layers=False)
+    report = recon.reconstruct(ctx, cfg)
+    assert captured == ["blocks.0"]
+    assert any("blocks.1: its inputs depend on the model's own predictions" in line for line in logs), logs
+    assert not any("blocks.0: its inputs depend" in line for line in logs)
+    assert set(report) == {"blocks.0", "blocks.1"} and report["blocks.1"][2] == "ok"
+
+
 def test_float_reference_is_the_float_model(setup):
     fp, calib, base = setup
     model = copy.deepcopy(base)

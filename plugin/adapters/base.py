@@ -68,3 +68,9 @@ class Adapter:
 
     def blocks(self, model) -> List[str]:
         return []
+
+    def model_dependent_inputs(self, model) -> List[str]:
+        """Names of submodules whose inputs depend on the model's own predictions (a detector's RoI heads get the
+        features of the boxes it proposed): reconstruction cannot pair their inputs in the quantized model with
+        outputs of the float model, and fits them to the float module on the same inputs instead."""
+        return []

@@ -116,5 +116,11 @@ class MMDetSwinAdapter(Adapter):
         names = module_names(model)
         return [names[id(b)] for b in _swin_blocks(_backbone(model))]
 
+    def model_dependent_inputs(self, model):
+        # Two-stage detectors (Mask R-CNN, Cascade): everything in the RoI head works on the RPN's proposals (and the
+        # mask head on the final boxes), which differ between the quantized and the float detector.
+        roi_head = getattr(model, "roi_head", None)
+        return [] if roi_head is None else [module_names(model)[id(roi_head)]]
+
 
 __all__ = ["MMDetSwinAdapter", "keep_heads_float", "KEEP_HEADS_FLOAT_ATTR"]

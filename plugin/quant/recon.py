@@ -255,17 +255,22 @@ def capture_outputs(ctx, unit):
     return _capture(ctx, unit, inputs=False)
 
 
+def _depends_on_model(ctx, name):
+    """Whether the unit's inputs depend on the model's own predictions (adapter.model_dependent_inputs)."""
+    return any(name == p or name.startswith(p + ".") for p in ctx.adapter.model_dependent_inputs(ctx.model))
+
+
 @torch.no_grad()
 def _realign_targets(unit, reference, inputs, targets, batches):
-    """Where the quantized model feeds the unit other shapes than the float model did (a RoI head gets the boxes its
-    own model proposed), the float target does not match item for item: use the float unit's output on the same
-    inputs instead. Returns how many batches were realigned."""
+    """Where the float target does not belong to the unit's inputs, use the float unit's output on those inputs: for a
+    batch without a target (None), or whose target shapes differ from the unit's on these inputs (the quantized model
+    proposed another number of boxes). Returns how many batches were realigned."""
     count = 0
     for i in batches:
         args, kwargs = inputs[i]
         with reference.active():
             own = _tensors(unit.module(*args, **kwargs))
-        if [t.shape for t in own] != [t.shape for t in targets[i]]:
+        if targets[i] is None or [t.shape for t in own] != [t.shape for t in targets[i]]:
             targets[i] = own
             count += 1
     return count
@@ -518,8 +523,12 @@ def reconstruct_unit(ctx, unit, cfg, reference, index=0, total=1, extension=None
             inputs = capture_inputs(ctx, unit)
     else:
         inputs = capture_inputs(ctx, unit)
-    with reference.active():
-        targets = capture_outputs(ctx, unit)
+    own_inputs = _depends_on_model(ctx, unit.name)
+    if own_inputs:  # the float model's outputs belong to other inputs (its own boxes): no point capturing them
+        targets = dict.fromkeys(inputs)
+    else:
+        with reference.active():
+            targets = capture_outputs(ctx, unit)
     common = sorted(inputs.keys() & targets.keys())  # batches reaching the unit in both the current and float model
     if not common:
         ctx.log(f"{where}: not reached by the calibration data, skipped")
@@ -527,7 +536,10 @@ def reconstruct_unit(ctx, unit, cfg, reference, index=0, total=1, extension=None
     if len(common) < len(ctx.calib.batches):
         ctx.log(f"{where}: reached by {len(common)} of {len(ctx.calib.batches)} calibration batches, learns on those")
     realigned = _realign_targets(unit, reference, inputs, targets, common)
-    if realigned:
+    if own_inputs:
+        ctx.log(f"{where}: its inputs depend on the model's own predictions (adapter: model_dependent_inputs); "
+                f"targets are the float unit on the quantized model's inputs")
+    elif realigned:
         ctx.log(f"{where}: {realigned} batch(es) reach it with other shapes than in the float model (data-dependent "
                 f"proposals); their targets are the float unit's output on the same inputs")
     cache = UnitCache([inputs[i] for i in common], [targets[i] for i in common])
