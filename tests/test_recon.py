@@ -123,8 +123,8 @@ def test_unit_reached_by_some_batches_learns_on_those(setup):
 
 
 def test_targets_realigned_where_shapes_depend_on_the_model(setup):
-    """A RoI head sees as many boxes as its own model proposed: where the captured float target's shape differs from
-    the unit's output on the quantized model's inputs, the target becomes the float unit on those same inputs."""
+    """A RoI head sees as many boxes as its own model proposed: where the float model fed the unit inputs of other
+    shapes than the quantized model did, the target becomes the float unit on the quantized model's inputs."""
     fp, calib, _ = setup
     model = quantize(copy.deepcopy(fp), get_recipe("minmax", 4, 4), calib, log=quiet)
     fc1 = model.blocks[0].mlp.fc1
@@ -132,9 +132,11 @@ def test_targets_realigned_where_shapes_depend_on_the_model(setup):
     x3, x6 = torch.randn(3, 64, generator=g), torch.randn(6, 64, generator=g)
     with torch.no_grad():
         right = [fp.blocks[0].mlp.fc1(x6)]
-        inputs, targets = {0: ((x3,), {}), 1: ((x6,), {})}, {0: [torch.zeros(6, 256)], 1: right}
-        n = recon._realign_targets(recon.Unit("blocks.0.mlp.fc1", fc1, []), recon.FloatReference(model), inputs,
-                                   targets, [0, 1])
+        inputs = {0: ((x3,), {}), 1: ((x6,), {})}
+        # batch 0: the float model gave the unit 6 rows (boxes), the quantized one 3
+        captured = {0: ([x6.shape], [torch.zeros(6, 256)]), 1: ([x6.shape], right)}
+        targets, n = recon._realign_targets(recon.Unit("blocks.0.mlp.fc1", fc1, []), recon.FloatReference(model),
+                                            inputs, captured, [0, 1])
         assert n == 1 and targets[1] is right
         assert torch.allclose(targets[0][0], fp.blocks[0].mlp.fc1(x3), atol=1e-6)
         assert not torch.allclose(fc1(x3), targets[0][0], atol=1e-4)  # the quantizers are back on afterwards

@@ -224,20 +224,21 @@ def reconstruction_units(ctx, layers=True) -> List[Unit]:
 
 
 def _capture(ctx, unit, inputs):
-    """{batch index: the unit's (args, kwargs) (`inputs`) or its output tensors} for every calibration batch that
-    reaches the unit (in detection a RoI head is skipped on an image without proposals); each forward stops there."""
+    """{batch index: the unit's (args, kwargs) (`inputs`), or the shapes of its input tensors and its output tensors}
+    for every calibration batch that reaches the unit (in detection a RoI head is skipped on an image without
+    proposals); each forward stops there."""
     records = {}
 
     def pre_hook(mod, args, kwargs):
         records[ctx.batch_index] = (args, dict(kwargs))
         raise StopForward
 
-    def post_hook(mod, args, output):
-        records[ctx.batch_index] = _tensors(output)
+    def post_hook(mod, args, kwargs, output):
+        records[ctx.batch_index] = (_shapes(args, kwargs), _tensors(output))
         raise StopForward
 
     handle = (unit.module.register_forward_pre_hook(pre_hook, with_kwargs=True) if inputs
-              else unit.module.register_forward_hook(post_hook))
+              else unit.module.register_forward_hook(post_hook, with_kwargs=True))
     try:
         ctx.run_calib()
     finally:
@@ -251,7 +252,7 @@ def capture_inputs(ctx, unit):
 
 
 def capture_outputs(ctx, unit):
-    """The unit's output tensors, per calibration batch that reaches it."""
+    """(the shapes of the unit's input tensors, its output tensors), per calibration batch that reaches it."""
     return _capture(ctx, unit, inputs=False)
 
 
@@ -260,20 +261,26 @@ def _depends_on_model(ctx, name):
     return any(name == p or name.startswith(p + ".") for p in ctx.adapter.model_dependent_inputs(ctx.model))
 
 
+def _shapes(args, kwargs):
+    return [t.shape for t in _tensors((args, kwargs))]
+
+
 @torch.no_grad()
-def _realign_targets(unit, reference, inputs, targets, batches):
-    """Where the float target does not belong to the unit's inputs, use the float unit's output on those inputs: for a
-    batch without a target (None), or whose target shapes differ from the unit's on these inputs (the quantized model
-    proposed another number of boxes). Returns how many batches were realigned."""
-    count = 0
+def _realign_targets(unit, reference, inputs, captured, batches):
+    """The targets of `batches` for the unit's own `inputs`: a float output captured (`capture_outputs`) with inputs of
+    the same shapes is kept; where none was captured (None) or the float model fed the unit other shapes (the
+    quantized model proposed another number of boxes), the float unit runs on these inputs. Returns (targets, how
+    many batches were realigned)."""
+    targets, count = {}, 0
     for i in batches:
         args, kwargs = inputs[i]
+        if captured[i] is not None and captured[i][0] == _shapes(args, kwargs):
+            targets[i] = captured[i][1]
+            continue
         with reference.active():
-            own = _tensors(unit.module(*args, **kwargs))
-        if targets[i] is None or [t.shape for t in own] != [t.shape for t in targets[i]]:
-            targets[i] = own
-            count += 1
-    return count
+            targets[i] = _tensors(unit.module(*args, **kwargs))
+        count += 1
+    return targets, count
 
 
 def _tensors(obj, detach=True):
@@ -535,7 +542,7 @@ def reconstruct_unit(ctx, unit, cfg, reference, index=0, total=1, extension=None
         return None, None, "skipped"
     if len(common) < len(ctx.calib.batches):
         ctx.log(f"{where}: reached by {len(common)} of {len(ctx.calib.batches)} calibration batches, learns on those")
-    realigned = _realign_targets(unit, reference, inputs, targets, common)
+    targets, realigned = _realign_targets(unit, reference, inputs, targets, common)
     if own_inputs:
         ctx.log(f"{where}: its inputs depend on the model's own predictions (adapter: model_dependent_inputs); "
                 f"targets are the float unit on the quantized model's inputs")
