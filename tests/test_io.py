@@ -9,43 +9,13 @@ import safetensors
 import safetensors.torch
 import torch
 import torch.nn as nn
-from timm.models.deit import VisionTransformerDistilled
-from timm.models.swin_transformer import SwinTransformer
-from timm.models.vision_transformer import VisionTransformer
+from timm_toys import build, calib_data, images, quantized
 
-import plugin.adapters  # noqa: F401  (registers the timm adapters)
 from plugin.errors import CalibrationError, UserInputError
 from plugin.quant import (RECIPES, CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, read_meta,
                           save_quantized)
 
 BASELINES = ["minmax", "ptq4vit", "repq"]
-
-
-def build(arch, seed=0, **kw):
-    torch.manual_seed(seed)
-    if arch == "vit":
-        args = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
-        args.update(kw)
-        return VisionTransformer(**args).eval()
-    if arch == "deit_distilled":
-        return VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
-                                          num_classes=10).eval()
-    args = dict(img_size=32, patch_size=2, window_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
-                num_classes=10)
-    args.update(kw)
-    return SwinTransformer(**args).eval()
-
-
-def images(n=2, seed=1):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def calib_data(seed=2):
-    return CalibData(batches=[images(2, seed)], forward=lambda model, batch: model(batch))
-
-
-def quantized(arch, recipe="minmax", w_bits=4, a_bits=4):
-    return quantize(build(arch), get_recipe(recipe, w_bits, a_bits), calib_data(), log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")

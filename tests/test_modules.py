@@ -6,47 +6,15 @@ import pytest
 import torch
 import torch.nn as nn
 from timm.layers import Attention as TimmAttention
-from timm.models.deit import VisionTransformerDistilled
-from timm.models.swin_transformer import SwinTransformer, WindowAttention
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.swin_transformer import WindowAttention
+from timm_toys import build, calib_data, images, quantized
 
-import plugin.adapters  # noqa: F401  (registers the timm adapters)
 from plugin.adapters import find_adapter
-from plugin.quant import (CalibData, MatMul, QuantConv2d, QuantLinear, Quantizer, Role, get_recipe, iter_quantizers,
-                          quantize, set_quant_enabled)
-
-
-def build(arch, seed=0):
-    torch.manual_seed(seed)
-    if arch == "vit":
-        m = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
-    elif arch == "vit_avg":  # no class token, average pooling, fc_norm
-        m = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10,
-                              class_token=False, global_pool="avg")
-    elif arch == "deit_distilled":
-        m = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
-    elif arch == "swin":  # 16x16 tokens, window 4: shifted windows with attention masks, one patch merging
-        m = SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
-                            num_classes=10)
-    else:
-        raise ValueError(arch)
-    return m.eval()
-
+from plugin.quant import (MatMul, QuantConv2d, QuantLinear, Quantizer, Role, get_recipe, iter_quantizers, quantize,
+                          set_quant_enabled)
 
 ARCHS = ["vit", "vit_avg", "deit_distilled", "swin"]
 ATTENTION = (TimmAttention, WindowAttention)
-
-
-def images(n=2, seed=1):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def calib_data(seed=2):
-    return CalibData(batches=[images(2, seed)], forward=lambda model, batch: model(batch))
-
-
-def quantized(arch, recipe="minmax", w_bits=4, a_bits=4):
-    return quantize(build(arch), get_recipe(recipe, w_bits, a_bits), calib_data(), log=lambda *a: None)
 
 
 def expected_role(name, arch):
