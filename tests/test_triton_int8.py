@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 SCRIPT = r'''
 import json, torch
-from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm
+from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
 from plugin.quant.freeze import Int8Linear, set_int8_backend
 
 g = torch.Generator().manual_seed(0)
@@ -78,12 +78,18 @@ for m, k, n in [(37, 64, 48), (37, 80, 48), (5, 8, 3)]:
             res[f"quant_{name}_exact{exact}_{m}x{k}x{n}"] = same(y, r)
         y = quant_int8_gemm(x, w, s, xs, xz, qmin, qmax, off, c, None, None)  # out dtype = x dtype
         res[f"quant_{name}_outdtype_{m}x{k}x{n}"] = same(y, ref(q, w, s, c))
+        res[f"quantize_{name}_{m}x{k}x{n}"] = {"equal": bool(torch.equal(quantize_int8(x, xs, xz, qmin, qmax, off), q))}
+        # the quantize pass on a strided 3-d view (made contiguous inside)
+        x3 = x.t().reshape(k, m, 1).transpose(0, 1)
+        res[f"quantize_{name}_3d_{m}x{k}x{n}"] = {"equal": bool(torch.equal(
+            quantize_int8(x3, xs, xz, qmin, qmax, off), codes(x3, xs, xz, qmin, qmax, off)))}
     # a scale that is not a power of two: in-kernel codes still equal Int8Linear.quantize_input's
     xs2, xz2 = torch.tensor(0.0173), torch.tensor(-2.0)
     x = torch.randn(m, k, generator=g)
     q = codes(x, xs2, xz2, -128, 127, 0)
     y = quant_int8_gemm(x, w, s, xs2, xz2, -128, 127, 0, out_dtype=torch.float32)
     res[f"quant_odd_scale_{m}x{k}x{n}"] = same(y, ref(q, w, s))
+    res[f"quantize_odd_scale_{m}x{k}x{n}"] = {"equal": bool(torch.equal(quantize_int8(x, xs2, xz2), q))}
 
 # Int8Linear: backend "triton" against the default torch._int_mm path, asymmetric weights, unsigned activations.
 k, n = 80, 24
@@ -97,15 +103,16 @@ layer.bias = torch.randn(n, generator=g)
 x = torch.randn(2, 19, k, generator=g)
 with torch.no_grad():
     y_mm = layer(x)
-    layer.backend = "triton"
-    y_tr = layer(x)
-    layer.backend = None
-    set_int8_backend("triton")
-    y_default = layer(x)
-    set_int8_backend("int_mm")
-rel = float((y_tr - y_mm).abs().max() / y_mm.abs().max())
-res["layer"] = {"rel": rel, "shape": list(y_tr.shape), "dtype": str(y_tr.dtype),
-                "default_equal": bool(torch.equal(y_default, y_tr))}
+    for backend in ("triton", "triton_fused"):
+        layer.backend = backend
+        y_tr = layer(x)
+        layer.backend = None
+        set_int8_backend(backend)
+        y_default = layer(x)
+        set_int8_backend("int_mm")
+        rel = float((y_tr - y_mm).abs().max() / y_mm.abs().max())
+        res["layer_" + backend] = {"rel": rel, "shape": list(y_tr.shape), "dtype": str(y_tr.dtype),
+                                   "default_equal": bool(torch.equal(y_default, y_tr))}
 print("RESULT " + json.dumps(res))
 '''
 
@@ -139,8 +146,15 @@ def test_quant_int8_gemm_exact(results, case, shape):
     assert r["equal"], r
 
 
-def test_int8_linear_triton_backend_matches_int_mm(results):
-    r = results["layer"]
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", ["signed_fp32", "unsigned_bf16", "signed_fp32_3d", "unsigned_bf16_3d", "odd_scale"])
+def test_quantize_int8_exact(results, case, shape):
+    assert results[f"quantize_{case}_{shape}"]["equal"]
+
+
+@pytest.mark.parametrize("backend", ["triton", "triton_fused"])
+def test_int8_linear_triton_backend_matches_int_mm(results, backend):
+    r = results["layer_" + backend]
     assert r["shape"] == [2, 19, 24] and r["dtype"] == "torch.float32"
     assert r["rel"] <= 1e-6, r  # same integers; the epilogue's float rounding only
     assert r["default_equal"], r
@@ -161,6 +175,7 @@ def test_triton_backend_errors_without_cuda():
 
 COMPILE_SCRIPT = r'''
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from plugin.quant.triton_int8 import _int8_gemm_kernel as kern
@@ -171,7 +186,7 @@ ptrs = dict(x_ptr="*bf16", w_ptr="*i8", out_ptr="*bf16", scale_ptr="*fp32", cons
 for quant, even in [(False, True), (True, False)]:
     # as the launcher specializes them: unit strides are constants, pointers and leading sizes 16-aligned
     const = dict(stride_xk=1, stride_wk=1, stride_on=1, QUANT_X=quant, EXACT_QUANT=True, W_ASYM=quant, HAS_BIAS=True,
-                 EVEN_K=even, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8)
+                 EVEN_K=even, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, ACC=tl.int32)
     sig = {n: "constexpr" if n in const else ptrs.get(n, "fp32" if n in ("x_qmin", "x_qmax") else "i32") for n in names}
     if not quant:
         sig["x_ptr"] = "*i8"
@@ -180,6 +195,18 @@ for quant, even in [(False, True), (True, False)]:
                     attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=3)).asm["ptx"]
     print("RESULT", quant, "wgmma" in ptx, "cp.async" in ptx)
+
+# the persistent kernel: TMA descriptors (bulk tensor copies) feeding int8 wgmma
+from plugin.quant.triton_int8 import _int8_gemm_tma_kernel as tma
+names = tma.arg_names
+const = dict(W_ASYM=False, HAS_BIAS=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, NUM_SMS=132, FLATTEN=True,
+             OUT=tl.bfloat16, ACC=tl.int32)
+sig = dict(a_desc="tensordesc<i8[128, 128]>", w_desc="tensordesc<i8[128, 128]>", out_desc="tensordesc<bf16[128, 128]>",
+           scale_ptr="*fp32", const_ptr="*i32", wzero_ptr="*i32", bias_ptr="*fp32", M="i32", N="i32", K="i32",
+           **{n: "constexpr" for n in const})
+src = ASTSource(tma, sig, constexprs={(names.index(n),): v for n, v in const.items()})
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=3)).asm["ptx"]
+print("RESULT tma", "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in ptx, "cp.async.bulk.tensor" in ptx)
 '''
 
 
@@ -194,12 +221,13 @@ def test_compiles_for_hopper():
         pytest.skip("no offline CUDA compiler in this triton: " + proc.stderr.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [ln.split()[1:] for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines == [["False", "True", "True"], ["True", "True", "True"]], proc.stdout
+    assert lines == [["False", "True", "True"], ["True", "True", "True"], ["tma", "True", "True"]], proc.stdout
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+@pytest.mark.parametrize("backend", ["triton", "triton_fused"])
 @pytest.mark.parametrize("asym", [False, True])
-def test_triton_backend_matches_int_mm_on_cuda(asym):
+def test_triton_backend_matches_int_mm_on_cuda(asym, backend):
     """On a GPU: a ViT-B-sized Int8Linear through the compiled Triton kernel equals the torch._int_mm path."""
     from plugin.quant.freeze import Int8Linear
     g = torch.Generator("cuda").manual_seed(0)
@@ -212,6 +240,33 @@ def test_triton_backend_matches_int_mm_on_cuda(asym):
     x = torch.randn(4096, 768, device="cuda", generator=g)
     with torch.no_grad():
         ref = layer(x)
-        layer.backend = "triton"
+        layer.backend = backend
         out = layer(x).float()
     assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="needs a Hopper or newer GPU (CI has none)")
+@pytest.mark.parametrize("asym", [False, True])
+def test_persistent_tma_kernel_equals_pointer_kernel_on_cuda(asym):
+    """The persistent TMA GEMM gives bit-identical outputs to the pointer kernel (same integers, same epilogue),
+    with ragged M and N (TMA zero-fills and clips the tile edges)."""
+    from plugin.quant.triton_int8 import int8_gemm
+    g = torch.Generator("cuda").manual_seed(1)
+    m, k, n = 1000, 768, 776
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda", generator=g)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=g)
+    epi = dict(out_scale=torch.rand(n, device="cuda", generator=g) * 1e-3,
+               const=torch.randint(-10 ** 5, 10 ** 5, (n,), dtype=torch.int32, device="cuda", generator=g),
+               w_zero=torch.randint(-9, 9, (n,), dtype=torch.int32, device="cuda", generator=g) if asym else None,
+               bias=torch.randn(n, device="cuda", generator=g), out_dtype=torch.float32)
+    ref = (a.long() @ w.long().t() + epi["const"]).float()
+    if asym:
+        ref = ref - (a.long().sum(1, keepdim=True) * epi["w_zero"]).float()
+    ref = ref * epi["out_scale"] + epi["bias"]
+    y_ptr = int8_gemm(a, w, **epi)
+    y_tma = int8_gemm(a, w, persistent=True, **epi)
+    assert torch.equal(y_tma, y_ptr)
+    assert ((y_ptr - ref).abs().max() / ref.abs().max()).item() <= 1e-6
+    with pytest.raises(ValueError, match="16-byte"):
+        int8_gemm(a[:, 1:], w[:, 1:], persistent=True, **epi)

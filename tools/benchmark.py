@@ -34,6 +34,9 @@ QUICK_MODEL_ARGS = {
     "vit_base_patch16_224": dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10),
 }
 QUICK_LINEARS = [(64, 192), (64, 64), (64, 256), (256, 64)]
+# Triton micro-benchmark columns: the int8 GEMM with its epilogue on int8 input (tri), the kernel quantizing bf16 X on
+# load (triQ, backend "triton_fused"), the quantize kernel then tri (tri2, backend "triton"), the quantize kernel alone.
+TRITON_COLUMNS = ["triton_gemm", "triton_quant_gemm", "triton_two_step", "triton_quantize"]
 
 
 def parse_args(argv=None):
@@ -55,10 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--micro-reps", type=int, default=20)
     p.add_argument("--no-micro", action="store_true", help="skip the Linear micro-benchmark")
     p.add_argument("--micro-only", action="store_true", help="only the Linear micro-benchmark")
-    p.add_argument("--int8-backend", choices=["int_mm", "triton"], default="int_mm",
+    p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
                    help="matmul of the frozen models' Int8Linear layers (plugin.quant.freeze.set_int8_backend)")
-    p.add_argument("--cuda-graph", action="store_true", help="time the Linear micro-benchmark's ops as CUDA-graph "
-                   "replays (GPU time without host launch cost, for every column alike)")
+    p.add_argument("--cuda-graph", action="store_true", help="time every model forward and Linear micro-benchmark "
+                   "op as CUDA-graph replays (GPU time without host launch cost, for every column alike)")
     p.add_argument("--compile", action="store_true", help="torch.compile every timed model and layer (fuses the "
                    "INT8 path's quantize and epilogue kernels; eager mode runs them as separate passes)")
     p.add_argument("--quick", action="store_true", help="toy model and layer sizes (a smoke run on CPU)")
@@ -119,22 +122,49 @@ def make_recipe(method, args):
     return recipe
 
 
+def _capture(fn, device, reps=1):
+    """A CUDA graph of `reps` calls of `fn` (warmed up and autotuned before), captured on a side stream."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
+        for _ in range(reps):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    g.replay()  # the first replay uploads the graph
+    return g
+
+
 def throughput(model, device, shape, args, autocast_bf16=False):
-    """images/s over `eval_batches` timed batches (after `warmup`), and peak GPU memory of the timed part."""
+    """images/s over `eval_batches` timed batches (after `warmup`), and peak GPU memory of the timed part. With
+    --cuda-graph on CUDA the forward is captured once and replayed; a model whose forward cannot be captured (a host
+    sync inside) is timed eagerly, and the result says so."""
     x = torch.randn(args.batch_size, *shape, device=device, generator=torch.Generator(device).manual_seed(0))
     if args.compile:
         model = torch.compile(model)
-    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast_bf16 else torch.no_grad
+    # autocast's weight cache cannot live across a graph capture
+    ctx = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if autocast_bf16
+           else torch.no_grad)
 
-    def run(n):
+    def forward():
         with torch.no_grad(), ctx():
-            for _ in range(n):
-                model(x)
-    run(args.warmup)
+            model(x)
+    for _ in range(args.warmup):
+        forward()
+    step, graph_error = forward, None
+    if args.cuda_graph and device.type == "cuda":
+        try:
+            step = _capture(forward, device).replay
+        except RuntimeError as e:  # e.g. a .item() inside the forward
+            torch.cuda.synchronize(device)
+            graph_error = str(e).splitlines()[0][:200]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _, seconds = _timed(lambda: run(args.eval_batches), device)
-    result = {"images_per_s": args.batch_size * args.eval_batches / seconds, "seconds": seconds}
+    _, seconds = _timed(lambda: [step() for _ in range(args.eval_batches)], device)
+    result = {"images_per_s": args.batch_size * args.eval_batches / seconds, "seconds": seconds,
+              "cuda_graph": step is not forward}
+    if graph_error:
+        result["cuda_graph_error"] = graph_error
     if device.type == "cuda":
         result["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
     return result
@@ -191,15 +221,7 @@ def _time_op(fn, device, reps, warmup=2, graph=False):
     for _ in range(warmup):  # also autotunes, before any capture
         fn()
     if graph and device.type == "cuda":
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
-            for _ in range(reps):
-                fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        g.replay()
-        _, seconds = _timed(g.replay, device)
+        _, seconds = _timed(_capture(fn, device, reps).replay, device)
         return seconds / reps
     _, seconds = _timed(lambda: [fn() for _ in range(reps)], device)
     return seconds / reps
@@ -242,24 +264,19 @@ def linear_microbench(args, device):
         row = {"M": m, "K": k, "N": n, "bf16_ms": bf16 * 1e3, "int_mm_ms": int_mm * 1e3,
                "int8_linear_ms": full * 1e3, "speedup_int_mm_over_bf16": bf16 / int_mm,
                "speedup_int8_linear_over_bf16": bf16 / full,
-               "triton_gemm_ms": None, "triton_quant_gemm_ms": None, "triton_two_step_ms": None,
-               "speedup_triton_gemm_over_bf16": None, "speedup_triton_quant_gemm_over_bf16": None,
-               "speedup_triton_two_step_over_bf16": None}
+               **{f"{c}_ms": None for c in TRITON_COLUMNS}, **{f"speedup_{c}_over_bf16": None for c in TRITON_COLUMNS}}
         if triton_skip is None:
-            from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm
+            from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
             epi = dict(const=layer.const, bias=layer.bias, out_dtype=torch.bfloat16)
+            quant = (layer.x_scale, layer.x_zero, layer.x_qmin, layer.x_qmax, layer.x_offset)
+            ops = {"triton_gemm": lambda: int8_gemm(a8, w8, layer.out_scale, **epi),
+                   "triton_quant_gemm": lambda: quant_int8_gemm(x16, w8, layer.out_scale, *quant, **epi),
+                   "triton_two_step": lambda: int8_gemm(quantize_int8(x16, *quant), w8, layer.out_scale, **epi),
+                   "triton_quantize": lambda: quantize_int8(x16, *quant)}
             with torch.no_grad():  # the first calls autotune (inside _time_op's warm-up)
-                gemm = _time_op(lambda: int8_gemm(a8, w8, layer.out_scale, **epi), device, args.micro_reps,
-                                graph=args.cuda_graph)
-                qgemm = _time_op(lambda: quant_int8_gemm(x16, w8, layer.out_scale, layer.x_scale, layer.x_zero,
-                                                         layer.x_qmin, layer.x_qmax, layer.x_offset, **epi),
-                                 device, args.micro_reps, graph=args.cuda_graph)
-                # quantize once (the torch ops of Int8Linear.quantize_input), then the fused-epilogue GEMM
-                two = _time_op(lambda: int8_gemm(layer.quantize_input(x16.float()), w8, layer.out_scale, **epi),
-                               device, args.micro_reps, graph=args.cuda_graph)
-            row.update(triton_gemm_ms=gemm * 1e3, triton_quant_gemm_ms=qgemm * 1e3, triton_two_step_ms=two * 1e3,
-                       speedup_triton_gemm_over_bf16=bf16 / gemm, speedup_triton_quant_gemm_over_bf16=bf16 / qgemm,
-                       speedup_triton_two_step_over_bf16=bf16 / two)
+                for col, op in ops.items():
+                    t = _time_op(op, device, args.micro_reps, graph=args.cuda_graph)
+                    row.update({f"{col}_ms": t * 1e3, f"speedup_{col}_over_bf16": bf16 / t})
         else:
             row["triton_skipped"] = triton_skip
         rows.append(row)
@@ -292,10 +309,12 @@ def print_report(report):
                       + (f", int8 {r['int8_frozen']['peak_mem_bytes'] / 2 ** 20:.0f}" if i8 else ""))
     if report.get("linear_microbench"):
         print(f"\nLinear layers (M tokens x K -> N): bf16 matmul vs torch._int_mm vs full Int8Linear vs Triton "
-              f"(tri: int8 GEMM + fused epilogue; triQ: the same quantizing bf16 X on load; tri2: X quantized by "
-              f"torch ops, then tri)")
+              f"(tri: int8 GEMM + fused epilogue on int8 X; triQ: the same quantizing bf16 X on load; tri2: Triton "
+              f"quantize pass, then tri; q: that quantize pass alone)"
+              + (" -- CUDA-graph replays" if report.get("cuda_graph") and report["device"] == "cuda" else ""))
         print(f"  {'M':>6} {'K':>5} {'N':>5} {'bf16 ms':>9} {'int_mm ms':>9} {'Int8Lin ms':>10} {'int_mm x':>8} "
-              f"{'Int8Lin x':>9} {'tri ms':>8} {'tri x':>6} {'triQ ms':>8} {'triQ x':>6} {'tri2 ms':>8} {'tri2 x':>6}")
+              f"{'Int8Lin x':>9} {'tri ms':>8} {'tri x':>6} {'triQ ms':>8} {'triQ x':>6} {'tri2 ms':>8} {'tri2 x':>6} "
+              f"{'q ms':>7}")
         fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.split(".")[0])  # noqa: E731
         for r in report["linear_microbench"]:
             print(f"  {r['M']:>6} {r['K']:>5} {r['N']:>5} {r['bf16_ms']:>9.3f} {r['int_mm_ms']:>9.3f} "
@@ -304,7 +323,8 @@ def print_report(report):
                   f"{fmt(r['speedup_triton_gemm_over_bf16'], '>6.2f')} {fmt(r['triton_quant_gemm_ms'], '>8.3f')} "
                   f"{fmt(r['speedup_triton_quant_gemm_over_bf16'], '>6.2f')} "
                   f"{fmt(r.get('triton_two_step_ms'), '>8.3f')} "
-                  f"{fmt(r.get('speedup_triton_two_step_over_bf16'), '>6.2f')}")
+                  f"{fmt(r.get('speedup_triton_two_step_over_bf16'), '>6.2f')} "
+                  f"{fmt(r.get('triton_quantize_ms'), '>7.3f')}")
         skipped = {r.get("triton_skipped") for r in report["linear_microbench"]} - {None}
         if skipped:
             print(f"  Triton columns skipped: {', '.join(sorted(skipped))}")
@@ -314,8 +334,9 @@ def main(argv=None):
     args = parse_args(argv)
     import plugin  # noqa: F401  (registers adapters, recipes, passes)
     from plugin.quant.freeze import set_int8_backend
-    if args.int8_backend == "triton" and _triton_status(torch.device(args.device)) is not None:
-        print(f"error: --int8-backend triton: {_triton_status(torch.device(args.device))}", file=sys.stderr)
+    if args.int8_backend != "int_mm" and _triton_status(torch.device(args.device)) is not None:
+        print(f"error: --int8-backend {args.int8_backend}: {_triton_status(torch.device(args.device))}",
+              file=sys.stderr)
         return 2
     set_int8_backend(args.int8_backend)
     device = torch.device(args.device)
@@ -335,6 +356,9 @@ def main(argv=None):
         log(f"[benchmark] {name}")
         report["models"][name] = bench_model(name, args, device, log)
     report["linear_microbench"] = [] if args.no_micro else linear_microbench(args, device)
+    if _triton_status(device) is None:
+        from plugin.quant.triton_int8 import tuned_configs
+        report["triton_tuned_configs"] = tuned_configs()
     report["total_s"] = time.perf_counter() - t0
     print_report(report)
     if args.out:

@@ -61,8 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--freeze", action="store_true",
                    help="also evaluate through the integer path (plugin.quant.freeze: int8 weights and activations, "
                         "torch._int_mm) after the fake-quant evaluation; layers that do not qualify stay fake-quant")
-    p.add_argument("--int8-backend", choices=["int_mm", "triton"], default="int_mm",
-                   help="matmul of the --freeze path: torch._int_mm, or the Triton kernel (CUDA and triton only)")
+    p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
+                   help="matmul of the --freeze path: torch._int_mm, or the Triton kernels (CUDA and triton only; "
+                        "triton: quantize pass + GEMM, triton_fused: quantizing inside the GEMM)")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that need pickle (can execute code from the file; only for trusted files)")
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
@@ -163,15 +164,16 @@ def run(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"--device {device} asked for, but no CUDA device is available")
-    if args.int8_backend == "triton":
+    if args.int8_backend != "int_mm":
+        flag = f"--int8-backend {args.int8_backend}"
         if not args.freeze:
-            raise UserInputError("--int8-backend triton applies to the integer path: add --freeze")
+            raise UserInputError(f"{flag} applies to the integer path: add --freeze")
         if not device.startswith("cuda"):
-            raise UserInputError(f"--int8-backend triton needs --device cuda, not {device}")
+            raise UserInputError(f"{flag} needs --device cuda, not {device}")
         try:
             import plugin.quant.triton_int8  # noqa: F401
         except ImportError as exc:
-            raise UserInputError(f"--int8-backend triton needs the triton package ({exc})") from exc
+            raise UserInputError(f"{flag} needs the triton package ({exc})") from exc
     set_int8_backend(args.int8_backend)
     kwargs = dict(device=device, work_dir=args.work_dir, launcher=args.launcher)
     if args.unsafe_load:

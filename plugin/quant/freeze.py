@@ -21,10 +21,11 @@ tests/test_freeze.py for the stated tolerance).
 Speed. In eager mode the input quantization and the epilogue are separate elementwise passes over (M, K) and (M, N)
 tensors; on a GPU they can cost as much as the int8 matmul saves. `torch.compile` fuses them (tools/benchmark.py
 --compile). The opt-in "triton" backend (`set_int8_backend("triton")` or `Int8Linear(..., backend="triton")`, CUDA
-only) runs `plugin.quant.triton_int8.quant_int8_gemm` instead: one kernel that quantizes the input while loading it,
-multiplies in int32 and applies the corrections, scale and bias before its only store (same codes, same integer
-result; the float epilogue may differ from the eager one by float rounding). `torch._int_mm` ("int_mm") stays the
-default.
+only) runs `plugin.quant.triton_int8` instead: a one-pass quantize kernel, then an int8 GEMM that applies the
+corrections, scale and bias before its only store (same codes, same integer result; the float epilogue may differ
+from the eager one by float rounding). "triton_fused" quantizes the input inside the GEMM while loading it (no
+int8 copy of the input, but each input tile is quantized once per output tile). `torch._int_mm` ("int_mm") stays
+the default.
 
 `torch._int_mm` on CUDA needs M > 16 and K, N multiples of 8: smaller or odd shapes are zero-padded (zeros add nothing
 to Σ a·b; the corrections use the unpadded sums). Where `torch._int_mm` fails (other devices, old builds) the product
@@ -44,12 +45,14 @@ from .modules import QuantLinear
 from .quantizers import UniformQuantizer
 
 _INT_MM_BROKEN = set()  # device types on which torch._int_mm raised; the exact float64 product is used there
-BACKENDS = ("int_mm", "triton")
+BACKENDS = ("int_mm", "triton", "triton_fused")
 _default_backend = "int_mm"
 
 
 def set_int8_backend(name):
-    """The backend of every `Int8Linear` whose own `backend` is None: "int_mm" (default) or "triton" (CUDA only)."""
+    """The backend of every `Int8Linear` whose own `backend` is None: "int_mm" (default), "triton" (a Triton
+    quantize pass, then the Triton GEMM with its epilogue fused) or "triton_fused" (one Triton kernel quantizing
+    the input while loading it); the Triton ones need CUDA."""
     global _default_backend
     if name not in BACKENDS:
         raise ValueError(f"unknown Int8Linear backend {name!r}; expected one of {BACKENDS}")
@@ -60,17 +63,21 @@ def get_int8_backend():
     return _default_backend
 
 
-def _triton_forward(layer, x2d):
+def _triton_forward(layer, x2d, backend):
     if not (x2d.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        raise RuntimeError(f"Int8Linear backend 'triton' needs a CUDA input, got device {x2d.device}; "
+        raise RuntimeError(f"Int8Linear backend {backend!r} needs a CUDA input, got device {x2d.device}; "
                            "use the 'int_mm' backend on this device")
     try:
-        from .triton_int8 import quant_int8_gemm
+        from . import triton_int8
     except ImportError as e:
-        raise RuntimeError(f"Int8Linear backend 'triton' needs the triton package ({e})") from e
-    return quant_int8_gemm(x2d, layer.weight_int8, layer.out_scale, layer.x_scale, layer.x_zero, layer.x_qmin,
-                           layer.x_qmax, layer.x_offset, const=layer.const,
-                           w_zero=layer.w_zero if layer.w_asymmetric else None, bias=layer.bias)
+        raise RuntimeError(f"Int8Linear backend {backend!r} needs the triton package ({e})") from e
+    quant = (layer.x_scale, layer.x_zero, layer.x_qmin, layer.x_qmax, layer.x_offset)
+    epilogue = dict(const=layer.const, w_zero=layer.w_zero if layer.w_asymmetric else None, bias=layer.bias,
+                    out_dtype=x2d.dtype)
+    if backend == "triton_fused":
+        return triton_int8.quant_int8_gemm(x2d, layer.weight_int8, layer.out_scale, *quant, **epilogue)
+    return triton_int8.int8_gemm(triton_int8.quantize_int8(x2d, *quant), layer.weight_int8, layer.out_scale,
+                                 **epilogue)
 
 
 def _pad_to(t, dim, multiple, minimum=0):
@@ -186,8 +193,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         lead = x.shape[:-1]
-        if (self.backend or _default_backend) == "triton":
-            y = _triton_forward(self, x.reshape(-1, self.in_features))
+        backend = self.backend or _default_backend
+        if backend != "int_mm":
+            y = _triton_forward(self, x.reshape(-1, self.in_features), backend)
             return y.reshape(*lead, self.out_features)
         a = self.quantize_input(x.reshape(-1, self.in_features).float())
         acc = int8_matmul(a, self.weight_int8)
