@@ -260,13 +260,16 @@ def test_persistent_tma_kernel_equals_pointer_kernel_on_cuda(asym):
                const=torch.randint(-10 ** 5, 10 ** 5, (n,), dtype=torch.int32, device="cuda", generator=g),
                w_zero=torch.randint(-9, 9, (n,), dtype=torch.int32, device="cuda", generator=g) if asym else None,
                bias=torch.randn(n, device="cuda", generator=g), out_dtype=torch.float32)
-    ref = (a.long() @ w.long().t() + epi["const"]).float()
+    ref = a.double() @ w.double().t() + epi["const"].double()  # exact: |sums| < 2^53
     if asym:
-        ref = ref - (a.long().sum(1, keepdim=True) * epi["w_zero"]).float()
-    ref = ref * epi["out_scale"] + epi["bias"]
-    y_ptr = int8_gemm(a, w, **epi)
-    y_tma = int8_gemm(a, w, persistent=True, **epi)
+        ref = ref - a.double().sum(1, keepdim=True) * epi["w_zero"].double()
+    ref = ref.float() * epi["out_scale"] + epi["bias"]
+    y_ptr = int8_gemm(a, w, persistent=False, **epi)
+    y_tma = int8_gemm(a, w, **epi)  # the default on Hopper
     assert torch.equal(y_tma, y_ptr)
+    for extra in (dict(FLATTEN=False, SUBTILE=True), dict(FLATTEN=True, SUBTILE=False)):
+        cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3, **extra)
+        assert torch.equal(int8_gemm(a, w, persistent=True, config=cfg, **epi), y_ptr), extra
     assert ((y_ptr - ref).abs().max() / ref.abs().max()).item() <= 1e-6
     with pytest.raises(ValueError, match="16-byte"):
         int8_gemm(a[:, 1:], w[:, 1:], persistent=True, **epi)

@@ -25,6 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
+# persistent-kernel variants: (FLATTEN, WARP_SPEC, SUBTILE)
+TMA_VARIANTS = [(True, False, False), (False, False, False), (True, False, True), (False, True, False),
+                (False, True, True)]
 
 
 def graph_time(fn, reps=50):
@@ -72,7 +75,8 @@ def main(argv=None):
     grid = (list(itertools.product([64, 128, 256], [64, 128, 256], [64, 128, 256], [4, 8], [2, 3, 4, 5]))
             if args.full_grid else
             [(128, 128, 64, 4, 4), (128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
-             (128, 256, 64, 8, 4), (256, 128, 64, 8, 4), (128, 128, 256, 8, 3), (64, 256, 128, 4, 4)])
+             (128, 256, 64, 8, 4), (256, 128, 64, 8, 4), (128, 128, 256, 8, 3), (64, 256, 128, 4, 4),
+             (128, 256, 128, 8, 4), (256, 128, 128, 8, 4), (128, 256, 64, 8, 6), (256, 128, 64, 8, 6)])
     dev = torch.device("cuda")
     g = torch.Generator(dev).manual_seed(0)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
@@ -101,7 +105,7 @@ def main(argv=None):
                 put("cublas_fp8_scaled_mm", _try(lambda: torch._scaled_mm(a_f8, w_f8.t(), one, one,
                                                                            out_dtype=torch.bfloat16)))
             epi = dict(const=const, bias=bias, out_dtype=torch.bfloat16)
-            put("triton_int8_autotuned", _try(lambda: ti.int8_gemm(a8, w8, scale, **epi)))
+            put("triton_int8_autotuned", _try(lambda: ti.int8_gemm(a8, w8, scale, persistent=False, **epi)))
             put("triton_int8_persistent_autotuned", _try(lambda: ti.int8_gemm(a8, w8, scale, persistent=True, **epi)))
             for bm, bn, bk, warps, stages in grid:
                 smem = (bm + bn) * bk * stages
@@ -109,8 +113,11 @@ def main(argv=None):
                     continue
                 cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
                 name = f"{bm}x{bn}x{bk}_w{warps}_s{stages}"
-                put("int8_" + name, _try(lambda: ti.int8_gemm(a8, w8, scale, config=cfg, **epi)))
-                put("int8_tma_" + name, _try(lambda: ti.int8_gemm(a8, w8, scale, config=cfg, persistent=True, **epi)))
+                put("int8_" + name, _try(lambda: ti.int8_gemm(a8, w8, scale, config=cfg, persistent=False, **epi)))
+                for flat, ws, sub in TMA_VARIANTS:
+                    tcfg = dict(cfg, FLATTEN=flat, WARP_SPEC=ws, SUBTILE=sub)
+                    put(f"int8_tma_{name}_f{int(flat)}ws{int(ws)}sub{int(sub)}",
+                        _try(lambda: ti.int8_gemm(a8, w8, scale, config=tcfg, persistent=True, **epi)))
                 if smem * 2 <= 227 * 1024:
                     put("bf16_triton_" + name, _try(lambda: ti._launch(x16, w16, scale, const, None, bias,
                                                                         torch.bfloat16, None, cfg)))

@@ -94,14 +94,17 @@ def _epilogue(acc, row_sum, cols, N, scale_ptr, const_ptr, wzero_ptr, bias_ptr, 
 def _int8_gemm_tma_kernel(a_desc, w_desc, out_desc, scale_ptr, const_ptr, wzero_ptr, bias_ptr, M, N, K,
                           W_ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr,
-                          FLATTEN: tl.constexpr, OUT: tl.constexpr, ACC: tl.constexpr = tl.int32):
+                          FLATTEN: tl.constexpr, OUT: tl.constexpr, WARP_SPEC: tl.constexpr = False,
+                          SUBTILE: tl.constexpr = False, ACC: tl.constexpr = tl.int32):
     """Persistent variant of the int8 GEMM (Hopper and later): one program per SM walks the output tiles; A, W and
     the output move by TMA (tensor descriptors, which zero-fill out-of-range loads and clip stores), and with
-    FLATTEN the software pipeline runs across tile boundaries, so the next tile's loads overlap this tile's epilogue.
-    Same math and epilogue as `_int8_gemm_kernel` on int8 input."""
+    FLATTEN the software pipeline runs across tile boundaries, so the next tile's loads overlap this tile's epilogue;
+    WARP_SPEC splits producer (TMA) and consumer (wgmma) warps; SUBTILE stores the output in two column halves
+    (fewer registers and less shared memory for the store). Same math and epilogue as `_int8_gemm_kernel` on int8
+    input."""
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=FLATTEN):
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=FLATTEN, warp_specialize=WARP_SPEC):
         pid_m, pid_n = _tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         om, on = pid_m * BLOCK_M, pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -112,9 +115,17 @@ def _int8_gemm_tma_kernel(a_desc, w_desc, out_desc, scale_ptr, const_ptr, wzero_
             acc = tl.dot(a, b.T, acc, out_dtype=ACC)
             if W_ASYM:
                 row_sum += tl.sum(a.to(tl.int32), axis=1)
-        y = _epilogue(acc, row_sum, on + tl.arange(0, BLOCK_N), N, scale_ptr, const_ptr, wzero_ptr, bias_ptr,
-                      W_ASYM, HAS_BIAS)
-        out_desc.store([om, on], y.to(OUT))
+        if SUBTILE:
+            halves = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            for h in tl.static_range(2):
+                c0 = on + h * (BLOCK_N // 2)
+                y = _epilogue(halves[h], row_sum, c0 + tl.arange(0, BLOCK_N // 2), N, scale_ptr, const_ptr,
+                              wzero_ptr, bias_ptr, W_ASYM, HAS_BIAS)
+                out_desc.store([om, c0], y.to(OUT))
+        else:
+            y = _epilogue(acc, row_sum, on + tl.arange(0, BLOCK_N), N, scale_ptr, const_ptr, wzero_ptr, bias_ptr,
+                          W_ASYM, HAS_BIAS)
+            out_desc.store([om, on], y.to(OUT))
 
 
 @triton.jit
@@ -174,7 +185,7 @@ def _set_block_shapes(nargs):
     bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
     nargs["a_desc"].block_shape = [bm, bk]
     nargs["w_desc"].block_shape = [bn, bk]
-    nargs["out_desc"].block_shape = [bm, bn]
+    nargs["out_desc"].block_shape = [bm, bn // 2 if nargs.get("SUBTILE") else bn]
 
 
 # Candidates for H100 / A100 at ViT-B sizes (M ≈ 10^4, K, N ∈ {768, 2304, 3072}); 128-byte K tiles suit int8.
@@ -185,9 +196,11 @@ _CONFIGS = [
     _cfg(128, 128, 256, 8, 3), _cfg(128, 256, 256, 8, 2), _cfg(128, 64, 128, 4, 4), _cfg(64, 128, 256, 4, 3),
     _cfg(128, 128, 128, 8, 4),
 ]
-_TMA_CONFIGS = [_cfg(bm, bn, bk, w, st, FLATTEN=f) for f in (True, False) for bm, bn, bk, w, st in
-                [(128, 128, 64, 4, 4), (128, 128, 128, 8, 3), (128, 256, 64, 8, 4), (128, 256, 128, 8, 3),
-                 (256, 128, 64, 8, 4), (128, 128, 128, 4, 4), (128, 64, 128, 4, 4)]]
+_TMA_CONFIGS = [_cfg(bm, bn, bk, w, st, FLATTEN=f, SUBTILE=sub) for f, sub in ((True, False), (False, False),
+                                                                                (True, True))
+                for bm, bn, bk, w, st in [(128, 128, 64, 4, 4), (128, 128, 128, 8, 3), (128, 256, 64, 8, 4),
+                                          (128, 256, 128, 8, 3), (256, 128, 64, 8, 4), (256, 128, 128, 8, 3),
+                                          (128, 128, 256, 8, 3), (64, 256, 128, 4, 4)]]
 _SMALL = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}  # interpreter / non-CUDA: no autotuning
 # EVEN_K (K a multiple of BLOCK_K, as in ViT layers) drops the K masks from the inner loop.
 _kernel = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_int8_gemm_kernel)
@@ -210,9 +223,10 @@ def _tma_unusable(x, w8, out):
 
 
 def _launch(x, w8, out_scale, const, w_zero, bias, out_dtype, quant, config=None, persistent=False):
-    """One GEMM launch. `config`: fixed tile config (dict of BLOCK_M/N/K, GROUP_M, num_warps, num_stages[, FLATTEN])
-    instead of autotuning; `persistent`: the TMA kernel (int8 input only). Float x and w of one dtype multiply in
-    float32 (a diagnostic of Triton's own speed: tools/int8_gemm_sweep.py)."""
+    """One GEMM launch. `config`: fixed tile config (dict of BLOCK_M/N/K, GROUP_M, num_warps, num_stages[, FLATTEN,
+    WARP_SPEC, SUBTILE]) instead of autotuning; `persistent`: the TMA kernel (int8 input only; None: where it can
+    run). Float x and w of one dtype multiply in float32 (a diagnostic of Triton's own speed:
+    tools/int8_gemm_sweep.py)."""
     if x.dim() != 2 or w8.dim() != 2 or x.shape[1] != w8.shape[1]:
         raise ValueError(f"expected x (M, K) and w8 (N, K), got {tuple(x.shape)} and {tuple(w8.shape)}")
     if w8.dtype != torch.int8 and not (quant is None and w8.dtype == x.dtype):
@@ -234,6 +248,8 @@ def _launch(x, w8, out_scale, const, w_zero, bias, out_dtype, quant, config=None
     flags = dict(W_ASYM=w_zero is not None, HAS_BIAS=bias is not None,
                  ACC=tl.int32 if w8.dtype == torch.int8 else tl.float32)
     fixed = dict(config or {})
+    if persistent is None:
+        persistent = quant is None and w8.dtype == torch.int8 and _tma_unusable(x, w8, out) is None
     if persistent:
         why = "it takes int8 input only" if quant is not None else _tma_unusable(x, w8, out)
         if why:
@@ -290,12 +306,13 @@ def _scalar(t, device):
     return t.to(device=device, dtype=torch.float32).reshape(1)
 
 
-def int8_gemm(a8, w8, out_scale, const=None, w_zero=None, bias=None, out_dtype=torch.bfloat16, persistent=False,
+def int8_gemm(a8, w8, out_scale, const=None, w_zero=None, bias=None, out_dtype=torch.bfloat16, persistent=None,
               config=None):
     """out_scale·(a8 @ w8ᵀ + const − rowsum(a8)·w_zero) + bias for int8 a8 (M, K), w8 (N, K); out (M, N) out_dtype.
 
-    out_scale: float (N,) or scalar; const, w_zero: int32 (N,) or None; bias: (N,) or None. persistent: the TMA
-    kernel (Hopper+, 16-byte aligned rows; ValueError otherwise); config: a fixed tile config instead of autotuning."""
+    out_scale: float (N,) or scalar; const, w_zero: int32 (N,) or None; bias: (N,) or None. persistent: True for
+    the TMA kernel (Hopper+, 16-byte aligned rows; ValueError otherwise), False for the pointer kernel, None (default)
+    for TMA wherever it can run; config: a fixed tile config instead of autotuning."""
     if a8.dtype != torch.int8:
         raise TypeError(f"a8 must be int8, got {a8.dtype}")
     return _launch(a8, w8, out_scale, const, w_zero, bias, out_dtype, None, config, persistent)
