@@ -200,7 +200,7 @@ for quant, even in [(False, True), (True, False)]:
 from plugin.quant.triton_int8 import _int8_gemm_tma_kernel as tma
 names = tma.arg_names
 const = dict(W_ASYM=False, HAS_BIAS=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, NUM_SMS=132, FLATTEN=True,
-             OUT=tl.bfloat16, ACC=tl.int32)
+             OUT=tl.bfloat16, WARP_SPEC=False, SUBTILE=False, ACC=tl.int32)
 sig = dict(a_desc="tensordesc<i8[128, 128]>", w_desc="tensordesc<i8[128, 128]>", out_desc="tensordesc<bf16[128, 128]>",
            scale_ptr="*fp32", const_ptr="*i32", wzero_ptr="*i32", bias_ptr="*fp32", M="i32", N="i32", K="i32",
            **{n: "constexpr" for n in const})
