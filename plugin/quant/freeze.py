@@ -76,8 +76,11 @@ def _triton_forward(layer, x2d, backend):
                     out_dtype=x2d.dtype)
     if backend == "triton_fused":
         return triton_int8.quant_int8_gemm(x2d, layer.weight_int8, layer.out_scale, *quant, **epilogue)
-    return triton_int8.int8_gemm(triton_int8.quantize_int8(x2d, *quant), layer.weight_int8, layer.out_scale,
-                                 **epilogue)
+    # Under torch.compile the quantization stays torch ops, so inductor can fuse it into the kernel that produces x
+    # (LayerNorm, GELU, ...): the int8 codes are then the only thing written. Eagerly, one Triton pass.
+    a8 = (layer.quantize_input(x2d.float()) if torch.compiler.is_compiling()
+          else triton_int8.quantize_int8(x2d, *quant))
+    return triton_int8.int8_gemm(a8, layer.weight_int8, layer.out_scale, **epilogue)
 
 
 def _pad_to(t, dim, multiple, minimum=0):
