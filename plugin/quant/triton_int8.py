@@ -206,7 +206,9 @@ _SMALL = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}  # interpre
 _kernel = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_int8_gemm_kernel)
 _KEY = ["M", "N", "K", "W_ASYM", "HAS_BIAS"]
 _tuned_kernel = triton.autotune(_CONFIGS, key=_KEY + ["QUANT_X", "EXACT_QUANT"])(_kernel)
-_tuned_tma_kernel = triton.autotune(_TMA_CONFIGS, key=_KEY)(_int8_gemm_tma_kernel)
+# TMA descriptors carry no dtype into the autotuner's key: the output dtype (OUT) goes in by name, or a bf16 call
+# would reuse the tile config tuned for a float32 output
+_tuned_tma_kernel = triton.autotune(_TMA_CONFIGS, key=_KEY + ["OUT"])(_int8_gemm_tma_kernel)
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
