@@ -243,3 +243,12 @@ def test_benchmark_triton_backend_needs_cuda(capsys):
     import benchmark
     assert benchmark.main(["--quick", "--device", "cpu", "--int8-backend", "triton", "--micro-only"]) == 2
     assert "--int8-backend triton: not on CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_int8_gemm_sweep_refuses_without_cuda(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import int8_gemm_sweep
+    out = tmp_path / "sweep.json"
+    assert int8_gemm_sweep.main(["--out", str(out)]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err and not out.exists()

@@ -14,7 +14,6 @@ docs/performance.md.
 """
 import argparse
 import copy
-import json
 import os
 import platform
 import sys
@@ -362,9 +361,8 @@ def main(argv=None):
     report["total_s"] = time.perf_counter() - t0
     print_report(report)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        from plugin.quant.io import write_json
+        write_json(args.out, report)
     return 0
 
 

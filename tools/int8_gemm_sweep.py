@@ -16,13 +16,14 @@ Prints a table per shape (ms and speed-up over cuBLAS BF16) and writes JSON. Not
 """
 import argparse
 import itertools
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+
+from benchmark import _capture  # noqa: E402  (tools/ is on the path when this runs as a script)
 
 SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
 # persistent-kernel variants: (FLATTEN, WARP_SPEC, SUBTILE)
@@ -31,18 +32,11 @@ TMA_VARIANTS = [(True, False, False), (False, False, False), (True, False, True)
 
 
 def graph_time(fn, reps=50):
-    """Seconds per call: `reps` calls captured in one CUDA graph, replayed (after warm-up / autotuning)."""
+    """Seconds per call: `reps` calls captured in one CUDA graph, replayed (after warm-up / autotuning); best of 5."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(side), torch.cuda.graph(g, stream=side):
-        for _ in range(reps):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g.replay()
+    g = _capture(fn, torch.device("cuda"), reps)
     best = float("inf")
     for _ in range(5):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -142,9 +136,8 @@ def main(argv=None):
         sys.stdout.flush()
     report["tuned_configs"] = ti.tuned_configs()
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        from plugin.quant.io import write_json
+        write_json(args.out, report, indent=1)
     return 0
 
 

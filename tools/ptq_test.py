@@ -135,11 +135,9 @@ def markdown_report(report):
 
 
 def write_reports(report, out_dir):
-    from plugin.quant.io import _atomic_write
-    os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, "report.json"),
-                  lambda p: open(p, "w").write(json.dumps(report, indent=2, sort_keys=True)))
-    _atomic_write(os.path.join(out_dir, "report.md"), lambda p: open(p, "w").write(markdown_report(report)))
+    from plugin.quant.io import write_json, write_text
+    write_json(os.path.join(out_dir, "report.json"), report)
+    write_text(os.path.join(out_dir, "report.md"), markdown_report(report))
 
 
 def run(args):

@@ -50,6 +50,19 @@ def _atomic_write(path, write_fn):
         raise
 
 
+def write_text(path, text):
+    """Write `text` to `path` atomically: an interrupted write leaves the old file or none, never part of one."""
+    def put(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    _atomic_write(path, put)
+
+
+def write_json(path, obj, indent=2):
+    """`obj` as JSON (sorted keys) at `path`, atomically."""
+    write_text(path, json.dumps(obj, indent=indent, sort_keys=True))
+
+
 def save_quantized(model: nn.Module, path: str, extra_meta=None):
     """Write `path.safetensors` and `path.json` (each atomically). Returns the two file paths."""
     from safetensors.torch import save_file
@@ -61,7 +74,7 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
             "adapter": model._vitq_adapter, "versions": package_versions(), **(extra_meta or {})}
     tensors_path, meta_path = path + ".safetensors", path + ".json"
     _atomic_write(tensors_path, lambda p: save_file(state, p, metadata={"format": FORMAT}))
-    _atomic_write(meta_path, lambda p: open(p, "w").write(json.dumps(meta, indent=2, sort_keys=True)))
+    write_json(meta_path, meta)
     return tensors_path, meta_path
 
 

@@ -19,7 +19,7 @@ import os
 import torch
 
 from ..errors import UserInputError
-from .io import LOAD_HOOKS, _atomic_write
+from .io import LOAD_HOOKS, _atomic_write, write_json
 
 FORMAT = "vitq-calib-checkpoint"
 FORMAT_VERSION = 1
@@ -149,7 +149,7 @@ class CalibCheckpoint:
         meta = dict(format=FORMAT, format_version=FORMAT_VERSION, **self.identity, step=step, file=name,
                     pass_index=pass_index, **{"pass": pass_kind}, unit_index=unit_index, unit=unit_name,
                     rollbacks=list(rollbacks))
-        _atomic_write(self.meta_path, lambda p: open(p, "w").write(json.dumps(meta, indent=1, sort_keys=True)))
+        write_json(self.meta_path, meta, indent=1)
         for old in os.listdir(self.dir):  # earlier states are superseded once the JSON points at the new one
             if old.startswith("calib-") and old.endswith(".safetensors") and old != name:
                 try:
