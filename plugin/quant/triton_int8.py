@@ -218,6 +218,8 @@ def _tma_unusable(x, w8, out):
         return "TMA needs a CUDA device (not the interpreter)"
     if torch.cuda.get_device_capability(x.device)[0] < 9:
         return "TMA needs a Hopper or newer GPU"
+    if out.dtype not in _TL_DTYPES:
+        return f"output dtype {out.dtype} is not one of {sorted(str(d) for d in _TL_DTYPES)}"
     for name, t in (("x", x), ("w", w8), ("out", out)):
         if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
             return f"{name} rows are not 16-byte aligned and contiguous"
