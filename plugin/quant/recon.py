@@ -675,8 +675,7 @@ def reconstruct(ctx, cfg, reference=None, extension=None):
     if reference is None:
         reference = float_reference(ctx)
     units = reconstruction_units(ctx, cfg.layers)
-    ckpt = getattr(ctx, "checkpoint", None)
-    rollbacks = getattr(ctx, "rollbacks", None)
+    ckpt = ctx.checkpoint
     report = {}
     for i, unit in enumerate(units):
         step, skip = ckpt.next_unit() if ckpt is not None else (None, False)
@@ -688,10 +687,11 @@ def reconstruct(ctx, cfg, reference=None, extension=None):
                 ctx.log(f"[{cfg.tag}] resumed after unit {i + 1}/{len(units)} {unit.name}")
             continue
         report[unit.name] = result = reconstruct_unit(ctx, unit, cfg, reference, i, len(units), extension)
-        if result[2] not in ("ok", "skipped") and rollbacks is not None:
-            rollbacks.append({"pass": cfg.tag, "pass_index": ctx.pass_index, "unit": unit.name, "reason": result[2]})
+        if result[2] not in ("ok", "skipped"):
+            ctx.rollbacks.append({"pass": cfg.tag, "pass_index": ctx.pass_index, "unit": unit.name,
+                                  "reason": result[2]})
         if ckpt is not None:
-            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, unit.name, rollbacks or [])
+            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, unit.name, ctx.rollbacks)
     rolled = [n for n, (_, _, s) in report.items() if s not in ("ok", "skipped")]
     gains = [(b, a) for b, a, s in report.values() if s == "ok"]
     if gains:
