@@ -66,6 +66,17 @@ def _first_line(exc):
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+@contextlib.contextmanager
+def _as_user_error(what):
+    """mmdet / pycocotools raise anything for damaged data: turn it into one UserInputError saying `what` failed."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except Exception as exc:
+        raise UserInputError(f"{what}: {_first_line(exc)}") from exc
+
+
 def _set_log_level(logger, level):
     logger.setLevel(level)
     for handler in logger.handlers:
@@ -147,13 +158,8 @@ class DetectionTask(Task):
             ds_cfg = copy.deepcopy(unwrap_dataset_cfg(train["dataset"]))
             ds_cfg["pipeline"] = copy.deepcopy(unwrap_dataset_cfg(test["dataset"])["pipeline"])
             with DefaultScope.overwrite_default_scope(self.cfg.get("default_scope", "mmdet")):
-                try:
+                with _as_user_error(f"cannot load the calibration annotations ({ds_cfg.get('ann_file', '?')})"):
                     self._calib_set = DATASETS.build(ds_cfg)
-                except UserInputError:
-                    raise
-                except Exception as exc:  # mmdet/pycocotools raise anything for a damaged annotation file
-                    raise UserInputError(f"cannot load the calibration annotations "
-                                         f"({ds_cfg.get('ann_file', '?')}): {_first_line(exc)}") from exc
         return self._calib_set
 
     def calib_data(self, model, num, seed):
@@ -165,12 +171,8 @@ class DetectionTask(Task):
             raise UserInputError(f"calibration size must be between 1 and {len(dataset)} (the training "
                                  f"annotations' usable images), got {num}")
         indices = np.random.RandomState(seed).choice(len(dataset), int(num), replace=False)
-        try:
+        with _as_user_error("cannot load a calibration image"):
             batches = [pseudo_collate([dataset[int(i)]]) for i in indices]
-        except UserInputError:
-            raise
-        except Exception as exc:  # an image or annotation the pipeline cannot read
-            raise UserInputError(f"cannot load a calibration image: {_first_line(exc)}") from exc
         return CalibData(batches, run_test_step)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
