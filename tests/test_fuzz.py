@@ -98,22 +98,23 @@ def _valid_checkpoints():
 SAFETENSORS, PTH = _valid_checkpoints()
 
 
+def _load_damaged_checkpoint(tmp_path_factory, data, kind, filename):
+    from plugin.utils.checkpoint import load_state_dict_file
+    path = write(tmp_path_factory.mktemp(kind) / filename, data)
+    state = accepts_or_refuses(kind, load_state_dict_file, path)
+    assert state is None or all(torch.is_tensor(v) for v in state.values())
+
+
 @FUZZ
 @given(data=damaged(SAFETENSORS))
 def test_fuzz_safetensors_checkpoint(tmp_path_factory, data):
-    from plugin.utils.checkpoint import load_state_dict_file
-    path = write(tmp_path_factory.mktemp("st") / "model.safetensors", data)
-    state = accepts_or_refuses("safetensors", load_state_dict_file, path)
-    assert state is None or all(torch.is_tensor(v) for v in state.values())
+    _load_damaged_checkpoint(tmp_path_factory, data, "safetensors", "model.safetensors")
 
 
 @FUZZ
 @given(data=damaged(PTH))
 def test_fuzz_pth_checkpoint(tmp_path_factory, data):
-    from plugin.utils.checkpoint import load_state_dict_file
-    path = write(tmp_path_factory.mktemp("pth") / "model.pth", data)
-    state = accepts_or_refuses("pth", load_state_dict_file, path)
-    assert state is None or all(torch.is_tensor(v) for v in state.values())
+    _load_damaged_checkpoint(tmp_path_factory, data, "pth", "model.pth")
 
 
 # ---------------------------------------------------------------------------------------------------------------
