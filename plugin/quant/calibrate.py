@@ -200,8 +200,9 @@ class CalibContext:
         unreached = [s for s in self.sites if s.name not in calls]
         return order + unreached, calls
 
-    def groups(self):
-        """Consecutive runs of sites (in execution order) that share a block; outside-block runs are groups too."""
+    def groups(self, per_site=False):
+        """Consecutive runs of sites (in execution order) that share a block; outside-block runs are groups too.
+        With `per_site`, every site is a group of its own (still labelled with its block)."""
         order, calls = self.execution_order()
         blocks = self.adapter.blocks(self.model)
 
@@ -214,7 +215,7 @@ class CalibContext:
         groups = []
         for site in order:
             key = block_of(site.name)
-            if groups and groups[-1][0] == key:
+            if groups and groups[-1][0] == key and not per_site:
                 groups[-1][1].append(site)
             else:
                 groups.append((key, [site]))
@@ -271,15 +272,21 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         checkpoint = CalibCheckpoint(checkpoint_dir, recipe, model, calib, seed, resume=resume, log=log)
     adapter.prepare(model)
     sites = attach_quantizers(model, recipe, adapter)
-    ctx = CalibContext(model, recipe, calib, adapter, sites, log, seed=seed, checkpoint=checkpoint)
+    ctx = CalibContext(model, recipe, calib, adapter, sites, log, max_elems=recipe.observe_elems, seed=seed,
+                       checkpoint=checkpoint)
     t0 = time.time()
-    groups = ctx.groups() if recipe.sequential else [(None, ctx.sites, False)]
+    if recipe.sequential == "none":
+        groups = [(None, ctx.sites, False)]
+    elif recipe.sequential == "site":
+        groups = ctx.groups(per_site=True)
+    else:
+        groups = ctx.groups()
     for i, (key, members, single_call) in enumerate(groups):
         stop_after = members[-1].module if (single_call and i < len(groups) - 1) else None
         calibrate_group(ctx, members, stop_after)
-        where = f"block {key}" if key is not None else "between blocks"
-        log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}, {len(members)} modules) "
-            f"done, {time.time() - t0:.1f}s")
+        if i + 1 == len(groups) or groups[i + 1][0] != key:  # one line per block, whatever the grouping
+            where = f"block {key}" if key is not None else "between blocks"
+            log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}) done, {time.time() - t0:.1f}s")
     for pass_index, p in enumerate(recipe.passes):
         p = dict(p)
         kind = p.pop("type")

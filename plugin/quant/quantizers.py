@@ -6,6 +6,8 @@ min/max plus a bounded random sample of rows); `forward(x)` returns the fake-qua
 unchanged before that or while disabled. Rounding uses a straight-through estimator so block reconstruction can
 train through the quantizers (scales may be turned into parameters by the reconstruction pass).
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -143,6 +145,15 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
 
+# RepQ-ViT's candidate clipping quantiles (both tails for uniform grids, the upper one for log grids).
+QUANTILE_CANDIDATES = (0.999, 0.9999, 0.99999)
+
+
+def _quantile_rows(samples):
+    """At most 2^24 elements of the (rows, channels) samples: torch.quantile's input limit."""
+    return samples[: max(1, 2 ** 24 // samples.shape[1])]
+
+
 def _search_best(candidates, error_fn):
     """Pick, per channel, the candidate with the smallest error. candidates: list of per-channel tensors."""
     best_err, best = None, None
@@ -165,8 +176,11 @@ class UniformQuantizer(Quantizer):
     """Uniform affine quantizer: q = clamp(round(x/s) + z, qmin, qmax), x̂ = s·(q − z).
 
     Symmetric: z = 0 and q in [-2^(b-1), 2^(b-1) - 1]. Asymmetric: q in [0, 2^b - 1] with an integer zero point.
-    Ranges from min-max, percentiles (`options: lo_pct, hi_pct`) or an MSE grid search over shrunken min-max ranges
-    (`options: grid` candidates, `norm` p of the Lp error).
+    Ranges from min-max, percentiles (`options: lo_pct, hi_pct`), an MSE grid search over shrunken min-max ranges
+    (`options: grid` candidates, `norm` p of the Lp error), or `quantile`: RepQ-ViT's search, which takes the
+    [1 − p, p] quantiles for p in `options: pcts` (default 0.999, 0.9999, 0.99999) and keeps the one with the least
+    squared error. That search uses the range as found (it need not hold 0; the zero point may then lie outside the
+    code range), as RepQ-ViT's code does: a post-LayerNorm channel that never crosses zero keeps its whole grid.
     """
 
     def __init__(self, spec, channel_axis=-1):
@@ -178,16 +192,17 @@ class UniformQuantizer(Quantizer):
         else:
             self.qmin, self.qmax = 0, 2 ** spec.bits - 1
 
-    def params_from_range(self, lo, hi):
-        lo = torch.minimum(lo, torch.zeros_like(lo))
-        hi = torch.maximum(hi, torch.zeros_like(hi))
+    def params_from_range(self, lo, hi, include_zero=True):
+        if include_zero:
+            lo = torch.minimum(lo, torch.zeros_like(lo))
+            hi = torch.maximum(hi, torch.zeros_like(hi))
         if self.spec.symmetric:
             scale = torch.maximum(-lo, hi) / ((self.qmax - self.qmin) / 2)
             scale = scale.clamp_min(1e-8)
             return scale, torch.zeros_like(scale)
         scale = ((hi - lo) / (self.qmax - self.qmin)).clamp_min(1e-8)
-        zero = (-lo / scale).round().clamp(self.qmin, self.qmax)
-        return scale, zero
+        zero = (-lo / scale).round()
+        return scale, (zero.clamp(self.qmin, self.qmax) if include_zero else zero)
 
     def fake_quant(self, x, scale, zero):
         # Clamp before rounding: the straight-through gradient is then 1 everywhere inside the range, end bins too.
@@ -201,13 +216,26 @@ class UniformQuantizer(Quantizer):
         lo, hi, samples = self._reduce_stats(obs)
         search, opts = self.spec.search, self.spec.opts
         if search == "percentile":
-            flat = samples if self.per_channel else samples.reshape(-1, 1)
-            lo = torch.quantile(flat[: 2 ** 24 // flat.shape[1]], opts.get("lo_pct", 0.0001), dim=0)
-            hi = torch.quantile(flat[: 2 ** 24 // flat.shape[1]], opts.get("hi_pct", 0.9999), dim=0)
+            flat = _quantile_rows(samples)
+            lo = torch.quantile(flat, opts.get("lo_pct", 0.0001), dim=0)
+            hi = torch.quantile(flat, opts.get("hi_pct", 0.9999), dim=0)
         elif search == "mse":
             lo, hi = self.mse_range(lo, hi, samples, grid=opts.get("grid", 40), norm=opts.get("norm", 2.0))
+        elif search == "quantile":
+            scale, zero = self.quantile_params(samples, opts.get("pcts", QUANTILE_CANDIDATES))
+            self._set(scale=scale, zero_point=zero)
+            return
         scale, zero = self.params_from_range(lo, hi)
         self._set(scale=scale, zero_point=zero)
+
+    def quantile_params(self, samples, pcts):
+        """RepQ-ViT's range search: (scale, zero) of the [1 − p, p] quantile range with the least squared error."""
+        flat = _quantile_rows(samples)
+        candidates = []
+        for p in pcts:
+            lo, hi = torch.quantile(flat, torch.tensor([1.0 - p, p], device=flat.device, dtype=flat.dtype), dim=0)
+            candidates.append(self.params_from_range(lo, hi, include_zero=self.spec.symmetric))
+        return _search_best(candidates, lambda c: (self.fake_quant(samples, *c) - samples).pow(2).sum(0))
 
     def mse_range(self, lo, hi, samples, grid=40, norm=2.0, low_frac=0.3):
         """Shrink [lo, hi] by a factor in [low_frac, 1] per channel, minimising the Lp quantization error."""
@@ -221,18 +249,24 @@ class UniformQuantizer(Quantizer):
 
 
 class _LogQuantizer(Quantizer):
-    """Logarithmic grid for non-negative inputs (post-Softmax): x̂ = s·2^(-j/k), j = 0 … 2^b − 2, plus an exact 0.
+    """Logarithmic grid for non-negative inputs (post-Softmax): x̂ = s·2^(-j/k) for j = 0 … L − 1, plus an exact 0.
 
-    k = 1 gives log2, k = 2 log√2 (RepQ-ViT). All 2^b codes are used: 2^b − 1 powers and one zero code, which takes
-    every value below the smallest power (j > 2^b − 2 after rounding). The scale s (the largest level) is searched
-    over fractions of the observed maximum by MSE.
+    k = 1 gives log2, k = 2 log√2 (RepQ-ViT). Values above s take the top level s; values below the smallest level
+    (j > L − 1 after rounding) and non-positive values become 0. The number of non-zero levels L:
+    - strict (default): L = 2^b − 1, so the 2^b codes are the levels and one zero code: an honest b-bit grid;
+    - `options: masked_zero=True`: L = 2^b, as in RepQ-ViT's code, where the zero is a mask beside the 2^b codes.
+      That grid holds 2^b + 1 values, one more than b bits can encode (docs/methods.md).
+    The scale s (the largest level) comes from the observed maximum (`minmax`), RepQ-ViT's `quantile` search (the
+    0.999 / 0.9999 / 0.99999 quantiles of the inputs, least squared error), or an MSE search over fractions
+    1 … 0.05 of the maximum: a floor as low as 0.05 matters at 3 bits, where the best top level is often a small
+    fraction of the largest attention probability.
     """
     base_div = 1
 
     def __init__(self, spec, channel_axis=-1):
         super().__init__(spec, channel_axis)
         self.register_buffer("scale", torch.ones(1))
-        self.levels = 2 ** spec.bits - 1  # non-zero levels
+        self.levels = 2 ** spec.bits if spec.opts.get("masked_zero", False) else 2 ** spec.bits - 1
 
     def fake_quant(self, x, scale):
         k = self.base_div
@@ -248,11 +282,15 @@ class _LogQuantizer(Quantizer):
         _, hi, samples = self._reduce_stats(obs)
         hi = hi.clamp_min(1e-8)
         if self.spec.search == "minmax":
-            scale = hi
+            self._set(scale=hi)
+            return
+        if self.spec.search == "quantile":
+            flat = _quantile_rows(samples)
+            pcts = self.spec.opts.get("pcts", QUANTILE_CANDIDATES)
+            candidates = [torch.quantile(flat, p, dim=0).clamp_min(1e-8) for p in pcts]
         else:
-            scale = _search_best([hi * f for f in torch.linspace(1.0, 0.5, 20).tolist()],
-                                 lambda s: (self.fake_quant(samples, s) - samples).pow(2).sum(0))
-        self._set(scale=scale)
+            candidates = [hi * f for f in torch.logspace(0, math.log10(0.05), 40).tolist()]
+        self._set(scale=_search_best(candidates, lambda s: (self.fake_quant(samples, s) - samples).pow(2).sum(0)))
 
 
 @register_quantizer("log2")

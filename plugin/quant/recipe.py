@@ -9,6 +9,10 @@ reparameterisation rule and a list of extra passes. Site keys, looked up in this
 - `q`, `k` (operands of q@kᵀ), `post_softmax`, `v` (operands of attn@v), then `act`.
 
 A site mapped to None stays in float. Roles listed in `float_roles` are not quantized at all.
+
+`sequential` is the calibration order: "block" sets each block's quantizers together from what the block's inputs
+were with every earlier block quantized; "site" sets each quantizer as the forward reaches it, with everything
+upstream, the same block included, already quantized (RepQ-ViT's order); "none" observes the whole float model once.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -16,7 +20,8 @@ from typing import Callable, Dict, List, Optional
 from ..errors import UserInputError
 from .spec import QuantSpec, Role
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+SEQUENTIAL_MODES = ("block", "site", "none")
 RECIPES: Dict[str, Callable[..., "Recipe"]] = {}
 
 
@@ -30,12 +35,20 @@ class Recipe:
     sites: Dict[str, Optional[QuantSpec]] = field(default_factory=dict)
     float_roles: tuple = ()
     reparam: Optional[str] = None          # None | "mean" (RepQ-ViT) | other registered scale rules
-    sequential: bool = True                # calibrate group by group, later groups seeing quantized earlier ones
+    reparam_skip_roles: tuple = ()         # consumers of these roles keep their own (unfolded) input quantizer
+    sequential: str = "block"              # calibration order, see SEQUENTIAL_MODES and the module docstring
+    observe_elems: int = 2 ** 20           # sampled activation values kept per quantizer for the range searches
     passes: List[dict] = field(default_factory=list)
     calib_num: int = 32
     version: int = RECIPE_VERSION
 
     def __post_init__(self):
+        if isinstance(self.sequential, bool):  # recipes of version 1 stored a flag
+            self.sequential = "block" if self.sequential else "none"
+        if self.sequential not in SEQUENTIAL_MODES:
+            raise UserInputError(f"recipe {self.name}: sequential must be one of {SEQUENTIAL_MODES}, "
+                                 f"got {self.sequential!r}")
+        self.reparam_skip_roles = tuple(Role(r) for r in self.reparam_skip_roles)
         for key, spec in self.sites.items():
             if spec is not None and not isinstance(spec, QuantSpec):
                 raise UserInputError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
@@ -53,7 +66,8 @@ class Recipe:
             "weight": self.weight.to_dict(), "act": self.act.to_dict(),
             "sites": {k: (v.to_dict() if v is not None else None) for k, v in self.sites.items()},
             "float_roles": [Role(r).value for r in self.float_roles], "reparam": self.reparam,
-            "sequential": self.sequential, "passes": [dict(p) for p in self.passes], "calib_num": self.calib_num,
+            "reparam_skip_roles": [r.value for r in self.reparam_skip_roles],
+            "sequential": self.sequential, "observe_elems": self.observe_elems, "passes": [dict(p) for p in self.passes], "calib_num": self.calib_num,
             "version": self.version,
         }
 
@@ -66,7 +80,8 @@ class Recipe:
             weight=QuantSpec.from_dict(d["weight"]), act=QuantSpec.from_dict(d["act"]),
             sites={k: (QuantSpec.from_dict(v) if v is not None else None) for k, v in d["sites"].items()},
             float_roles=tuple(Role(r) for r in d.get("float_roles", ())), reparam=d.get("reparam"),
-            sequential=d.get("sequential", True), passes=[dict(p) for p in d.get("passes", [])],
+            reparam_skip_roles=tuple(d.get("reparam_skip_roles", ())),
+            sequential=d.get("sequential", "block"), observe_elems=d.get("observe_elems", 2 ** 20), passes=[dict(p) for p in d.get("passes", [])],
             calib_num=d.get("calib_num", 32), version=d.get("version", RECIPE_VERSION),
         )
 
@@ -123,16 +138,32 @@ def ptq4vit_recipe(w_bits, a_bits):
     )
 
 
+def _repq(name, w_bits, a_bits, masked_zero):
+    """RepQ-ViT as its official code does it (zkkli/RepQ-ViT): every range from the 0.999/0.9999/0.99999 quantile
+    search, each quantizer set as the forward reaches it, post-LN channel-wise ranges folded into the LayerNorm of
+    each block (the classifier's input stays a plain per-tensor quantizer), log√2 post-Softmax."""
+    act = QuantSpec(a_bits, search="quantile")
+    options = (("masked_zero", True),) if masked_zero else ()
+    return Recipe(
+        name=name, w_bits=w_bits, a_bits=a_bits,
+        weight=QuantSpec(w_bits, granularity="channel", search="quantile"),
+        act=act,
+        sites={"patch_embed.input": QuantSpec(8, search="quantile"), "post_ln": act,
+               "post_softmax": QuantSpec(a_bits, kind="log_sqrt2", search="quantile", options=options)},
+        reparam="mean", reparam_skip_roles=(Role.HEAD,), sequential="site", observe_elems=2 ** 24,
+    )
+
+
 @register_recipe("repq")
 def repq_recipe(w_bits, a_bits):
-    """RepQ-ViT (Li et al., ICCV 2023): post-LN channel-wise scales folded into LayerNorm + next Linear, log√2 softmax."""
-    sites = _first_layer_sites(w_bits)
-    sites["post_softmax"] = QuantSpec(a_bits, kind="log_sqrt2", search="mse")
-    sites["post_ln"] = QuantSpec(a_bits, search="mse")
-    return Recipe(
-        name="repq", w_bits=w_bits, a_bits=a_bits,
-        weight=QuantSpec(w_bits, granularity="channel", search="mse"),
-        act=QuantSpec(a_bits, search="mse"),
-        sites=sites,
-        reparam="mean",
-    )
+    """RepQ-ViT (Li et al., ICCV 2023): post-LN channel-wise scales folded into LayerNorm + next Linear, log√2 softmax.
+
+    The post-Softmax grid is the official code's: 2^b non-zero log√2 levels plus a masked zero, one value more than
+    b bits hold; `repq_strict` is the same recipe with an honest b-bit grid."""
+    return _repq("repq", w_bits, a_bits, masked_zero=True)
+
+
+@register_recipe("repq_strict")
+def repq_strict_recipe(w_bits, a_bits):
+    """RepQ-ViT with a strict b-bit post-Softmax grid (2^b − 1 log√2 levels and a zero code)."""
+    return _repq("repq_strict", w_bits, a_bits, masked_zero=False)

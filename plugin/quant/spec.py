@@ -20,7 +20,7 @@ class Role(str, Enum):
 
 QUANTIZER_KINDS = ("uniform", "log2", "log_sqrt2", "twin_uniform", "tanq", "sulq", "dfq")
 GRANULARITIES = ("tensor", "channel", "head")
-SEARCHES = ("minmax", "percentile", "mse")
+SEARCHES = ("minmax", "percentile", "mse", "quantile")
 
 
 @dataclass(frozen=True)
