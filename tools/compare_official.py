@@ -202,7 +202,6 @@ def run(args):
     from plugin.config import load_config
     from plugin.errors import UserInputError
     from plugin.quant import get_recipe, quantize
-    from plugin.quant.io import write_json, write_text
     from plugin.tasks.base import get_task
     from ptq_test import apply_cfg_options
 
@@ -265,11 +264,15 @@ def run(args):
                          "calib_s_official": statistics.mean(runs["t_official"]),
                          "calib_s_ours": statistics.mean(runs["t_ours"]), "device": device,
                          "command": args.command})
-    name = os.path.splitext(os.path.basename(args.config))[0]
-    write_json(os.path.join(args.out, "fidelity.json"), rows)
-    write_text(os.path.join(args.out, "fidelity.md"), markdown(rows, fp, name))
-    print(markdown(rows, fp, name))
+            write_tables(args.out, rows, fp)  # after every row: a run cut short keeps what it finished
+    print(markdown(rows, fp, rows[0]["model"]))
     return rows
+
+
+def write_tables(out, rows, fp):
+    from plugin.quant.io import write_json, write_text
+    write_json(os.path.join(out, "fidelity.json"), rows)
+    write_text(os.path.join(out, "fidelity.md"), markdown(rows, fp, rows[0]["model"]))
 
 
 def main(argv=None):
