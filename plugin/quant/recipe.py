@@ -105,6 +105,8 @@ def get_recipe(name, w_bits=4, a_bits=4, **overrides) -> Recipe:
         if not hasattr(recipe, key):
             raise UserInputError(f"recipe {name} has no field {key!r}")
         setattr(recipe, key, value)
+    if overrides:
+        recipe.__post_init__()  # overridden fields are validated like constructed ones
     return recipe
 
 
