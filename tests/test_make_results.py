@@ -53,3 +53,11 @@ def test_missing_report_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert make_results.main([str(tmp_path / "empty"), "--out", str(tmp_path / "page")]) == 2
     assert "no report.json" in capsys.readouterr().err
+
+
+def test_seeds_merge_into_mean_and_std(tmp_path):
+    runs = [_run(tmp_path, f"s{i}", "vit", "top1", {"top1": 90.0}, [("repq", 3, {"top1": v}, 2.0)])
+            for i, v in enumerate((70.0, 72.0, 74.0))]
+    assert make_results.main(runs + ["--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "results.md").read_text()
+    assert "| repq | 72.00 ± 2.00 (3) | 2.0 |" in md

@@ -5,11 +5,13 @@
 
 Each RUN_DIR holds a report.json written by tools/ptq_test.py (and, optionally, command.txt with the command that
 produced it, shown beside the table). Writes OUT/results.md, OUT/results.json (the reports, merged) and
-OUT/<name>_bits.png.
+OUT/<name>_bits.png. Runs of one config with different `--seed` values are merged into one cell per method and bit
+width: the mean ± sample standard deviation over the seeds, with the number of seeds when there are several.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +28,9 @@ def table(report):
     fmt = lambda values: " / ".join(f"{values[m]:.2f}" for m in shown)  # noqa: E731
     methods = list(dict.fromkeys(r["method"] for r in report["results"]))
     bits = sorted({(r["w_bits"], r["a_bits"]) for r in report["results"]})
-    cell = {(r["method"], r["w_bits"], r["a_bits"]): r for r in report["results"]}
+    cells = {}
+    for r in report["results"]:
+        cells.setdefault((r["method"], r["w_bits"], r["a_bits"]), []).append(r)
     label = f" ({' / '.join(shown)})" if len(shown) > 1 else ""
     head = "| method | " + " | ".join(f"W{w}A{a}{label}" for w, a in bits) + " | calib time (s) |"
     lines = [head, "|" + "---|" * (len(bits) + 2)]
@@ -35,12 +39,21 @@ def table(report):
     for m in methods:
         vals, times = [], []
         for w, a in bits:
-            r = cell.get((m, w, a))
-            vals.append(fmt(r["metrics"]) if r else "-")
-            if r:
-                times.append(f"{r['calib_time_s']:.1f}")
+            runs = cells.get((m, w, a))
+            if not runs:
+                vals.append("-")
+                continue
+            vals.append(" / ".join(seed_cell([r["metrics"][k] for r in runs]) for k in shown))
+            times.append(f"{statistics.mean(r['calib_time_s'] for r in runs):.1f}")
         lines.append(f"| {m} | " + " | ".join(vals) + f" | {' / '.join(times)} |")
     return "\n".join(lines)
+
+
+def seed_cell(values):
+    """One value as it is; several (one per seed) as mean ± sample std (n)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
 
 
 def plot(report, path):
@@ -50,8 +63,11 @@ def plot(report, path):
     metric = report["primary_metric"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in dict.fromkeys(r["method"] for r in report["results"]):
-        pts = sorted((r["a_bits"], r["metrics"][metric]) for r in report["results"] if r["method"] == m
-                     and r["w_bits"] == r["a_bits"])
+        by_bits = {}
+        for r in report["results"]:
+            if r["method"] == m and r["w_bits"] == r["a_bits"]:
+                by_bits.setdefault(r["a_bits"], []).append(r["metrics"][metric])
+        pts = sorted((b, statistics.mean(v)) for b, v in by_bits.items())
         if len(pts) > 1:  # single-width rows (ablations) stay in the table only
             ax.plot(*zip(*pts), marker="o", label=m)
     ax.set_xticks(sorted({r["a_bits"] for r in report["results"]}))
@@ -81,6 +97,8 @@ def main(argv=None):
             print(f"error: no report.json in {run}", file=sys.stderr)
             return 2
         report = json.load(open(path))
+        for r in report["results"]:
+            r.setdefault("seed", report.get("seed", 0))
         cmd = os.path.join(run, "command.txt")
         report["command"] = open(cmd).read().strip() if os.path.isfile(cmd) else report.get("command")
         name = os.path.splitext(os.path.basename(report["config"]))[0]
