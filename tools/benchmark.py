@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 MODELS = ["deit_small_patch16_224", "vit_base_patch16_224"]
-METHODS = ["minmax", "ptq4vit", "repq", "dopq"]
+METHODS = ["minmax", "ptq4vit", "repq", "dopq_lite"]
 # (in_features, out_features) of ViT-B's Linear layers: qkv, proj, fc1, fc2.
 VIT_B_LINEARS = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
 # --quick: the same families at toy sizes, so the whole run takes seconds on a CPU.

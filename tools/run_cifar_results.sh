@@ -21,10 +21,10 @@ run() {  # model ckpt group args...
 }
 for m in vit swin; do
   ckpt=$VIT; [ "$m" = swin ] && ckpt=$SWIN
-  run $m "$ckpt" base --bits 3 4 6 --method minmax ptq4vit repq dopq &
+  run $m "$ckpt" base --bits 3 4 6 --method minmax ptq4vit repq dopq_lite &
   for b in 3 4 6; do run $m "$ckpt" seed_w$b --bits $b --method isvit aiqvit --recon-setting "$SETTING" & done
   for b in ${ABLATION_BITS:-4 3}; do
-    run $m "$ckpt" ablation_w${b}_isvit --bits $b --method dopq_no_tanq isvit_no_sulq isvit_no_sos \
+    run $m "$ckpt" ablation_w${b}_isvit --bits $b --method dopq_lite_no_tanq isvit_no_sulq isvit_no_sos \
         --recon-setting "$SETTING" &
     run $m "$ckpt" ablation_w${b}_aiqvit --bits $b --method aiqvit_no_dfq aiqvit_no_lowrank aiqvit_no_curriculum \
         --recon-setting "$SETTING" &

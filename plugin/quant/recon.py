@@ -765,16 +765,33 @@ def _observe_inputs(ctx, pairs):
     return {k: o.observation() for k, o in observers.items()}
 
 
+# Rules whose channel→layer step is not the exact fold: name -> fold(norm, consumers, scales, zeros, s̃, qmin, qmax)
+# returning z̃, applied in place (DopQ-ViT's "mosf", plugin.quant.mosf). Rules without an entry fold exactly.
+CHANNEL_FOLDS = {}
+
+
+def register_channel_fold(name):
+    def deco(fn):
+        CHANNEL_FOLDS[name] = fn
+        return fn
+    return deco
+
+
+def _check_rule(rule):
+    if rule not in REPARAM_RULES:
+        raise UserInputError(f"sos: unknown reparameterisation rule {rule!r}; known: {sorted(REPARAM_RULES)}")
+
+
 def reparameterize_channelwise(ctx, rule="mean"):
-    """SOS stage 2: turn every channel-wise post-LN quantizer into a layer-wise one without changing its codes.
+    """SOS stage 2: turn every channel-wise post-LN quantizer into a layer-wise one.
 
     The same algebra as plugin.quant.reparam (RepQ-ViT): with channel scales s_c and zero points z_c, the layer-wise
     s̃ = rule(s_c), z̃ = round(mean z_c), r1 = s_c / s̃ and shift = s̃·(z_c − z̃) are folded into the LayerNorm affine
-    and the consuming Linears (`reparam.fold_channelwise`). When several consumers share a LayerNorm their (possibly
+    and the consuming Linears (`reparam.fold_channelwise`), which keeps the codes. A rule with a registered channel
+    fold (CHANNEL_FOLDS) folds its own way instead. When several consumers share a LayerNorm their (possibly
     separately learned) scales are averaged first. Returns the number of LayerNorms folded.
     """
-    if rule not in REPARAM_RULES:
-        raise UserInputError(f"sos: unknown reparameterisation rule {rule!r}; known: {sorted(REPARAM_RULES)}")
+    _check_rule(rule)
     pairs = _post_ln_pairs(ctx)
     observations = _observe_inputs(ctx, pairs) if rule != "mean" and pairs else {}
     for norm_name, sites, qs in pairs:
@@ -782,8 +799,11 @@ def reparameterize_channelwise(ctx, rule="mean"):
             scales = torch.stack([q.scale.reshape(-1) for q in qs]).mean(0)
             zeros = qs[0].zero_point.reshape(-1)
             s_layer = REPARAM_RULES[rule](scales, observations.get(sites[0].name)).reshape(())
-        z_layer, _, _ = fold_channelwise(ctx.model.get_submodule(norm_name), [s.module for s in sites],
-                                         scales, zeros, s_layer)
+        norm, consumers = ctx.model.get_submodule(norm_name), [s.module for s in sites]
+        if rule in CHANNEL_FOLDS:
+            z_layer = CHANNEL_FOLDS[rule](norm, consumers, scales, zeros, s_layer, qs[0].qmin, qs[0].qmax)
+        else:
+            z_layer, _, _ = fold_channelwise(norm, consumers, scales, zeros, s_layer)
         for site, q in zip(sites, qs):
             layerwise = UniformQuantizer(q.spec.replace(granularity="tensor"), channel_axis=q.channel_axis)
             layerwise.set_params(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))
@@ -798,9 +818,9 @@ def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bia
 
     1. weights float (weight quantizers off), activations quantized with channel-wise post-LN quantizers: block
        reconstruction;
-    2. channel-wise post-LN quantizers reparameterised to layer-wise (`reparameterize_channelwise`), exactly, with
-       the scale rule `rule` (default: the recipe's `reparam`, else "mean"; basic calibration leaves channel-wise
-       quantizers alone whatever `reparam` says);
+    2. channel-wise post-LN quantizers reparameterised to layer-wise (`reparameterize_channelwise`) with the scale
+       rule `rule` (default: the recipe's `reparam`, else "mean"; basic calibration leaves channel-wise quantizers
+       alone whatever `reparam` says): exactly, unless the rule registers its own channel fold (DopQ-ViT's "mosf");
     3. weight quantizers on and recalibrated on the current weights; block reconstruction again.
     Both reconstructions take their targets from the float model as it was before stage 1. By default they learn the
     quantized modules' weights and biases with the quantizer scales fixed, as the public I&S-ViT code does.
@@ -809,6 +829,8 @@ def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bia
     stages = tuple(stages)
     if not set(stages) <= {1, 2, 3}:
         raise UserInputError(f"sos: stages must be drawn from (1, 2, 3), got {stages}")
+    rule = rule or ctx.recipe.reparam or "mean"
+    _check_rule(rule)  # before stage 1's reconstruction, not after it
     reference = float_reference(ctx)
     weight_qs = [q for s in ctx.sites if (q := getattr(s.module, "weight_quantizer", None)) is not None]
     if 1 in stages:
@@ -823,7 +845,6 @@ def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bia
             for q, flag in zip(weight_qs, flags):
                 q.enabled = flag
     if 2 in stages:
-        rule = rule or ctx.recipe.reparam or "mean"
         folded = reparameterize_channelwise(ctx, rule)
         ctx.log(f"[sos] stage 2: {folded} channel-wise post-LN quantizers reparameterised to layer-wise ({rule})")
     if 3 in stages:
@@ -836,7 +857,7 @@ def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bia
         reconstruct(ctx, cfg, reference)
 
 
-__all__ = ["FloatReference", "LEARNABLE", "Learnables", "ReconConfig", "SETTINGS", "Sampler", "Unit", "UnitCache",
-           "block_recon", "capture_inputs", "capture_outputs", "context_for", "default_iters", "float_reference",
-           "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units", "reparameterize_channelwise",
-           "run_pass", "scale_names", "sos"]
+__all__ = ["CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "Learnables", "ReconConfig", "SETTINGS", "Sampler", "Unit",
+           "UnitCache", "block_recon", "capture_inputs", "capture_outputs", "context_for", "default_iters",
+           "float_reference", "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units",
+           "register_channel_fold", "reparameterize_channelwise", "run_pass", "scale_names", "sos"]
