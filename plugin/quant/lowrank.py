@@ -32,6 +32,7 @@ from ..errors import UserInputError
 from .calibrate import register_pass
 from .modules import QuantLinear
 from .recon import ReconConfig, reconstruct
+from .seed_quantizers import interval_report
 from .spec import Role
 
 try:  # load_quantized rebuilds kept branches through this hook where io.py offers one
@@ -255,6 +256,15 @@ class LowRankSearch:
         self.current = []
 
 
+def _log_intervals(ctx, when):
+    """Log each focused interval [b1, b2] (dfq_interval) by layer: AIQViT reports them wider in shallow layers."""
+    for name, (b1, b2) in interval_report(ctx.model).items():
+        if isinstance(b1, float):
+            ctx.log(f"[dfq_interval] {when} {name}: [{b1:.4g}, {b2:.4g}] width {b2 - b1:.4g}")
+        else:
+            ctx.log(f"[dfq_interval] {when} {name}: mean width {sum(b2) / len(b2) - sum(b1) / len(b1):.4g}")
+
+
 @register_pass("lowrank")
 def lowrank(ctx, rank_candidates=(4, 8, 16, 32), search=True, search_frac=0.3, arch_lr=1e-2, rank_penalty=0.0,
             placement="pre", merge=True, branch_lr=1e-3, roles=None, init_std=None, curriculum=True,
@@ -272,7 +282,9 @@ def lowrank(ctx, rank_candidates=(4, 8, 16, 32), search=True, search_frac=0.3, a
     cfg = ReconConfig.build(ctx, "lowrank", setting, curriculum=curriculum, **options)
     ext = LowRankSearch(ranks, search, search_frac, arch_lr, rank_penalty, placement == "post", branch_lr,
                         role_set, init_std)
+    _log_intervals(ctx, "calibrated")
     reconstruct(ctx, cfg, extension=ext)
+    _log_intervals(ctx, "learned")
     ctx.model._vitq_lowrank_ranks = dict(ext.chosen)
     extra, macs, base = overhead(ctx.model)
     if merge:

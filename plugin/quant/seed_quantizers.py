@@ -1,4 +1,4 @@
-"""Post-Softmax quantizers of the three seed methods: TanQ (DopQ-ViT), SULQ (I&S-ViT) and DFQ (AIQViT).
+"""Post-Softmax quantizers of the three seed methods: TanQ (DopQ-ViT), SULQ (I&S-ViT) and DFQ (AIQViT, two readings).
 
 All three take non-negative inputs (attention probabilities) and use at most 2^b output levels. Their parameters are
 buffers set by `_calibrate` from an `Observation`; rounding goes through `round_ste`, so reconstruction passes can train
@@ -203,4 +203,62 @@ class DynamicFocusingQuantizer(_PostSoftmaxQuantizer):
         self._set(rest_step=dr, focus_step=df, focus_first=i, focus_codes=n)
 
 
-__all__ = ["SoftmaxTanQuantizer", "ShiftUniformLog2Quantizer", "DynamicFocusingQuantizer"]
+@register_quantizer("dfq_interval")
+class FocusedIntervalQuantizer(_PostSoftmaxQuantizer):
+    """Dynamic focusing quantizer of AIQViT (Jiang et al., AAAI 2025, arXiv 2502.04628) as its summaries describe it:
+    a learnable interval [b1, b2] per quantization site, uniform quantization inside it, clamping outside, no log.
+
+        Δ = (b2 − b1)/N,   q = round((clamp(x, b1, b2) − b1)/Δ),   x̂ = b1 + q·Δ        (N = 2^b − 1)
+
+    Levels: b1 + j·Δ, j = 0 … N: 2^b evenly spaced levels with b1 and b2 exact; values below b1 become b1, values
+    above b2 become b2. The exact equation is not available (docs/methods.md); `dfq` is our other reading (a
+    three-segment grid on [0, M]). Calibration searches b2 over fractions of the observed maximum and b1 over small
+    fractions of [x_min, b2] (b1 = x_min included), minimising `criterion` (default "attn", as for `dfq`).
+    Reconstruction trains both bounds: they are one buffer `bounds` (2, C) = (b1, b2), so the engine's relative step
+    size (scale_lr × mean |bounds|) stays non-zero when b1 = 0, which it would not be for a b1 buffer of its own.
+    """
+    default_criterion = "attn"
+    # b2 = max·f: steps of 1/40 from 1 to 1/2 (clipping a little of the top is often best), then geometric to 1/64.
+    TOP_FRACTIONS = tuple(1 - k / 40 for k in range(20)) + tuple(2.0 ** (-k / 4) for k in range(4, 25))
+    BOTTOM_FRACTIONS = (0.0, 1 / 256, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)  # b1 = lo + t·(b2 − lo)
+    learnable_buffers = ("bounds",)
+
+    def __init__(self, spec, channel_axis=-1):
+        super().__init__(spec, channel_axis)
+        self.register_buffer("bounds", torch.tensor([[0.0], [1.0]]))  # before calibration: [0, 1]
+
+    def fake_quant(self, x, lo, hi):
+        step = (hi - lo).clamp_min(1e-8) / self.top
+        # Clamp before rounding (torch.minimum/maximum: their gradient reaches the bounds for clamped values).
+        q = round_ste((torch.maximum(torch.minimum(x, hi), lo) - lo) / step)
+        return lo + q * step
+
+    def quantize(self, x):
+        b = lambda p: _broadcast(p, x, self.channel_axis)  # noqa: E731
+        return self.fake_quant(x, b(self.bounds[0]), b(self.bounds[1]))
+
+    @property
+    def interval(self):
+        """(b1, b2) as per-channel (or one-element) tensors."""
+        return self.bounds[0], self.bounds[1]
+
+    def candidates(self, lo, hi):
+        for f in self.TOP_FRACTIONS:
+            top = torch.maximum(hi * f, lo + 1e-8)
+            for t in self.BOTTOM_FRACTIONS:
+                yield lo + t * (top - lo), top
+
+    def _calibrate(self, obs):
+        lo, hi, rows = self._search_stats(obs)
+        b1, b2 = _search_best(list(self.candidates(lo, hi)), lambda c: self._error(rows, self.fake_quant(rows, *c)))
+        self._set(bounds=torch.stack([b1, b2]))
+
+
+def interval_report(model):
+    """{module name: (b1, b2)} of every FocusedIntervalQuantizer in `model` (per-tensor ones as floats)."""
+    return {name: tuple(t.tolist() if t.numel() > 1 else t.item() for t in q.interval)
+            for name, q in model.named_modules() if isinstance(q, FocusedIntervalQuantizer)}
+
+
+__all__ = ["SoftmaxTanQuantizer", "ShiftUniformLog2Quantizer", "DynamicFocusingQuantizer",
+           "FocusedIntervalQuantizer", "interval_report"]

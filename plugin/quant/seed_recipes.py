@@ -11,7 +11,8 @@
 - `aiqvit` AIQViT (arXiv 2502.04628): DFQ post-Softmax, RepQ-style reparameterisation, and the `lowrank` pass
            (architecture-informed low-rank compensation trained with an easy-to-hard curriculum).
 
-Ablations are one switch each, e.g. `aiqvit_recipe(4, 4, lowrank=False)`, registered as `aiqvit_no_lowrank`. Passes
+Ablations are one switch each, e.g. `aiqvit_recipe(4, 4, lowrank=False)`, registered as `aiqvit_no_lowrank`
+(`aiqvit_dfq_interval` swaps in the other DFQ reading, `aiqvit_rank20`/`_rank100` fix the low-rank rank). Passes
 that are not registered when the recipe runs make `quantize` raise a clear error. The choices behind the defaults
 (calibration sizes, iteration counts, baseline quantizers of the ablations) are in docs/methods.md.
 """
@@ -74,14 +75,17 @@ def isvit_recipe(w_bits, a_bits, *, sulq=True, sos=True, setting="paper", iters=
 
 
 @register_recipe("aiqvit")
-def aiqvit_recipe(w_bits, a_bits, *, dfq=True, lowrank=True, curriculum=True, rank_candidates=(4, 8, 16, 32),
-                  setting="paper", iters=None, batch_size=None, name="aiqvit"):
-    """AIQViT. Without DFQ the post-Softmax grid is log√2 (RepQ-ViT's, the base AIQViT builds on); without low-rank
-    compensation no training pass runs; without curriculum the low-rank pass draws its mini-batches uniformly."""
-    softmax = QuantSpec(a_bits, kind="dfq" if dfq else "log_sqrt2", search="mse")
-    # A list, not a tuple, so the recipe survives a JSON round trip unchanged.
-    passes = [_pass("lowrank", setting, rank_candidates=list(rank_candidates), iters=iters, batch_size=batch_size,
-                    curriculum=curriculum)] if lowrank else []
+def aiqvit_recipe(w_bits, a_bits, *, dfq=True, dfq_kind="dfq", lowrank=True, curriculum=True,
+                  rank_candidates=(4, 8, 16, 32), fixed_rank=None, setting="paper", iters=None, batch_size=None,
+                  name="aiqvit"):
+    """AIQViT. Without DFQ the post-Softmax grid is log√2 (RepQ-ViT's, the base AIQViT builds on); `dfq_kind` picks
+    the reading of DFQ ("dfq": three-segment grid, "dfq_interval": a clamped interval [b1, b2]). Without low-rank
+    compensation no training pass runs; without curriculum the low-rank pass draws its mini-batches uniformly;
+    `fixed_rank` r replaces the rank search with rank min(r, in, out) on every layer (the paper's rank ablation)."""
+    softmax = QuantSpec(a_bits, kind=dfq_kind if dfq else "log_sqrt2", search="mse")
+    ranks = [fixed_rank] if fixed_rank else list(rank_candidates)  # a list, so the recipe survives JSON unchanged
+    passes = [_pass("lowrank", setting, rank_candidates=ranks, search=False if fixed_rank else None, iters=iters,
+                    batch_size=batch_size, curriculum=curriculum)] if lowrank else []
     return _base(name, w_bits, a_bits, softmax, QuantSpec(a_bits, search="mse"),
                  reparam="mean", passes=passes, calib_num=1024)
 
@@ -95,6 +99,9 @@ ABLATIONS = {
     "aiqvit_no_dfq": (aiqvit_recipe, dict(dfq=False)),
     "aiqvit_no_lowrank": (aiqvit_recipe, dict(lowrank=False)),
     "aiqvit_no_curriculum": (aiqvit_recipe, dict(curriculum=False)),
+    "aiqvit_dfq_interval": (aiqvit_recipe, dict(dfq_kind="dfq_interval")),
+    "aiqvit_rank20": (aiqvit_recipe, dict(fixed_rank=20)),
+    "aiqvit_rank100": (aiqvit_recipe, dict(fixed_rank=100)),
 }
 for _name, (_fn, _switches) in ABLATIONS.items():
     register_recipe(_name)(partial(_fn, name=_name, **_switches))

@@ -18,7 +18,7 @@ class Role(str, Enum):
     OTHER = "other"
 
 
-QUANTIZER_KINDS = ("uniform", "log2", "log_sqrt2", "twin_uniform", "tanq", "sulq", "dfq")
+QUANTIZER_KINDS = ("uniform", "log2", "log_sqrt2", "twin_uniform", "tanq", "sulq", "dfq", "dfq_interval")
 GRANULARITIES = ("tensor", "channel", "head")
 SEARCHES = ("minmax", "percentile", "mse", "quantile")
 
