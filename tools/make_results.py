@@ -104,6 +104,7 @@ def main(argv=None):
         name = os.path.splitext(os.path.basename(report["config"]))[0]
         if name in merged:  # several runs of one config (e.g. baselines and seed methods): one table
             merged[name]["results"] += report["results"]
+            merged[name]["fp"] = merged[name].get("fp") or report.get("fp")  # runs with --no-fp have none
             merged[name].setdefault("commands", []).append(report.get("command"))
             continue
         report["commands"] = [report.get("command")]
