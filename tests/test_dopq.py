@@ -196,3 +196,18 @@ def test_mosf_check_tool_scale_alone_is_inert_on_the_embedded_model(capsys, monk
     assert set(top1) == {"mean", "mosf", "mosf_exact"}
     assert top1["mosf_exact"] == top1["mean"]
     assert all(0 < v <= 100 for v in top1.values())
+
+
+def test_dopq_sos_with_mosf_fold_reloads(channelwise_vit, tmp_path):
+    from plugin.quant import load_quantized, save_quantized
+    _, calib, model = channelwise_vit
+    model = copy.deepcopy(model)
+    logs = []
+    recon.run_pass(recon.context_for(model, calib, log=logs.append), dict(type="sos", rule="mosf", iters=2,
+                                                                         batch_size=4))
+    assert any("stage 2: 5 channel-wise post-LN quantizers reparameterised to layer-wise (mosf)" in s for s in logs)
+    save_quantized(model, str(tmp_path / "dopq"))
+    loaded = load_quantized(build("vit"), str(tmp_path / "dopq"))
+    x = images(4, 7)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
