@@ -177,3 +177,37 @@ def test_sos_unknown_rule_fails_before_any_forward(channelwise_vit):
     ctx = recon.context_for(copy.deepcopy(model), CalibData(calib.batches, no_forward), log=quiet)
     with pytest.raises(UserInputError, match="rule"):
         recon.run_pass(ctx, dict(type="sos", rule="median_of_nothing", iters=1))
+
+
+# ----------------------------------------------------------------------------------------- tools/mosf_check.py
+def test_mosf_check_tool_scale_alone_is_inert_on_the_embedded_model(capsys, monkeypatch):
+    """The tool's no-reconstruction comparison on the shipped model: MOSF's scale with the exact fold gives the `mean`
+    model's top-1 exactly (the claim docs/methods.md rests on), MOSF's own fold a model of its own."""
+    import os
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(repo)  # the config names its data relative to the repository
+    sys.path.insert(0, os.path.join(repo, "tools"))
+    import mosf_check
+    assert mosf_check.main(["configs/classification/fmnist_vit_tiny.py", "plugin/assets/fmnist_vit_tiny.safetensors",
+                            "--bits", "3", "--calib-num", "16", "--seeds", "0"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    top1 = {r["rule"]: r["top1"] for r in rows}
+    assert set(top1) == {"mean", "mosf", "mosf_exact"}
+    assert top1["mosf_exact"] == top1["mean"]
+    assert all(0 < v <= 100 for v in top1.values())
+
+
+def test_dopq_sos_with_mosf_fold_reloads(channelwise_vit, tmp_path):
+    from plugin.quant import load_quantized, save_quantized
+    _, calib, model = channelwise_vit
+    model = copy.deepcopy(model)
+    logs = []
+    recon.run_pass(recon.context_for(model, calib, log=logs.append), dict(type="sos", rule="mosf", iters=2,
+                                                                         batch_size=4))
+    assert any("stage 2: 5 channel-wise post-LN quantizers reparameterised to layer-wise (mosf)" in s for s in logs)
+    save_quantized(model, str(tmp_path / "dopq"))
+    loaded = load_quantized(build("vit"), str(tmp_path / "dopq"))
+    x = images(4, 7)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
