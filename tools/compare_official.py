@@ -35,7 +35,9 @@ what the glue must change is changed:
 - ptq4vit: its net wrapper names a Linear by its attribute name; timm 1.0's Swin classifier is `head.fc`, which it
   does not know, so the classifier's Linear is moved to `head.head` (same forward). example/test_all.py imports
   `timm.models.layers.config`, which timm 1.0 moved to `timm.layers.config`: that name is aliased while it runs, and
-  its working folder is the checkout (its config loader lists ./configs).
+  its working folder is the checkout (its config loader lists ./configs). Its calibrator registers legacy
+  (non-full) backward hooks: torch 2 warns that grad_input may be incomplete, but it reads only grad_output, which
+  those hooks still give. Its test_all() prints "accuracy: 0.0": the evaluation it calls is replaced by ours.
 - on a CPU (smoke tests only): the official codes hard-code CUDA (`.cuda()`, `.to('cuda')`); while they run on a
   CPU those calls leave tensors where they are. On a GPU nothing is patched.
 """
