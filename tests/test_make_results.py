@@ -12,12 +12,12 @@ import make_results  # noqa: E402
 pytest.importorskip("matplotlib")
 
 
-def _run(tmp_path, name, config, metric, fp, rows, command="python tools/ptq_test.py ..."):
+def _run(tmp_path, name, config, metric, fp, rows, command="python tools/ptq_test.py ...", seed=0):
     d = tmp_path / name
     d.mkdir()
     results = [{"method": m, "w_bits": b, "a_bits": b, "calib_time_s": t, "metrics": v} for m, b, v, t in rows]
     report = {"config": f"configs/{config}.py", "primary_metric": metric, "fp": fp, "device": "cpu",
-              "results": results}
+              "results": results, "seed": seed}
     (d / "report.json").write_text(json.dumps(report))
     (d / "command.txt").write_text(command + f" --out {name}\n")
     return str(d)
@@ -56,8 +56,14 @@ def test_missing_report_is_an_error(tmp_path, capsys):
 
 
 def test_seeds_merge_into_mean_and_std(tmp_path):
-    runs = [_run(tmp_path, f"s{i}", "vit", "top1", {"top1": 90.0}, [("repq", 3, {"top1": v}, 2.0)])
+    runs = [_run(tmp_path, f"s{i}", "vit", "top1", {"top1": 90.0}, [("repq", 3, {"top1": v}, 2.0)], seed=i)
             for i, v in enumerate((70.0, 72.0, 74.0))]
     assert make_results.main(runs + ["--out", str(tmp_path / "page")]) == 0
     md = (tmp_path / "page" / "results.md").read_text()
     assert "| repq | 72.00 ± 2.00 (3) | 2.0 |" in md
+
+
+def test_a_seed_run_twice_counts_once(tmp_path):
+    runs = [_run(tmp_path, f"r{i}", "vit", "top1", {"top1": 90.0}, [("repq", 3, {"top1": 70.0}, 2.0)]) for i in (0, 1)]
+    assert make_results.main(runs + ["--out", str(tmp_path / "page")]) == 0
+    assert "| repq | 70.00 | 2.0 |" in (tmp_path / "page" / "results.md").read_text()

@@ -393,6 +393,10 @@ def _mean_std(values):
     return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _seconds(t):
+    return "-" if t is None else f"{t:.1f}"
+
+
 def markdown(rows, fp, model_name):
     lines = [f"# Official code vs ours: {model_name} (full precision top-1 {fp:.2f})", "",
              "| method | W/A | official | ours | ours − official | seeds | calib s (official / ours) |",
@@ -400,7 +404,8 @@ def markdown(rows, fp, model_name):
     for r in rows:
         lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | {r['official']:.2f} ± {r['official_std']:.2f} | "
                      f"{r['ours']:.2f} ± {r['ours_std']:.2f} | {r['ours'] - r['official']:+.2f} | "
-                     f"{', '.join(map(str, r['seeds']))} | {r['calib_s_official']:.1f} / {r['calib_s_ours']:.1f} |")
+                     f"{', '.join(map(str, r['seeds']))} | {_seconds(r['calib_s_official'])} / "
+                     f"{_seconds(r['calib_s_ours'])} |")
     return "\n".join(lines) + "\n"
 
 

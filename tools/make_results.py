@@ -29,8 +29,10 @@ def table(report):
     methods = list(dict.fromkeys(r["method"] for r in report["results"]))
     bits = sorted({(r["w_bits"], r["a_bits"]) for r in report["results"]})
     cells = {}
-    for r in report["results"]:
-        cells.setdefault((r["method"], r["w_bits"], r["a_bits"]), []).append(r)
+    for r in report["results"]:  # a (method, bits, seed) run twice counts once: the last one
+        runs = cells.setdefault((r["method"], r["w_bits"], r["a_bits"]), {})
+        runs[r.get("seed", 0)] = r
+    cells = {k: list(v.values()) for k, v in cells.items()}
     label = f" ({' / '.join(shown)})" if len(shown) > 1 else ""
     head = "| method | " + " | ".join(f"W{w}A{a}{label}" for w, a in bits) + " | calib time (s) |"
     lines = [head, "|" + "---|" * (len(bits) + 2)]
