@@ -80,13 +80,18 @@ def test_mad_outliers_by_hand():
     assert not mad_outliers(torch.full((4,), 0.3)).any()
 
 
-def test_mosf_fold_keeps_the_float_function_and_the_outlier_codes_but_moves_the_inliers():
+def _post_ln_case():
+    """A LayerNorm → Linear with outlier channels, its inputs, post-LN activations and their channel-wise quantizer."""
     fp = NormLinear()
     inp = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         x = fp.norm(inp)
     cq = channelwise(x)
-    s, z = cq.scale.reshape(-1), cq.zero_point.reshape(-1)
+    return fp, inp, x, cq, cq.scale.reshape(-1), cq.zero_point.reshape(-1)
+
+
+def test_mosf_fold_keeps_the_float_function_and_the_outlier_codes_but_moves_the_inliers():
+    fp, inp, x, cq, s, z = _post_ln_case()
     out = mad_outliers(s)
     assert out.nonzero().flatten().tolist() == [2, 6]
     s_layer = mosf_scale(s).reshape(())
@@ -111,12 +116,7 @@ def test_mosf_fold_keeps_the_float_function_and_the_outlier_codes_but_moves_the_
 def test_exact_fold_is_inert_in_the_layer_scale():
     """Why MOSF needs its own fold: with the exact fold, the mean and the MOSF scale give the same quantized Linear
     output (weights quantized per output channel, as in every recipe) up to floating-point rounding."""
-    fp = NormLinear()
-    inp = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        x = fp.norm(inp)
-    cq = channelwise(x)
-    s, z = cq.scale.reshape(-1), cq.zero_point.reshape(-1)
+    fp, inp, x, cq, s, z = _post_ln_case()
     outs = []
     for s_layer in (s.mean(), mosf_scale(s)):
         assert s_layer.numel() == 1
