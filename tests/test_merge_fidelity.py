@@ -1,0 +1,42 @@
+"""tools/merge_fidelity.py: per-seed compare_official runs pool into one row per (model, method, bits)."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+import merge_fidelity  # noqa: E402
+
+
+def _run(tmp_path, name, bits, seeds, official, ours, t=(10.0, 1.0)):
+    d = tmp_path / name
+    d.mkdir()
+    row = {"model": "m", "method": "repq", "ours_recipe": "repq", "w_bits": bits, "a_bits": bits, "fp": 90.0,
+           "official": sum(official) / len(official), "official_std": 0.0, "official_runs": official,
+           "ours": sum(ours) / len(ours), "ours_std": 0.0, "ours_runs": ours, "seeds": seeds,
+           "calib_s_official": t[0], "calib_s_ours": t[1], "command": f"cmd {name}"}
+    (d / "fidelity.json").write_text(json.dumps([row]))
+    return str(d)
+
+
+def test_seeds_pool_into_one_row(tmp_path):
+    runs = [_run(tmp_path, "a", 3, [2], [74.0], [75.0], t=(None, None)),  # a row recovered from a log: no times
+            _run(tmp_path, "b", 3, [0, 1], [70.0, 72.0], [71.0, 73.0]), _run(tmp_path, "c", 4, [0], [80.0], [80.5])]
+    assert merge_fidelity.main(runs + ["--out", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "fidelity.json").read_text())
+    w3 = next(r for r in rows if r["w_bits"] == 3)
+    assert w3["seeds"] == [0, 1, 2] and w3["official_runs"] == [70.0, 72.0, 74.0]
+    assert w3["official"] == pytest.approx(72.0) and w3["official_std"] == pytest.approx(2.0)
+    assert w3["ours"] == pytest.approx(73.0)
+    assert w3["calib_s_official"] == pytest.approx(10.0)  # only runs with times count
+    assert w3["commands"] == ["cmd a", "cmd b"]
+    md = (tmp_path / "out" / "fidelity.md").read_text()
+    assert "| repq | 3/3 | 72.00 ± 2.00 | 73.00 ± 2.00 | +1.00 | 0, 1, 2 |" in md
+
+
+def test_a_seed_in_two_runs_is_an_error(tmp_path, capsys):
+    runs = [_run(tmp_path, "a", 3, [0], [70.0], [71.0]), _run(tmp_path, "b", 3, [0], [70.0], [71.0])]
+    assert merge_fidelity.main(runs + ["--out", str(tmp_path / "out")]) == 2
+    assert "seed" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "fidelity.json").exists()
