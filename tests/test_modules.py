@@ -10,8 +10,8 @@ from timm.models.swin_transformer import WindowAttention
 from timm_toys import build, calib_data, images, quantized
 
 from plugin.adapters import find_adapter
-from plugin.quant import (MatMul, QuantConv2d, QuantLinear, Quantizer, Role, get_recipe, iter_quantizers, quantize,
-                          set_quant_enabled)
+from plugin.quant import (MatMul, QuantConv2d, QuantLinear, QuantSpec, Quantizer, Role, get_recipe, iter_quantizers,
+                          quantize, set_quant_enabled)
 
 ARCHS = ["vit", "vit_avg", "deit_distilled", "swin"]
 ATTENTION = (TimmAttention, WindowAttention)
@@ -173,3 +173,15 @@ def test_deepcopy_of_quantized_model_is_independent(arch):
     set_quant_enabled(original, False)
     with torch.no_grad():
         assert torch.equal(dup2(x), before)
+
+
+@pytest.mark.parametrize("arch", ["vit", "swin"])
+def test_head_granularity_keeps_its_channel_axis(arch):
+    """A per-head spec quantizes along the head axis (dim 1 of q, k, attention) through attach_quantizers."""
+    recipe = get_recipe("minmax", 4, 4)
+    recipe.sites["q"] = QuantSpec(4, granularity="head")
+    model = quantize(build(arch), recipe, calib_data(), log=lambda *a: None)
+    attn = model.blocks[0].attn if arch == "vit" else model.layers[0].blocks[0].attn
+    q = attn.matmul_qk.a_quantizer
+    assert q.channel_axis == 1 and q.scale.numel() == attn.num_heads
+    assert attn.matmul_qk.b_quantizer.scale.numel() == 1  # the k operand kept the per-tensor default

@@ -134,3 +134,24 @@ def test_triton_backend_refused_where_it_cannot_run(tmp_path, capsys, extra, mes
                    "--out", tmp_path / "out", "--device", "cpu")
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_w_and_a_bits_reach_the_quantizers(tmp_path, monkeypatch):
+    """--w-bits and --a-bits set the weight and the activation quantizers separately (not --bits for both)."""
+    import plugin.quant as pq
+    from plugin.quant.calibrate import iter_quantizers
+    seen, real = {}, pq.quantize
+
+    def spy(model, recipe, *args, **kwargs):
+        out = real(model, recipe, *args, **kwargs)
+        seen.update({name: q.bits for name, q in iter_quantizers(out)})
+        return out
+
+    monkeypatch.setattr(pq, "quantize", spy)
+    assert run_cli(CONFIG, CKPT, "--w-bits", "3", "--a-bits", "6", "--method", "minmax", "--no-fp", "--out", tmp_path,
+                   "--quiet", "--device", "cpu") == 0
+    weights = {b for n, b in seen.items() if n.endswith("weight_quantizer")}
+    acts = {b for n, b in seen.items() if not n.endswith("weight_quantizer") and not n.startswith("patch_embed")}
+    assert weights == {3} and acts == {6}
+    entry = json.load(open(tmp_path / "report.json"))["results"][0]
+    assert (entry["w_bits"], entry["a_bits"]) == (3, 6)

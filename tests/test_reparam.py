@@ -183,3 +183,16 @@ def test_repq_layerwise_quantizer_reproduces_channelwise_codes(bits):
         set_quant_enabled(model, True)
         model.fc.weight_quantizer.enabled = False
         assert torch.allclose(model(inp), fp.fc(channelwise(x)), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["repq", "minmax"])
+def test_consumer_weights_are_quantized_as_folded(method):
+    """The weight quantizer of a post-LN consumer is calibrated on the folded weights W·diag(r1), not the originals."""
+    fp = build("vit")
+    model = quantize(copy.deepcopy(fp), get_recipe(method, 4, 4), calib_data(), log=lambda *a: None)
+    qkv = model.blocks[0].attn.qkv
+    if method == "repq":  # folded: the weights changed
+        assert not torch.allclose(qkv.weight, fp.blocks[0].attn.qkv.weight)
+    fresh = build_quantizer(qkv.weight_quantizer.spec, qkv.weight_quantizer.channel_axis).calibrate_tensor(qkv.weight)
+    assert torch.allclose(fresh.scale, qkv.weight_quantizer.scale)
+    assert torch.equal(fresh.zero_point, qkv.weight_quantizer.zero_point)
