@@ -86,6 +86,16 @@ def test_load_uses_no_pickle(saved_vit, monkeypatch):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.parametrize("suffix", ["", ".safetensors", ".json"])
+def test_either_file_or_the_prefix_names_a_saved_model(saved_vit, suffix):
+    model, path = saved_vit
+    assert read_meta(path + suffix)["recipe"]["name"] == "repq"
+    loaded = load_quantized(build("vit", seed=7), path + suffix)
+    x = images(2, seed=8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_json_holds_recipe_bits_adapter_versions(saved_vit):
     model, path = saved_vit
     meta = json.load(open(path + ".json"))

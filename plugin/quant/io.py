@@ -64,7 +64,9 @@ def write_json(path, obj, indent=2):
 
 
 def save_quantized(model: nn.Module, path: str, extra_meta=None):
-    """Write `path.safetensors` and `path.json` (each atomically). Returns the two file paths."""
+    """Write `path.safetensors` and `path.json` (each atomically; a `.safetensors` suffix on `path` is dropped).
+    Returns the two file paths."""
+    path = model_prefix(path)
     from safetensors.torch import save_file
     recipe = getattr(model, "_vitq_recipe", None)
     if recipe is None:
@@ -78,7 +80,16 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
     return tensors_path, meta_path
 
 
+def model_prefix(path: str) -> str:
+    """The common prefix of a saved model's two files: `out/m`, `out/m.safetensors` and `out/m.json` all name it."""
+    for suffix in (".safetensors", ".json"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
 def read_meta(path: str):
+    path = model_prefix(path)
     meta_path = path + ".json"
     if not os.path.isfile(meta_path):
         raise UserInputError(f"quantized model metadata not found: {meta_path}")
@@ -92,7 +103,10 @@ def read_meta(path: str):
 
 
 def load_quantized(fp_model: nn.Module, path: str, device=None):
-    """Rebuild the quantized model saved at `path` on top of `fp_model` (a float model of the same architecture)."""
+    """Rebuild the quantized model saved at `path` on top of `fp_model` (a float model of the same architecture).
+
+    `path` is the prefix given to save_quantized, or either of its two files."""
+    path = model_prefix(path)
     from safetensors.torch import load_file
     from ..adapters.base import find_adapter
     from .calibrate import attach_quantizers
