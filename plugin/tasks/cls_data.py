@@ -262,7 +262,7 @@ def _imagefolder_datasets(data_cfg, model):
         only_calib, only_eval = sorted(set(class_sets[0]) - set(classes)), sorted(set(classes) - set(class_sets[0]))
         raise UserInputError(f"class folders of {root / splits[0]} and {root / splits[1]} differ: "
                              f"only in {splits[0]}: {only_calib[:5]}, only in {splits[1]}: {only_eval[:5]}")
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    transform = timm.data.create_transform(**image_data_config(data_cfg, model))
     out = []
     for split in splits:
         samples = _image_files(root / split, classes)
@@ -270,6 +270,38 @@ def _imagefolder_datasets(data_cfg, model):
             raise UserInputError(f"image folder split {root / split} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
         out.append(ImageFolderDataset(samples, classes, transform))
     return tuple(out)
+
+
+PREPROCESS_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+def image_data_config(data_cfg, model):
+    """timm's preprocessing for an image folder: what the config's `data` gives (input_size, mean, std, interpolation,
+    crop_pct, crop_mode), the rest from the model's pretrained_cfg; the input size from the model as built (its
+    kwargs applied, e.g. img_size=64), not from the preset of its name."""
+    import timm.data
+    args = {k: data_cfg[k] for k in PREPROCESS_KEYS if data_cfg.get(k) is not None}
+    for key in ("mean", "std"):
+        if key in args:
+            args[key] = tuple(float(v) for v in (args[key] if isinstance(args[key], (list, tuple)) else [args[key]]))
+    if "input_size" in args:
+        size = args["input_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if len(size) == 2:
+            size = (_in_chans(model),) + size
+        if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise UserInputError(f"data.input_size must be an int, (H, W) or (C, H, W), got {data_cfg['input_size']!r}")
+        args["input_size"] = size
+    else:
+        img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if img_size is not None:
+            args["input_size"] = (_in_chans(model),) + tuple(img_size)
+    return timm.data.resolve_data_config(args, model=model)
+
+
+def _in_chans(model):
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    return getattr(proj, "in_channels", 3)
 
 
 def _required(data_cfg, key):
