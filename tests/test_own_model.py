@@ -63,3 +63,16 @@ def test_own_timm_model_at_64_pixels_runs_end_to_end(own_model):
     assert code == 0
     report = json.load(open(out / "report.json"))
     assert report["fp"]["num_images"] == 10 and report["results"][0]["calib_num"] == 8
+
+
+def test_class_count_against_the_classifier(own_model):
+    from plugin.errors import UserInputError
+    from plugin.tasks.classification import check_class_count
+    tmp, _, _, model = own_model
+    _, evaluation = build_cls_datasets({"type": "imagefolder", "root": str(tmp / "data")}, model)  # 10 classes
+    check_class_count(evaluation, model)  # 10 vs 10: silent
+    with pytest.warns(UserWarning, match="10 classes and the model's classifier 1000 outputs"):
+        check_class_count(evaluation, timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16))
+    with pytest.raises(UserInputError, match="10 classes but the model's classifier has 2 outputs"):
+        check_class_count(evaluation, timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16,
+                                                        num_classes=2))

@@ -4,6 +4,7 @@ Config keys: `model = dict(name=<timm name>, kwargs=dict(...))`, `data = dict(ty
 `calib = dict(num=32, batch_size=32)`, `eval = dict(batch_size=..., num_workers=...)`.
 """
 import sys
+import warnings
 
 import torch
 
@@ -49,6 +50,20 @@ def timm_filter_fn(model):
     return _filter
 
 
+def check_class_count(dataset, model):
+    """More data classes than classifier outputs cannot be scored; fewer usually means the wrong head or data."""
+    classes, outputs = getattr(dataset, "classes", None), getattr(model, "num_classes", None)
+    if classes is None or not isinstance(outputs, int) or outputs <= 0:
+        return
+    if len(classes) > outputs:
+        raise UserInputError(f"the evaluation data has {len(classes)} classes but the model's classifier has "
+                             f"{outputs} outputs (model.kwargs.num_classes in the config?)")
+    if len(classes) < outputs:
+        warnings.warn(f"the evaluation data has {len(classes)} classes and the model's classifier {outputs} outputs: "
+                      f"labels are the data's class indices 0..{len(classes) - 1}, so the head must put those classes "
+                      f"first (else set model.kwargs.num_classes to {len(classes)})", stacklevel=2)
+
+
 @register_task("classification")
 class ClassificationTask(Task):
     primary_metric = "top1"
@@ -77,6 +92,7 @@ class ClassificationTask(Task):
         if self._datasets is None:
             from .cls_data import build_cls_datasets
             self._datasets = build_cls_datasets(dict(_section(self.cfg, "data", required=True)), model)
+            check_class_count(self._datasets[1], model)
         return self._datasets
 
     def calib_data(self, model, num, seed):
