@@ -155,3 +155,59 @@ def test_w_and_a_bits_reach_the_quantizers(tmp_path, monkeypatch):
     assert weights == {3} and acts == {6}
     entry = json.load(open(tmp_path / "report.json"))["results"][0]
     assert (entry["w_bits"], entry["a_bits"]) == (3, 6)
+
+
+def test_calibration_size_checked_before_any_evaluation(tmp_path, capsys, monkeypatch):
+    """isvit asks for 1024 images by default; the embedded set has 512: one line naming both, before the float
+    evaluation, and no folder left behind."""
+    from plugin.tasks.classification import ClassificationTask
+
+    def no_eval(*a, **k):
+        raise AssertionError("evaluated before the calibration size was checked")
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", no_eval)
+    out = tmp_path / "new_out"
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "minmax", "isvit", "--out", out, "--quiet"), out,
+                   ["isvit needs 1024", "holds 512", "--calib-num"])
+    assert not out.exists()
+
+
+def test_config_calib_num_is_honoured(tmp_path):
+    config = tmp_path / "cfg.py"
+    config.write_text(f"_base_ = [{CONFIG!r}]\ncalib = dict(num=16, batch_size=8)\n")
+    assert run_cli(config, CKPT, "--method", "minmax", "--out", tmp_path / "o", "--quiet", "--no-fp",
+                   "--device", "cpu") == 0
+    assert json.load(open(tmp_path / "o" / "report.json"))["results"][0]["calib_num"] == 16
+
+
+def test_unwritable_out_fails_up_front(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--out", blocker / "sub", "--quiet"), tmp_path,
+                   ["cannot write to the output folder"])
+
+
+def test_failed_run_leaves_no_saved_models(tmp_path, capsys, monkeypatch):
+    import plugin.quant as pq
+    from plugin.errors import CalibrationError
+    calls, real = [], pq.quantize
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise CalibrationError("simulated failure of the second method")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pq, "quantize", second_fails)
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "minmax", "repq", "--save-model", "--no-fp", "--out",
+                                   tmp_path, "--quiet", "--device", "cpu"), tmp_path, ["simulated failure"])
+    assert os.listdir(tmp_path) == []  # neither models/ nor a staging folder
+
+
+def test_saved_models_appear_with_the_report(tmp_path):
+    assert run_cli(CONFIG, CKPT, "--method", "minmax", "--save-model", "--no-fp", "--out", tmp_path, "--quiet",
+                   "--device", "cpu") == 0
+    assert sorted(os.listdir(tmp_path)) == ["models", "report.json", "report.md"]
+    assert sorted(os.listdir(tmp_path / "models")) == ["minmax_w4a4.json", "minmax_w4a4.safetensors"]
+    entry = json.load(open(tmp_path / "report.json"))["results"][0]
+    assert entry["saved_model"] == str(tmp_path / "models" / "minmax_w4a4")

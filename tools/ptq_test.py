@@ -11,7 +11,9 @@ import copy
 import json
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,6 +114,38 @@ def apply_cfg_options(cfg, options):
     return cfg
 
 
+def calib_num(args, cfg, recipe, task):
+    """(number of calibration samples, where it comes from): --calib-num, else the config's `calib.num`, else the
+    method's own default (reconstruction methods: their paper's), else the task's."""
+    if args.calib_num:
+        return args.calib_num, "--calib-num"
+    section = cfg.get("calib", None) if hasattr(cfg, "get") else None
+    num = section.get("num", None) if hasattr(section, "get") else None
+    if num is not None:
+        from plugin.errors import UserInputError
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise UserInputError(f"config: `calib.num` must be a positive integer, got {num!r}")
+        return num, "the config's calib.num"
+    if recipe.passes:
+        return recipe.calib_num, f"the default of {recipe.name}"
+    return task.default_calib_num, f"the {task.name} task's default"
+
+
+def prepare_out_dir(out_dir):
+    """Create the output folder and prove it writable before any work (a run must not fail at its very end).
+    Returns whether the folder was created here (then a failed run removes it again, if it stayed empty)."""
+    from plugin.errors import UserInputError
+    created = not os.path.isdir(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write_test_{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as exc:
+        raise UserInputError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}") from exc
+    return created
+
+
 def markdown_report(report):
     metrics = report["fp"] if report.get("fp") else report["results"][0]["metrics"]
     metric_names = [k for k in metrics if not k.startswith("num_")]  # counts (num_images, num_shapes) are no metric
@@ -180,60 +214,81 @@ def run(args):
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     out_dir = args.out or os.path.join("work_dirs", "ptq", os.path.splitext(os.path.basename(args.config))[0])
 
-    torch.manual_seed(args.seed)
-    fp_model = task.build_model()
-    report = {"command": args.command, "config": args.config, "checkpoint": args.checkpoint, "task": task_name, "device": device,
-              "seed": args.seed, "primary_metric": task.primary_metric, "versions": package_versions(),
-              "model": task.model_meta(), "fp": None, "results": []}
-    if not args.no_fp:
-        report["fp"] = task.evaluate(fp_model, not args.quiet, desc="eval full precision")
-        log(f"full precision: {json.dumps(report['fp'])}")
-    for w_bits, a_bits in bit_pairs(args):
+    created = prepare_out_dir(out_dir)
+    staging = None
+    if args.save_model:
+        staging = tempfile.mkdtemp(prefix=".models_staging_", dir=out_dir)
+    try:
+        torch.manual_seed(args.seed)
+        fp_model = task.build_model()
+        available = task.calib_available(fp_model)  # every method's calibration size is checked before any evaluation
         for method in args.method:
-            recipe = get_recipe(method, w_bits, a_bits)
-            if args.recon_setting:
-                recipe.passes = [dict(p, setting=args.recon_setting) for p in recipe.passes]
-            num = args.calib_num or (recipe.calib_num if recipe.passes else task.default_calib_num)
-            torch.manual_seed(args.seed)
-            calib = task.calib_data(fp_model, num, args.seed)
-            model = copy.deepcopy(fp_model)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.time()
-            ckpt_dir = None
-            if recipe.passes:  # only the reconstruction passes run long enough to need checkpoints
-                ckpt_dir = os.path.join(args.checkpoint_dir or os.path.join(out_dir, "ckpt"),
-                                        f"{method}_w{w_bits}a{a_bits}")
-            quantize(model, recipe, calib, log=log, seed=args.seed, checkpoint_dir=ckpt_dir,
-                     resume=bool(args.resume and ckpt_dir))
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            calib_time = time.time() - t0
-            metrics = task.evaluate(model, not args.quiet, desc=f"eval {method} W{w_bits}A{a_bits}")
-            log(f"{method} W{w_bits}A{a_bits}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")
-            entry = {"method": method, "w_bits": w_bits, "a_bits": a_bits, "metrics": metrics,
-                     "calib_time_s": calib_time, "calib_num": num, "recipe": recipe.to_dict(),
-                     "rolled_back": list(getattr(model, "_vitq_rollbacks", []))}
-            if ckpt_dir:
-                entry["checkpoint_dir"] = ckpt_dir
-            if args.save_model:  # before freezing: the saved model is the calibrated fake-quant one
-                prefix = os.path.join(out_dir, "models", f"{method}_w{w_bits}a{a_bits}")
-                save_quantized(model, prefix, extra_meta={"model": task.model_meta(), "metrics": metrics})
-                entry["saved_model"] = prefix
-            if args.freeze:
-                freeze(model)
-                summary = frozen_summary(model)
-                int8 = task.evaluate(model, not args.quiet, desc=f"eval {method} W{w_bits}A{a_bits} int8")
-                log(f"{method} W{w_bits}A{a_bits} integer path ({summary['frozen']} Linear layers frozen): "
-                    f"{json.dumps(int8)}")
-                entry["int8"] = {"metrics": int8, "frozen_layers": summary["frozen"],
-                                 "not_frozen": summary["not_frozen"], "backend": args.int8_backend}
-            report["results"].append(entry)
-            del model
-    write_reports(report, out_dir)
-    print(markdown_report(report))
-    print(f"reports written to {os.path.join(out_dir, 'report.json')} and report.md")
-    return report
+            num, source = calib_num(args, cfg, get_recipe(method, 4, 4), task)
+            if available is not None and num > available:
+                raise UserInputError(f"{method} needs {num} calibration samples ({source}) but the calibration split "
+                                     f"holds {available}: pass --calib-num N with N <= {available}")
+        report = {"command": args.command, "config": args.config, "checkpoint": args.checkpoint, "task": task_name, "device": device,
+                  "seed": args.seed, "primary_metric": task.primary_metric, "versions": package_versions(),
+                  "model": task.model_meta(), "fp": None, "results": []}
+        if not args.no_fp:
+            report["fp"] = task.evaluate(fp_model, not args.quiet, desc="eval full precision")
+            log(f"full precision: {json.dumps(report['fp'])}")
+        for w_bits, a_bits in bit_pairs(args):
+            for method in args.method:
+                recipe = get_recipe(method, w_bits, a_bits)
+                if args.recon_setting:
+                    recipe.passes = [dict(p, setting=args.recon_setting) for p in recipe.passes]
+                num, _ = calib_num(args, cfg, recipe, task)
+                torch.manual_seed(args.seed)
+                calib = task.calib_data(fp_model, num, args.seed)
+                model = copy.deepcopy(fp_model)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.time()
+                ckpt_dir = None
+                if recipe.passes:  # only the reconstruction passes run long enough to need checkpoints
+                    ckpt_dir = os.path.join(args.checkpoint_dir or os.path.join(out_dir, "ckpt"),
+                                            f"{method}_w{w_bits}a{a_bits}")
+                quantize(model, recipe, calib, log=log, seed=args.seed, checkpoint_dir=ckpt_dir,
+                         resume=bool(args.resume and ckpt_dir))
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                calib_time = time.time() - t0
+                metrics = task.evaluate(model, not args.quiet, desc=f"eval {method} W{w_bits}A{a_bits}")
+                log(f"{method} W{w_bits}A{a_bits}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")
+                entry = {"method": method, "w_bits": w_bits, "a_bits": a_bits, "metrics": metrics,
+                         "calib_time_s": calib_time, "calib_num": num, "recipe": recipe.to_dict(),
+                         "rolled_back": list(getattr(model, "_vitq_rollbacks", []))}
+                if ckpt_dir:
+                    entry["checkpoint_dir"] = ckpt_dir
+                if args.save_model:  # before freezing: the saved model is the calibrated fake-quant one
+                    name = f"{method}_w{w_bits}a{a_bits}"
+                    save_quantized(model, os.path.join(staging, name),
+                                   extra_meta={"model": task.model_meta(), "metrics": metrics})
+                    entry["saved_model"] = os.path.join(out_dir, "models", name)
+                if args.freeze:
+                    freeze(model)
+                    summary = frozen_summary(model)
+                    int8 = task.evaluate(model, not args.quiet, desc=f"eval {method} W{w_bits}A{a_bits} int8")
+                    log(f"{method} W{w_bits}A{a_bits} integer path ({summary['frozen']} Linear layers frozen): "
+                        f"{json.dumps(int8)}")
+                    entry["int8"] = {"metrics": int8, "frozen_layers": summary["frozen"],
+                                     "not_frozen": summary["not_frozen"], "backend": args.int8_backend}
+                report["results"].append(entry)
+                del model
+        if args.save_model:  # the models join the reports only when the whole run succeeded
+            os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
+            for name in sorted(os.listdir(staging)):
+                os.replace(os.path.join(staging, name), os.path.join(out_dir, "models", name))
+        write_reports(report, out_dir)
+        print(markdown_report(report))
+        print(f"reports written to {os.path.join(out_dir, 'report.json')} and report.md")
+        return report
+    finally:  # a failed run leaves no model files (a finished one has moved them out) and no folder of its own
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ model = dict(
     kwargs=dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
                 mlp_ratio=2.0))
 data = dict(type='npz', path='plugin/assets/fashion_mnist_subset.npz', mean=(0.2860,), std=(0.3530,))
-calib = dict(num=32, batch_size=32)
+calib = dict(batch_size=32)  # calib.num: set it to override every method's own default (see tools/ptq_test.py)
 eval = dict(batch_size=250)
 # Recipe of tools/train_cls.py (full 60k train split, a few minutes on 2 CPU cores). Five epochs are too few to
 # overfit, so no augmentation or label smoothing: both slowed learning down in trials of this short schedule.

@@ -9,7 +9,7 @@ model = dict(type='PointMAEPartSeg', num_categories=8, num_parts=20, trans_dim=1
 data = dict(root='data/synthetic_parts', format='shapenetpart_h5', num_points=2048,
             train_split='train', calib_split='train', eval_split='test',
             synthetic=dict(train=150, val=10, test=50, points=2048, seed=0))
-calib = dict(num=32, batch_size=16)
+calib = dict(batch_size=16)  # calib.num: set it to override every method's own default (see tools/ptq_test.py)
 eval = dict(batch_size=16)
 train = dict(epochs=100, batch_size=16, lr=5e-4, weight_decay=0.05, warmup_epochs=5, label_smoothing=0.0,
              grad_clip=10.0, aug=dict(scale=(0.8, 1.25), shift=0.1, permute=True))

@@ -41,6 +41,10 @@ class Task:
         """plugin.quant.CalibData with `num` samples from a training/calibration split (never the test split)."""
         raise NotImplementedError
 
+    def calib_available(self, model):
+        """How many samples the calibration split holds (None: unknown, not checked before calibration)."""
+        return None
+
     def evaluate(self, model, progress=True):
         """Dict of metric name -> float (percentages for accuracies and mAP/mIoU)."""
         raise NotImplementedError

@@ -1,7 +1,8 @@
 """Image classification with timm models (ViT, DeiT, Swin): top-1 / top-5.
 
 Config keys: `model = dict(name=<timm name>, kwargs=dict(...))`, `data = dict(type=..., ...)` (see cls_data.py),
-`calib = dict(num=32, batch_size=32)`, `eval = dict(batch_size=..., num_workers=...)`.
+`calib = dict(batch_size=32[, num=N])` (`num` overrides every method's own default calibration size), `eval =
+dict(batch_size=..., num_workers=...)`.
 """
 import sys
 import warnings
@@ -94,6 +95,9 @@ class ClassificationTask(Task):
             self._datasets = build_cls_datasets(dict(_section(self.cfg, "data", required=True)), model)
             check_class_count(self._datasets[1], model)
         return self._datasets
+
+    def calib_available(self, model):
+        return len(self.datasets(model)[0])
 
     def calib_data(self, model, num, seed):
         from ..quant import CalibData

@@ -162,6 +162,9 @@ class DetectionTask(Task):
                     self._calib_set = DATASETS.build(ds_cfg)
         return self._calib_set
 
+    def calib_available(self, model):
+        return len(self.calib_dataset())
+
     def calib_data(self, model, num, seed):
         from mmengine.dataset import pseudo_collate
 

@@ -32,7 +32,6 @@ class _PointCloudTask(Task):
         super().__init__(cfg, checkpoint, device, work_dir, launcher)
         self.unsafe_load = unsafe_load
         self._datasets = {}
-        self.default_calib_num = int(_get(_get(cfg, "calib", {}), "num", self.default_calib_num))
 
     def _model_cfg(self):
         mcfg = dict(_get(self.cfg, "model", {}))
@@ -67,14 +66,21 @@ class _PointCloudTask(Task):
         from ..pointcloud.data import batches
         from ..pointcloud.engine import forward_batch
         from ..quant import CalibData
-        ds = self.dataset(_get(_get(self.cfg, "data", {}), "calib_split", "train"))
-        if len(ds) == 0:
-            raise UserInputError("the calibration split is empty")
-        idx = np.random.default_rng(seed).choice(len(ds), min(int(num), len(ds)), replace=False)
+        ds = self._calib_split()
+        if not 1 <= num <= len(ds):
+            raise UserInputError(f"calibration size must be between 1 and {len(ds)} (the calibration split's size), "
+                                 f"got {num}")
+        idx = np.random.default_rng(seed).choice(len(ds), int(num), replace=False)
         bs = int(_get(_get(self.cfg, "calib", {}), "batch_size", 32))
         cal = [{k: v.to(self.device) for k, v in b.items() if k in ("points", "category")}
                for b in batches(ds, sorted(idx.tolist()), bs)]
         return CalibData(cal, lambda m, batch: forward_batch(m, batch, self.device))
+
+    def _calib_split(self):
+        return self.dataset(_get(_get(self.cfg, "data", {}), "calib_split", "train"))
+
+    def calib_available(self, model):
+        return len(self._calib_split())
 
     def evaluate(self, model, progress_enabled=True, desc="eval", progress=None):
         from ..pointcloud.engine import evaluate

@@ -4,5 +4,5 @@
 # crop_mode here (docs/own_model.md).
 task = 'classification'
 data = dict(type='imagefolder', root='data/imagenet', calib_split='train', eval_split='val')
-calib = dict(num=32, batch_size=32)
+calib = dict(batch_size=32)  # calib.num: set it to override every method's own default (see tools/ptq_test.py)
 eval = dict(batch_size=100)
