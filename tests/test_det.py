@@ -24,6 +24,8 @@ import plugin.adapters.mmdet_swin  # noqa: E402,F401
 import plugin.tasks.detection  # noqa: E402,F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import ptq_test  # noqa: E402
 H, W = 96, 128
 
 
@@ -375,3 +377,33 @@ def test_import_without_mmdet_warns_once():
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["1", "refused", "True"]
+
+
+def test_data_root_moves_every_data_path(tiny, tmp_path, monkeypatch):
+    """--data-root points the datasets and the evaluator's annotations at another folder, from any working folder."""
+    cfg_path, ckpt, _ = tiny
+    real_root = os.path.dirname(cfg_path)
+    moved = tmp_path / "moved.py"
+    moved.write_text(open(cfg_path).read().replace(real_root, "/nonexistent/coco"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    code = ptq_test.main([str(moved), ckpt, "--bits", "8", "--method", "minmax", "--calib-num", "1", "--no-fp",
+                          "--data-root", real_root, "--out", str(out), "--device", "cpu", "--quiet",
+                          "--work-dir", str(tmp_path / "wd")])
+    assert code == 0
+    assert "bbox_mAP" in json.loads((out / "report.json").read_text())["results"][0]["metrics"]
+
+
+def test_move_data_root_rewrites_loaders_and_evaluators():
+    from plugin.tasks.detection import move_data_root
+    cfg = {"data_root": "data/coco/",
+           "train_dataloader": {"dataset": {"type": "RepeatDataset", "dataset": {"data_root": "data/coco/"}}},
+           "val_dataloader": {"dataset": {"data_root": "data/coco/"}},
+           "test_dataloader": {"dataset": {"data_root": "data/coco/"}},
+           "val_evaluator": {"ann_file": "data/coco/annotations/instances_val2017.json"},
+           "test_evaluator": [{"ann_file": "data/coco/annotations/instances_val2017.json"}, {"type": "Other"}]}
+    move_data_root(cfg, "/d/coco")
+    assert cfg["train_dataloader"]["dataset"]["dataset"]["data_root"] == "/d/coco/"
+    assert cfg["val_dataloader"]["dataset"]["data_root"] == cfg["test_dataloader"]["dataset"]["data_root"] == "/d/coco/"
+    assert cfg["val_evaluator"]["ann_file"] == "/d/coco/annotations/instances_val2017.json"
+    assert cfg["test_evaluator"][0]["ann_file"] == "/d/coco/annotations/instances_val2017.json"

@@ -68,6 +68,9 @@ def parse_args(argv=None):
                         "triton: quantize pass + GEMM, triton_fused: quantizing inside the GEMM)")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that need pickle (can execute code from the file; only for trusted files)")
+    p.add_argument("--data-root", help="move the config's data here: every dependent path (mmdet: the train, val and "
+                   "test datasets' data_root and the evaluator's ann_file; image folders: data.root; npz and packed "
+                   "CIFAR-10: data.path; point clouds: data.root)")
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
                    help="override config entries (mmengine syntax), as in mmdet's tools/test.py")
     p.add_argument("--work-dir", help="work dir for mmengine-based tasks")
@@ -191,6 +194,8 @@ def run(args):
         raise UserInputError(f"config {args.config} has no `task` entry (classification, detection, "
                              "pointcloud_cls, pointcloud_partseg)")
     task_cls = get_task(task_name)
+    if args.data_root:
+        task_cls.set_data_root(cfg, args.data_root)
     for method in args.method:
         get_recipe(method, 4, 4)  # unknown methods fail before any work is done
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

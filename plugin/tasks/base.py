@@ -41,6 +41,15 @@ class Task:
         """plugin.quant.CalibData with `num` samples from a training/calibration split (never the test split)."""
         raise NotImplementedError
 
+    @staticmethod
+    def set_data_root(cfg, root):
+        """Point the config's data at `root` (in place; the --data-root of tools/ptq_test.py): `data.root`."""
+        data = cfg.get("data", None)
+        if data is None:
+            cfg["data"] = data = {}
+        data["root"] = root
+        return cfg
+
     def calib_available(self, model):
         """How many samples the calibration split holds (None: unknown, not checked before calibration)."""
         return None

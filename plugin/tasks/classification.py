@@ -96,6 +96,13 @@ class ClassificationTask(Task):
             check_class_count(self._datasets[1], model)
         return self._datasets
 
+    @staticmethod
+    def set_data_root(cfg, root):
+        """`data.root` for image folders; `data.path` (the .npz file) for the npz and packed CIFAR-10 types."""
+        data = _section(cfg, "data", required=True)
+        data["root" if data.get("type") == "imagefolder" else "path"] = root
+        return cfg
+
     def calib_available(self, model):
         return len(self.datasets(model)[0])
 

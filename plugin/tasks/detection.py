@@ -48,6 +48,28 @@ def unwrap_dataset_cfg(ds_cfg):
             return ds_cfg
 
 
+def move_data_root(cfg, root):
+    """Point every data path of an mmdet config at `root` (in place): the data_root of the train, val and test
+    datasets (inside wrappers too) and the evaluators' `ann_file`s that lay under the old data_root."""
+    root = root if root.endswith("/") else root + "/"
+    old = cfg.get("data_root", None)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        section = cfg.get(loader, None)
+        if section and section.get("dataset", None) is not None:
+            ds = section["dataset"]
+            members = ds["datasets"] if ds.get("type") == "ConcatDataset" else [ds]
+            for member in members:
+                unwrap_dataset_cfg(member)["data_root"] = root
+    for name in ("val_evaluator", "test_evaluator"):
+        evaluators = cfg.get(name, None)
+        for ev in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+            ann = ev.get("ann_file", None) if hasattr(ev, "get") else None
+            if isinstance(ann, str) and old and ann.startswith(old):
+                ev["ann_file"] = root + ann[len(old):]
+    cfg["data_root"] = root
+    return cfg
+
+
 def detector_checkpoint_filter(state, model):
     """Checkpoint keys -> this detector's keys: original-layout Swin backbones are converted (mmdet's converter), and
     the deterministic ``relative_position_index`` buffers are taken from the model where a checkpoint omits them."""
@@ -161,6 +183,10 @@ class DetectionTask(Task):
                 with _as_user_error(f"cannot load the calibration annotations ({ds_cfg.get('ann_file', '?')})"):
                     self._calib_set = DATASETS.build(ds_cfg)
         return self._calib_set
+
+    @staticmethod
+    def set_data_root(cfg, root):
+        return move_data_root(cfg, root)
 
     def calib_available(self, model):
         return len(self.calib_dataset())
