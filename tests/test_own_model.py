@@ -76,3 +76,13 @@ def test_class_count_against_the_classifier(own_model):
     with pytest.raises(UserInputError, match="10 classes but the model's classifier has 2 outputs"):
         check_class_count(evaluation, timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16,
                                                         num_classes=2))
+
+
+def test_data_root_moves_an_image_folder(own_model, tmp_path):
+    tmp, config, ckpt, _ = own_model
+    moved = tmp_path / "moved.py"
+    moved.write_text(config.read_text().replace(str(tmp / "data"), "/nonexistent/images"))
+    code = ptq_test.main([str(moved), str(ckpt), "--bits", "8", "--method", "minmax", "--calib-num", "8", "--no-fp",
+                          "--data-root", str(tmp / "data"), "--out", str(tmp_path / "out"), "--quiet", "--device",
+                          "cpu"])
+    assert code == 0
