@@ -77,7 +77,37 @@ class NotATensor:
 def test_pickled_checkpoint_refused(tmp_path, capsys):
     bad = tmp_path / "pickled.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": NotATensor()}, bad)
-    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path, ["--unsafe-load"])
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path,
+                   ["--unsafe-load", "test_ptq_cli.NotATensor"])  # the refused object is named
+
+
+def test_pickle_refusal_is_one_plain_line(tmp_path, capsys):
+    bad = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": NotATensor()}, bad)
+    assert run_cli(CONFIG, bad, "--out", tmp_path, "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\x1b" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_damaged_checkpoint_is_not_sent_to_unsafe_load(tmp_path, capsys, damage):
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(100)}, good)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(good.read_bytes()[:120] if damage == "truncated" else bytes(range(7, 250)) * 8)
+    assert run_cli(CONFIG, bad, "--out", tmp_path, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "not a readable" in err and "--unsafe-load" not in err and "Traceback" not in err
+
+
+def test_shape_mismatch_names_both_shapes(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    state = load_file(CKPT)
+    state["head.weight"], state["head.bias"] = torch.zeros(1000, state["head.weight"].shape[1]), torch.zeros(1000)
+    bad = tmp_path / "head1000.safetensors"
+    save_file(state, str(bad))
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path,
+                   ["head.weight (1000, 64) in the checkpoint, (10, 64) in the model"])
 
 
 @pytest.mark.parametrize("argv", [["--bits", "9"], ["--bits", "1"], ["--calib-num", "0"], ["--w-bits", "x"]])

@@ -4,6 +4,7 @@
 pickled objects. `unsafe=True` (the CLI's --unsafe-load) is the explicit opt-in for checkpoints that need pickle.
 """
 import os
+import re
 
 from ..errors import UserInputError
 
@@ -26,10 +27,7 @@ def load_state_dict_file(path, unsafe=False, map_location="cpu"):
         try:
             state = torch.load(path, map_location=map_location, weights_only=not unsafe)
         except Exception as exc:  # UnpicklingError for pickled objects; RuntimeError/EOFError for broken files
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            hint = "" if unsafe else (" If you trust this file and it needs pickled objects, pass --unsafe-load "
-                                      "(this can execute code from the file).")
-            raise UserInputError(f"cannot load checkpoint {path} safely: {msg}.{hint}") from exc
+            raise UserInputError(_load_error(path, exc)) from exc
     for _ in range(3):
         if isinstance(state, dict) and not any(hasattr(v, "shape") for v in state.values()):
             inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
@@ -44,6 +42,21 @@ def load_state_dict_file(path, unsafe=False, map_location="cpu"):
     return state
 
 
+def _load_error(path, exc):
+    """One line for a torch.load failure: a refused pickled object (named, with the --unsafe-load hint) or a file
+    that is no readable checkpoint (where --unsafe-load would not help)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's message carries terminal colour codes
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"checkpoint {path} needs the pickled object {refused.group(1)}, which safe loading refuses; if you "
+                f"trust this file, pass --unsafe-load (this can execute code from the file)")
+    if "WeightsUnpickler error:" in text:  # what the unpickler tripped over, not torch's general advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    detail = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    detail = detail.split(". ")[0].rstrip(".")
+    return f"checkpoint {path} is not a readable PyTorch checkpoint (damaged, truncated or another format): {detail}"
+
+
 def load_into(model, state, path, filter_fn=None):
     """Load strictly, with one clear message listing what does not match."""
     if filter_fn is not None:
@@ -51,7 +64,8 @@ def load_into(model, state, path, filter_fn=None):
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    wrong = [f"{k} {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+             for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
