@@ -435,7 +435,7 @@ def test_task_calibration_from_train_split_and_deterministic_eval(tmp_path):
            "calib": {"num": 5, "batch_size": 2}}
     task = PointCloudPartSegTask(cfg, _save_tiny(TINY_SEG, str(tmp_path / "t.safetensors")))
     model = task.build_model()
-    calib = task.calib_data(model, task.default_calib_num, seed=0)
+    calib = task.calib_data(model, 5, seed=0)  # the config's calib.num is applied by tools/ptq_test.py
     assert [b["points"].shape[0] for b in calib.batches] == [2, 2, 1]
     train_pts = task.dataset("train").points
     for b in calib.batches:                                        # every calibration shape is a training shape
@@ -515,3 +515,15 @@ def test_render_parts_matplotlib(tmp_path):
     assert render_parts([pts, pts], [lab, 1 - lab], out, titles=["a", "b"], size=(120, 100),
                         backend="matplotlib") == "matplotlib"
     assert Image.open(out).size == (240, 100)
+
+
+def test_calibration_size_beyond_the_split_is_refused_not_clamped(tmp_path):
+    from plugin.errors import UserInputError
+    from plugin.tasks.pointcloud import PointCloudPartSegTask
+    root = write_shapenetpart_h5(str(tmp_path / "spp"), per_split=(6, 2, 3), with_json=True)
+    cfg = {"task": "pointcloud_partseg", "model": TINY_SEG, "data": {"root": root, "num_points": 64}}
+    task = PointCloudPartSegTask(cfg, _save_tiny(TINY_SEG, str(tmp_path / "t.safetensors")))
+    model = task.build_model()
+    assert task.calib_available(model) == 6
+    with pytest.raises(UserInputError, match="between 1 and 6"):
+        task.calib_data(model, 100, seed=0)
