@@ -407,3 +407,15 @@ def test_move_data_root_rewrites_loaders_and_evaluators():
     assert cfg["val_dataloader"]["dataset"]["data_root"] == cfg["test_dataloader"]["dataset"]["data_root"] == "/d/coco/"
     assert cfg["val_evaluator"]["ann_file"] == "/d/coco/annotations/instances_val2017.json"
     assert cfg["test_evaluator"][0]["ann_file"] == "/d/coco/annotations/instances_val2017.json"
+
+
+def test_missing_annotations_are_one_line_before_any_work(tiny, tmp_path, capsys):
+    cfg_path, ckpt, _ = tiny
+    moved = tmp_path / "moved.py"
+    moved.write_text(open(cfg_path).read().replace(os.path.dirname(cfg_path), "/nonexistent/coco"))
+    code = ptq_test.main([str(moved), ckpt, "--method", "minmax", "--out", str(tmp_path / "out"), "--device", "cpu",
+                          "--quiet", "--work-dir", str(tmp_path / "wd")])
+    err = capsys.readouterr().err
+    assert code == 2 and "annotation file(s) not found: /nonexistent/coco/instances_train.json" in err, err
+    assert "--data-root" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -70,6 +70,25 @@ def move_data_root(cfg, root):
     return cfg
 
 
+def missing_data_paths(cfg):
+    """Annotation files the config names that do not exist: the calibration (train) and test datasets' (data_root +
+    ann_file) and the test evaluator's ann_file. Relative paths are taken from the working folder, as mmdet does."""
+    missing = []
+    for loader in ("train_dataloader", "test_dataloader"):
+        section = cfg.get(loader, None)
+        ds = unwrap_dataset_cfg(section["dataset"]) if section and section.get("dataset", None) is not None else {}
+        ann = ds.get("ann_file", None)
+        if isinstance(ann, str) and ann:
+            path = ann if os.path.isabs(ann) else os.path.join(ds.get("data_root", None) or "", ann)
+            missing.append(path)
+    evaluators = cfg.get("test_evaluator", None)
+    for ev in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+        ann = ev.get("ann_file", None) if hasattr(ev, "get") else None
+        if isinstance(ann, str) and ann:
+            missing.append(ann)
+    return [p for p in dict.fromkeys(missing) if "://" not in p and not os.path.isfile(p)]  # remote storage: unchecked
+
+
 def detector_checkpoint_filter(state, model):
     """Checkpoint keys -> this detector's keys: original-layout Swin backbones are converted (mmdet's converter), and
     the deterministic ``relative_position_index`` buffers are taken from the model where a checkpoint omits them."""
@@ -149,6 +168,10 @@ class DetectionTask(Task):
         from ..utils.checkpoint import load_into, load_state_dict_file
 
         cfg = self._runner_cfg()
+        missing = missing_data_paths(cfg)
+        if missing:
+            raise UserInputError(f"annotation file(s) not found: {', '.join(missing[:3])} (working folder "
+                                 f"{os.getcwd()}); point the config at the data with --data-root DIR")
         level = cfg.get("log_level", "INFO")
         cfg.log_level = "WARNING"  # the runner's environment and full-config dump; the test loop logs at `level`
         try:
