@@ -86,3 +86,11 @@ def test_data_root_moves_an_image_folder(own_model, tmp_path):
                           "--data-root", str(tmp / "data"), "--out", str(tmp_path / "out"), "--quiet", "--device",
                           "cpu"])
     assert code == 0
+
+
+def test_input_size_mismatch_is_one_line(own_model, tmp_path, capsys):
+    _, config, ckpt, _ = own_model
+    code = ptq_test.main([str(config), str(ckpt), "--method", "minmax", "--out", str(tmp_path / "out"), "--quiet",
+                          "--device", "cpu", "--cfg-options", "data.input_size=48"])
+    err = capsys.readouterr().err
+    assert code == 2 and "48x48 images but the model was built for 64x64" in err and "Traceback" not in err, err

@@ -241,3 +241,4 @@ def test_saved_models_appear_with_the_report(tmp_path):
     assert sorted(os.listdir(tmp_path / "models")) == ["minmax_w4a4.json", "minmax_w4a4.safetensors"]
     entry = json.load(open(tmp_path / "report.json"))["results"][0]
     assert entry["saved_model"] == str(tmp_path / "models" / "minmax_w4a4")
+

@@ -65,6 +65,20 @@ def check_class_count(dataset, model):
                       f"first (else set model.kwargs.num_classes to {len(classes)})", stacklevel=2)
 
 
+def check_input_size(dataset, model):
+    """A model built for a fixed input size (timm's strict patch embedding) must get that size from the data."""
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if size is None or not getattr(pe, "strict_img_size", False) or getattr(pe, "dynamic_img_size", False) \
+            or len(dataset) == 0:
+        return
+    got = tuple(dataset[0][0].shape[-2:])
+    if got != tuple(size):
+        raise UserInputError(f"the data gives {got[0]}x{got[1]} images but the model was built for "
+                             f"{size[0]}x{size[1]}: set model.kwargs.img_size (the size it was trained at) or, for "
+                             f"image folders, data.input_size")
+
+
 @register_task("classification")
 class ClassificationTask(Task):
     primary_metric = "top1"
@@ -94,6 +108,7 @@ class ClassificationTask(Task):
             from .cls_data import build_cls_datasets
             self._datasets = build_cls_datasets(dict(_section(self.cfg, "data", required=True)), model)
             check_class_count(self._datasets[1], model)
+            check_input_size(self._datasets[1], model)
         return self._datasets
 
     @staticmethod
