@@ -242,3 +242,10 @@ def test_saved_models_appear_with_the_report(tmp_path):
     entry = json.load(open(tmp_path / "report.json"))["results"][0]
     assert entry["saved_model"] == str(tmp_path / "models" / "minmax_w4a4")
 
+
+
+def test_help_lists_the_methods(capsys):
+    with pytest.raises(SystemExit):
+        ptq_test.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "default repq" in out and all(m in out for m in ("minmax", "ptq4vit", "repq_strict", "isvit", "aiqvit"))

@@ -39,8 +39,16 @@ def positive_int(text):
     return value
 
 
+def methods_epilog():
+    """The registered methods, for --help (imports the quantization library, so only when help is asked for)."""
+    from plugin.quant import RECIPES
+    return "methods (--method; default repq): " + ", ".join(sorted(RECIPES))
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    asked_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=methods_epilog() if asked_help else None)
     p.add_argument("config", help="task config (.py)")
     p.add_argument("checkpoint", help="float checkpoint (.safetensors, or .pth/.pt loaded with weights_only)")
     p.add_argument("--bits", type=bit_width, nargs="+", default=None,
