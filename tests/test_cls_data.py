@@ -7,6 +7,8 @@ import struct
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -149,9 +151,15 @@ def test_npz_colour_images(tmp_path):
     assert torch.equal(x[0], torch.ones(8, 8)) and torch.equal(x[1:], torch.zeros(2, 8, 8))
 
 
-def test_npz_relative_path_resolves_against_repo_root():
-    assert resolve_path("plugin/assets/x.npz") == REPO_ROOT / "plugin" / "assets" / "x.npz"
+def test_relative_data_paths_working_folder_first_then_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    asset = "plugin/assets/fashion_mnist_subset.npz"
+    assert resolve_path(asset) == REPO_ROOT / asset  # the shipped assets, from any working folder
+    (tmp_path / "plugin" / "assets").mkdir(parents=True)
+    (tmp_path / asset).write_bytes(b"")
+    assert resolve_path(asset) == Path(asset)  # a file of the user's own, where they run, comes first
     assert str(resolve_path("/abs/x.npz")) == "/abs/x.npz"
+    assert str(resolve_path("nowhere/x.npz")) == "nowhere/x.npz"  # missing: reported as the user wrote it
 
 
 @pytest.mark.parametrize("case, match", [

@@ -18,17 +18,17 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import UserInputError
+from ..utils.paths import REPO_ROOT as PATHS_REPO_ROOT, resolve_data_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(PATHS_REPO_ROOT)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 def resolve_path(path):
-    """`path` as given when absolute, else relative to the repository root (not the working directory)."""
-    path = Path(os.path.expanduser(str(path)))
-    return path if path.is_absolute() else REPO_ROOT / path
+    """A config's data path (plugin.utils.paths.resolve_data_path: the working folder first, then the repository)."""
+    return Path(resolve_data_path(path))
 
 
 def normalize_uint8(images, mean, std):

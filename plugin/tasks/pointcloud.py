@@ -8,14 +8,13 @@ Config keys:
     eval = dict(batch_size=...)
 Relative data roots are looked up from the working directory, then from the repository root.
 """
-import os
 
 import numpy as np
 
 from ..errors import UserInputError
+from ..utils.paths import REPO_ROOT
 from .base import Task, register_task
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _get(cfg, key, default=None):
@@ -56,7 +55,7 @@ class _PointCloudTask(Task):
     def dataset(self, split):
         if split not in self._datasets:
             from ..pointcloud.data import build_dataset
-            ds = build_dataset(dict(_get(self.cfg, "data", {})), split, base_dirs=[_REPO_ROOT])
+            ds = build_dataset(dict(_get(self.cfg, "data", {})), split, base_dirs=[REPO_ROOT])
             if ds.task != self.dataset_task:
                 raise UserInputError(f"task {self.name} cannot use a {ds.task} data set ({_get(self.cfg, 'data')})")
             self._datasets[split] = ds

@@ -1,0 +1,15 @@
+"""Where a relative data path in a config points: one rule for the classification and point-cloud tasks."""
+import os
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_data_path(path):
+    """`path` as given when it is absolute or exists from the working folder; else relative to the repository root,
+    where the shipped assets and the configs' default data paths live, when it exists there; else as given (the
+    caller reports it missing). mmdet configs follow mmengine instead: relative to the working folder."""
+    path = os.path.expanduser(str(path))
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = os.path.join(REPO_ROOT, path)
+    return in_repo if os.path.exists(in_repo) else path
