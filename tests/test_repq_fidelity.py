@@ -109,3 +109,19 @@ def test_block_order_observes_a_block_in_float(monkeypatch):
     before = seen["blocks.1.attn.matmul_av.a_quantizer"]
     assert "blocks.0.mlp.fc2.input_quantizer" in before          # earlier blocks are set
     assert "blocks.1.attn.matmul_qk.a_quantizer" not in before  # the same block is not
+
+
+@pytest.mark.parametrize("method, option, match", [
+    ("isvit", dict(iters=-1), "non-negative"),
+    ("aiqvit", dict(iterz=10), "unknown options"),
+    ("isvit", dict(setting="huge"), "unknown setting"),
+    ("isvit", dict(rule="nosuch"), "unknown reparameterisation rule"),
+])
+def test_bad_pass_options_fail_before_any_forward(method, option, match):
+    """A bad reconstruction option is refused by quantize() before the model runs once (issue 15's criterion)."""
+    recipe = get_recipe(method, 4, 4)
+    recipe.passes = [dict(p, **option) for p in recipe.passes]
+    model = build("vit")
+    model.register_forward_pre_hook(lambda *a: pytest.fail("the model ran before the options were checked"))
+    with pytest.raises(UserInputError, match=match):
+        quantize(model, recipe, calib_data(), log=lambda *a: None)

@@ -125,6 +125,15 @@ def apply_cfg_options(cfg, options):
     return cfg
 
 
+def method_recipe(args, method, w_bits, a_bits):
+    """The registered recipe, with --recon-setting applied to its passes."""
+    from plugin.quant import get_recipe
+    recipe = get_recipe(method, w_bits, a_bits)
+    if args.recon_setting:
+        recipe.passes = [dict(p, setting=args.recon_setting) for p in recipe.passes]
+    return recipe
+
+
 def calib_num(args, cfg, recipe, task):
     """(number of calibration samples, where it comes from): --calib-num, else the config's `calib.num`, else the
     method's own default (reconstruction methods: their paper's), else the task's."""
@@ -192,6 +201,7 @@ def run(args):
     from plugin.config import load_config
     from plugin.errors import UserInputError
     from plugin.quant import freeze, frozen_summary, get_recipe, quantize, save_quantized
+    from plugin.quant.calibrate import check_passes
     from plugin.quant.freeze import set_int8_backend
     from plugin.quant.io import package_versions
     from plugin.tasks.base import get_task
@@ -236,7 +246,9 @@ def run(args):
         fp_model = task.build_model()
         available = task.calib_available(fp_model)  # every method's calibration size is checked before any evaluation
         for method in args.method:
-            num, source = calib_num(args, cfg, get_recipe(method, 4, 4), task)
+            recipe = method_recipe(args, method, 4, 4)
+            check_passes(recipe)  # pass options too: before any model forward
+            num, source = calib_num(args, cfg, recipe, task)
             if available is not None and num > available:
                 raise UserInputError(f"{method} needs {num} calibration samples ({source}) but the calibration split "
                                      f"holds {available}: pass --calib-num N with N <= {available}")
@@ -248,9 +260,7 @@ def run(args):
             log(f"full precision: {json.dumps(report['fp'])}")
         for w_bits, a_bits in bit_pairs(args):
             for method in args.method:
-                recipe = get_recipe(method, w_bits, a_bits)
-                if args.recon_setting:
-                    recipe.passes = [dict(p, setting=args.recon_setting) for p in recipe.passes]
+                recipe = method_recipe(args, method, w_bits, a_bits)
                 num, _ = calib_num(args, cfg, recipe, task)
                 torch.manual_seed(args.seed)
                 calib = task.calib_data(fp_model, num, args.seed)

@@ -253,6 +253,19 @@ def calibrate_group(ctx, members, stop_after=None):
                 q.calibrate(obs)
 
 
+def check_passes(recipe):
+    """Refuse unknown passes and pass options before any forward: each registered pass may carry a
+    `check_options(recipe, **options)` that raises UserInputError (the reconstruction passes do)."""
+    for p in recipe.passes:
+        options = dict(p)
+        kind = options.pop("type", None)
+        if kind not in PASSES:
+            raise UserInputError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
+        checker = getattr(PASSES[kind], "check_options", None)
+        if checker is not None:
+            checker(recipe, **options)
+
+
 def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print, seed=0, checkpoint_dir=None,
              resume=False):
     """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode).
@@ -263,6 +276,7 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     from ..adapters.base import find_adapter, Adapter
     if resume and not checkpoint_dir:
         raise UserInputError("resume needs a checkpoint directory")
+    check_passes(recipe)
     if not isinstance(adapter, Adapter):
         adapter = find_adapter(model, adapter)
     model.eval()

@@ -25,13 +25,15 @@ Kept branches are submodules (`<linear>.lowrank.A`, `.B`, `.post`) of a LowRankQ
 swapped in by class (no per-instance forward); `restore_branches(model, state)` rebuilds them from a saved state dict
 before loading.
 """
+from functools import partial
+
 import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
 from .calibrate import register_pass
 from .modules import QuantLinear
-from .recon import ReconConfig, reconstruct
+from .recon import ReconConfig, check_recon_options, reconstruct
 from .seed_quantizers import interval_report
 from .spec import Role
 
@@ -296,6 +298,8 @@ def lowrank(ctx, rank_candidates=(4, 8, 16, 32), search=True, search_frac=0.3, a
                 f"(+{100.0 * macs / base:.2f}%)")
     return ext.chosen
 
+
+lowrank.check_options = partial(check_recon_options, lowrank)
 
 __all__ = ["LowRankBranch", "LowRankQuantLinear", "LowRankSearch", "attach_branch", "branches", "detach_branch",
            "lowrank", "merge_branch", "merge_branches", "overhead", "restore_branches"]

@@ -24,10 +24,12 @@ of the iterations.
 Scale learning rates are relative: each scale tensor's Adam step size is `scale_lr` times its mean magnitude, so one
 setting fits 8-bit activation scales and 3-bit weight scales alike. Weights, biases and branches use `lr`.
 """
+import inspect
 import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import List, Tuple
 
 import torch
@@ -701,6 +703,29 @@ def reconstruct(ctx, cfg, reference=None, extension=None):
     return report
 
 
+def check_recon_options(pass_fn, recipe, setting="paper", **options):
+    """A reconstruction pass's options, checked without a model: the pass's own keywords, the rest as ReconConfig
+    fields with their value checks (so `iters=-1` or a misspelt option fails before calibration starts)."""
+    tag = pass_fn.__name__
+    if setting not in SETTINGS:
+        raise UserInputError(f"{tag}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
+    own = {n for n, prm in inspect.signature(pass_fn).parameters.items()
+           if n != "ctx" and prm.kind is not inspect.Parameter.VAR_KEYWORD}
+    if "rule" in options and options["rule"] is not None:
+        _check_rule(options["rule"])
+    rest = {k: v for k, v in options.items() if k not in own}
+    known = {f.name for f in fields(ReconConfig)} - {"tag"}
+    unknown = sorted(set(rest) - known)
+    if unknown:
+        raise UserInputError(f"{tag}: unknown options {unknown}; known: {sorted(known | own)}")
+    values = dict(iters=default_iters(recipe, setting), batch_size=SETTINGS[setting]["batch_size"])
+    values.update({k: v for k, v in rest.items() if v is not None})
+    try:
+        ReconConfig(tag=tag, **values)
+    except TypeError as exc:  # e.g. a string where a number belongs
+        raise UserInputError(f"{tag}: bad option value: {exc}") from exc
+
+
 @register_pass("block_recon")
 def block_recon(ctx, setting="paper", **options):
     """Block reconstruction. Options: see ReconConfig (iters and batch_size default from `setting`)."""
@@ -857,7 +882,10 @@ def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bia
         reconstruct(ctx, cfg, reference)
 
 
+for _pass_fn in (block_recon, sos):
+    _pass_fn.check_options = partial(check_recon_options, _pass_fn)
+
 __all__ = ["CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "Learnables", "ReconConfig", "SETTINGS", "Sampler", "Unit",
-           "UnitCache", "block_recon", "capture_inputs", "capture_outputs", "context_for", "default_iters",
-           "float_reference", "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units",
+           "UnitCache", "block_recon", "capture_inputs", "capture_outputs", "check_recon_options", "context_for",
+           "default_iters", "float_reference", "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units",
            "register_channel_fold", "reparameterize_channelwise", "run_pass", "scale_names", "sos"]
