@@ -273,7 +273,7 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     With `checkpoint_dir`, the reconstruction passes write a checkpoint there after each finished unit; with `resume`
     as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). The units a guard
     rolled back are listed in `model._vitq_rollbacks`."""
-    from ..adapters.base import find_adapter, Adapter
+    from .adapter import Adapter, find_adapter
     if resume and not checkpoint_dir:
         raise UserInputError("resume needs a checkpoint directory")
     check_passes(recipe)

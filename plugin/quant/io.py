@@ -26,13 +26,18 @@ def register_load_hook(fn):
 
 
 def package_versions():
+    """Versions of the packages a saved model or report depends on, read from their installed metadata (the core
+    imports none of the optional libraries)."""
+    from importlib import metadata
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("timm", "mmdet", "mmengine", "mmcv", "plugin"):
-        try:
-            mod = __import__(name)
-            versions[name] = getattr(mod, "__version__", "unknown")
-        except ImportError:
-            pass
+    for key, dists in (("timm", ("timm",)), ("mmdet", ("mmdet",)), ("mmengine", ("mmengine",)),
+                       ("mmcv", ("mmcv", "mmcv-lite")), ("plugin", ("vitq",))):
+        for dist in dists:
+            try:
+                versions[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return versions
 
 
@@ -108,7 +113,7 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     `path` is the prefix given to save_quantized, or either of its two files."""
     path = model_prefix(path)
     from safetensors.torch import load_file
-    from ..adapters.base import find_adapter
+    from .adapter import find_adapter
     from .calibrate import attach_quantizers
     from .recipe import Recipe
     from safetensors import SafetensorError

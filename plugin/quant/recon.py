@@ -735,7 +735,7 @@ def block_recon(ctx, setting="paper", **options):
 
 def context_for(model, calib, log=print, seed=0):
     """A CalibContext for a model quantize() (or load_quantized) already returned, to run passes on it later."""
-    from ..adapters.base import find_adapter
+    from .adapter import find_adapter
     recipe = getattr(model, "_vitq_recipe", None)
     if recipe is None:
         raise UserInputError("context_for needs a model returned by quantize() or load_quantized()")
