@@ -13,8 +13,8 @@ def _run(tmp_path, name, bits, seeds, official, ours, t=(10.0, 1.0)):
     d = tmp_path / name
     d.mkdir()
     row = {"model": "m", "method": "repq", "ours_recipe": "repq", "w_bits": bits, "a_bits": bits, "fp": 90.0,
-           "official": sum(official) / len(official), "official_std": 0.0, "official_runs": official,
-           "ours": sum(ours) / len(ours), "ours_std": 0.0, "ours_runs": ours, "seeds": seeds,
+           "official": None, "official_std": None, "official_runs": official,  # recomputed by the merge
+           "ours": None, "ours_std": None, "ours_runs": ours, "seeds": seeds,
            "calib_s_official": t[0], "calib_s_ours": t[1], "command": f"cmd {name}"}
     (d / "fidelity.json").write_text(json.dumps([row]))
     return str(d)
@@ -40,3 +40,14 @@ def test_a_seed_in_two_runs_is_an_error(tmp_path, capsys):
     assert merge_fidelity.main(runs + ["--out", str(tmp_path / "out")]) == 2
     assert "seed" in capsys.readouterr().err
     assert not (tmp_path / "out" / "fidelity.json").exists()
+
+
+def test_one_sided_runs_join(tmp_path):
+    off = _run(tmp_path, "off", 3, [0, 1], [70.0, 72.0], [None, None], t=(50.0, None))
+    ours = _run(tmp_path, "ours", 3, [0, 1], [None, None], [71.0, 74.0], t=(None, 1.0))
+    only_ours = _run(tmp_path, "s2", 3, [2], [None], [75.0], t=(None, 2.0))
+    assert merge_fidelity.main([off, ours, only_ours, "--out", str(tmp_path / "out")]) == 0
+    row = json.loads((tmp_path / "out" / "fidelity.json").read_text())[0]
+    assert row["seeds"] == [0, 1, 2] and row["official_runs"] == [70.0, 72.0, None]
+    assert row["official"] == pytest.approx(71.0) and row["ours"] == pytest.approx(73.333, abs=1e-3)
+    assert row["calib_s_official"] == pytest.approx(50.0) and row["calib_s_ours"] == pytest.approx(4 / 3)

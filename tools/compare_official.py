@@ -390,11 +390,21 @@ def parse_official_args(items, methods):
 
 
 def _mean_std(values):
-    return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    """Mean and sample std of the values measured (None: a side not run); (None, None) when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _seconds(t):
     return "-" if t is None else f"{t:.1f}"
+
+
+def _value(v, std=None):
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if std is None else f"{v:.2f} ± {std:.2f}"
 
 
 def markdown(rows, fp, model_name):
@@ -402,8 +412,9 @@ def markdown(rows, fp, model_name):
              "| method | W/A | official | ours | ours − official | seeds | calib s (official / ours) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | {r['official']:.2f} ± {r['official_std']:.2f} | "
-                     f"{r['ours']:.2f} ± {r['ours_std']:.2f} | {r['ours'] - r['official']:+.2f} | "
+        diff = "-" if r["official"] is None or r["ours"] is None else f"{r['ours'] - r['official']:+.2f}"
+        lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | {_value(r['official'], r['official_std'])} | "
+                     f"{_value(r['ours'], r['ours_std'])} | {diff} | "
                      f"{', '.join(map(str, r['seeds']))} | {_seconds(r['calib_s_official'])} / "
                      f"{_seconds(r['calib_s_ours'])} |")
     return "\n".join(lines) + "\n"
@@ -424,6 +435,9 @@ def parse_args(argv=None):
                         + ", ".join(f"{m} {c.calib_num}" for m, c in OFFICIAL.items()) + ")")
     p.add_argument("--official-args", nargs="+", default=None, metavar="KEY=VALUE",
                    help="official options for smoke tests: iters=N (isvit, both sides), w_cw=0|1 (isvit)")
+    p.add_argument("--side", choices=["both", "official", "ours"], default="both",
+                   help="run both codes (default), or one of them: a long run split over two commands, whose tables "
+                        "tools/merge_fidelity.py joins")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="work_dirs/fidelity")
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
@@ -485,22 +499,29 @@ def run(args):
                 torch.manual_seed(seed)
                 calib = task.calib_data(fp_model, calib_num, seed)
                 images = torch.cat(list(calib.batches))
-                q_model, seconds = OFFICIAL[method].run(repo, fp_model, images, bits, bits, seed, device,
-                                                        options[method])
-                runs["official"].append(task.evaluate(q_model, False)[task.primary_metric])
-                runs["t_official"].append(seconds)
-                del q_model
-                model = copy.deepcopy(fp_model)
-                torch.manual_seed(seed)
-                t0 = time.time()
-                quantize(model, our_recipe(method, bits), calib, log=lambda s: None, seed=seed)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                runs["t_ours"].append(time.time() - t0)
-                runs["ours"].append(task.evaluate(model, False)[task.primary_metric])
-                del model
-                log(f"{method} W{bits}A{bits} seed {seed}: official {runs['official'][-1]:.2f}, "
-                    f"ours ({ours[method]}) {runs['ours'][-1]:.2f}")
+                score = t_score = None
+                if args.side in ("both", "official"):
+                    q_model, t_score = OFFICIAL[method].run(repo, fp_model, images, bits, bits, seed, device,
+                                                            options[method])
+                    score = task.evaluate(q_model, False)[task.primary_metric]
+                    del q_model
+                runs["official"].append(score)
+                runs["t_official"].append(t_score)
+                score = t_score = None
+                if args.side in ("both", "ours"):
+                    model = copy.deepcopy(fp_model)
+                    torch.manual_seed(seed)
+                    t0 = time.time()
+                    quantize(model, our_recipe(method, bits), calib, log=lambda s: None, seed=seed)
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    t_score = time.time() - t0
+                    score = task.evaluate(model, False)[task.primary_metric]
+                    del model
+                runs["ours"].append(score)
+                runs["t_ours"].append(t_score)
+                log(f"{method} W{bits}A{bits} seed {seed}: official {_value(runs['official'][-1])}, "
+                    f"ours ({ours[method]}) {_value(runs['ours'][-1])}")
             off, off_std = _mean_std(runs["official"])
             our, our_std = _mean_std(runs["ours"])
             rows.append({"model": os.path.splitext(os.path.basename(args.config))[0], "method": method,
@@ -508,8 +529,8 @@ def run(args):
                          "official": off, "official_std": off_std, "official_runs": runs["official"],
                          "ours": our, "ours_std": our_std, "ours_runs": runs["ours"], "seeds": list(args.seeds),
                          "calib_num": len(images), "official_args": options[method],
-                         "calib_s_official": statistics.mean(runs["t_official"]),
-                         "calib_s_ours": statistics.mean(runs["t_ours"]), "device": device,
+                         "calib_s_official": _mean_std(runs["t_official"])[0],
+                         "calib_s_ours": _mean_std(runs["t_ours"])[0], "device": device,
                          "command": args.command})
             write_tables(args.out, rows, fp)  # after every row: a run cut short keeps what it finished
     print(markdown(rows, fp, rows[0]["model"]))

@@ -4,8 +4,8 @@
     python tools/merge_fidelity.py RUN_DIR [RUN_DIR ...] --out DIR
 
 Each RUN_DIR holds a fidelity.json. Rows of the same (model, method, our recipe, bit widths) are combined: their
-per-seed results are pooled (a seed given twice is an error), the means and sample standard deviations recomputed and
-the commands kept as a list. Writes DIR/fidelity.json and one Markdown table per model in DIR/fidelity.md.
+per-seed results are pooled side by side (a run with `--side official` or `--side ours` fills one half; a seed measured
+twice on one side is an error), the means and sample standard deviations recomputed and the commands kept as a list. Writes DIR/fidelity.json and one Markdown table per model in DIR/fidelity.md.
 """
 import argparse
 import json
@@ -16,33 +16,39 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+SIDES = ("official", "ours")
+
+
 def merge(rows):
+    """Pool rows of the same (model, method, recipe, bits) seed by seed and side by side: a run of one side only
+    (`compare_official.py --side`) fills its half; a seed measured twice on the same side is an error."""
     merged = {}
     for r in rows:
         key = (r["model"], r["method"], r.get("ours_recipe", r["method"]), r["w_bits"], r["a_bits"])
-        m = merged.setdefault(key, dict(r, seeds=[], official_runs=[], ours_runs=[], commands=[], _t_official=[], _t_ours=[]))
-        clash = set(m["seeds"]) & set(r["seeds"])
-        if clash:
-            raise ValueError(f"{key}: seed(s) {sorted(clash)} appear in two runs")
-        m["seeds"] += r["seeds"]
-        m["official_runs"] += r["official_runs"]
-        m["ours_runs"] += r["ours_runs"]
-        cmds = r.get("commands") or [r.get("command")]
-        m["commands"] += [c for c in cmds if c]
-        for side in ("official", "ours"):  # a row recovered from a log has no times
-            if r.get(f"calib_s_{side}") is not None:
-                m[f"_t_{side}"] += [r[f"calib_s_{side}"]] * len(r["seeds"])
+        m = merged.setdefault(key, dict(r, per_seed={}, commands=[], times={side: [] for side in SIDES}))
+        for i, seed in enumerate(r["seeds"]):
+            slot = m["per_seed"].setdefault(seed, {})
+            for side in SIDES:
+                value = r[f"{side}_runs"][i]
+                if value is None:
+                    continue
+                if side in slot:
+                    raise ValueError(f"{key}: seed {seed} of the {side} code appears in two runs")
+                slot[side] = value
+                if r.get(f"calib_s_{side}") is not None:  # a row recovered from a log has no times
+                    m["times"][side].append(r[f"calib_s_{side}"])
+        m["commands"] += [c for c in (r.get("commands") or [r.get("command")]) if c]
     out = []
     for m in merged.values():
-        order = sorted(range(len(m["seeds"])), key=lambda i: m["seeds"][i])
-        for k in ("seeds", "official_runs", "ours_runs"):
-            m[k] = [m[k][i] for i in order]
-        for side, runs in (("official", m["official_runs"]), ("ours", m["ours_runs"])):
-            m[side] = statistics.mean(runs)
-            m[f"{side}_std"] = statistics.stdev(runs) if len(runs) > 1 else 0.0
-        for side in ("official", "ours"):
-            times = m.pop(f"_t_{side}")
-            m[f"calib_s_{side}"] = statistics.mean(times) if times else None
+        per_seed, times = m.pop("per_seed"), m.pop("times")
+        m["seeds"] = sorted(per_seed)
+        for side in SIDES:
+            runs = [per_seed[s].get(side) for s in m["seeds"]]
+            measured = [v for v in runs if v is not None]
+            m[f"{side}_runs"] = runs
+            m[side] = statistics.mean(measured) if measured else None
+            m[f"{side}_std"] = (statistics.stdev(measured) if len(measured) > 1 else 0.0) if measured else None
+            m[f"calib_s_{side}"] = statistics.mean(times[side]) if times[side] else None
         m["command"] = "\n".join(m["commands"])  # one per line: the runs whose seeds were pooled
         out.append(m)
     return sorted(out, key=lambda m: (m["model"], m["method"], -m["w_bits"]))
