@@ -252,7 +252,8 @@ def run(args):
             if available is not None and num > available:
                 raise UserInputError(f"{method} needs {num} calibration samples ({source}) but the calibration split "
                                      f"holds {available}: pass --calib-num N with N <= {available}")
-        report = {"command": args.command, "config": args.config, "checkpoint": args.checkpoint, "task": task_name, "device": device,
+        report = {"command": args.command, "config": args.config, "checkpoint": args.checkpoint, "task": task_name,
+                  "device": device,
                   "seed": args.seed, "primary_metric": task.primary_metric, "versions": package_versions(),
                   "model": task.model_meta(), "fp": None, "results": []}
         if not args.no_fp:

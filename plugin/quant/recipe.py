@@ -67,8 +67,8 @@ class Recipe:
             "sites": {k: (v.to_dict() if v is not None else None) for k, v in self.sites.items()},
             "float_roles": [Role(r).value for r in self.float_roles], "reparam": self.reparam,
             "reparam_skip_roles": [r.value for r in self.reparam_skip_roles],
-            "sequential": self.sequential, "observe_elems": self.observe_elems, "passes": [dict(p) for p in self.passes], "calib_num": self.calib_num,
-            "version": self.version,
+            "sequential": self.sequential, "observe_elems": self.observe_elems,
+            "passes": [dict(p) for p in self.passes], "calib_num": self.calib_num, "version": self.version,
         }
 
     @classmethod
@@ -81,8 +81,9 @@ class Recipe:
             sites={k: (QuantSpec.from_dict(v) if v is not None else None) for k, v in d["sites"].items()},
             float_roles=tuple(Role(r) for r in d.get("float_roles", ())), reparam=d.get("reparam"),
             reparam_skip_roles=tuple(d.get("reparam_skip_roles", ())),
-            sequential=d.get("sequential", "block"), observe_elems=d.get("observe_elems", 2 ** 20), passes=[dict(p) for p in d.get("passes", [])],
-            calib_num=d.get("calib_num", 32), version=d.get("version", RECIPE_VERSION),
+            sequential=d.get("sequential", "block"), observe_elems=d.get("observe_elems", 2 ** 20),
+            passes=[dict(p) for p in d.get("passes", [])], calib_num=d.get("calib_num", 32),
+            version=d.get("version", RECIPE_VERSION),
         )
 
 
