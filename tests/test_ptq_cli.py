@@ -39,6 +39,12 @@ def test_embedded_default_end_to_end(embedded_report):
     md = open(out / "report.md").read()
     for r in report["results"]:
         assert f"{r['metrics']['top1']:.2f}" in md  # the Markdown shows the same numbers as the JSON
+        agreement = r["agreement"]  # with the float model, image by image
+        assert 0 <= agreement["top1_agreement"] <= 100 and agreement["mean_kl"] >= 0
+        change = agreement["top1_change"]
+        assert change["diff"] == pytest.approx(r["metrics"]["top1"] - report["fp"]["top1"], abs=1e-6)
+        assert change["ci95"][0] <= change["diff"] <= change["ci95"][1]
+    assert "Agreement with the full-precision model" in md
     assert f"{report['fp']['top1']:.2f}" in md
 
 

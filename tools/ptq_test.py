@@ -184,6 +184,16 @@ def markdown_report(report):
             lines.append(f"| {r['method']} (integer path, {r['int8']['frozen_layers']} layers) | "
                          f"{r['w_bits']}/{r['a_bits']} | "
                          + " | ".join(f"{r['int8']['metrics'][k]:.2f}" for k in metric_names) + " | - |")
+    agreements = [r for r in report["results"] if r.get("agreement")]
+    if agreements:
+        lines += ["", "Agreement with the full-precision model (top-1 change: paired bootstrap over the evaluation "
+                  "images, 95 % interval; a tie when it holds 0):", "",
+                  "| method | W/A | top-1 agreement (%) | mean KL | top-1 change (points) |", "|---|---|---|---|---|"]
+        for r in agreements:
+            a, c = r["agreement"], r["agreement"]["top1_change"]
+            lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | {a['top1_agreement']:.2f} | "
+                         f"{a['mean_kl']:.4f} | {c['diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+                         f"{' (tie)' if c['tie'] else ''} |")
     lines += ["", f"calibration samples: {', '.join(sorted({str(r['calib_num']) for r in report['results']}))}"]
     return "\n".join(lines) + "\n"
 
@@ -259,6 +269,7 @@ def run(args):
         if not args.no_fp:
             report["fp"] = task.evaluate(fp_model, not args.quiet, desc="eval full precision")
             log(f"full precision: {json.dumps(report['fp'])}")
+        fp_outputs = getattr(task, "last_outputs", None) if report["fp"] else None
         for w_bits, a_bits in bit_pairs(args):
             for method in args.method:
                 recipe = method_recipe(args, method, w_bits, a_bits)
@@ -283,6 +294,8 @@ def run(args):
                 entry = {"method": method, "w_bits": w_bits, "a_bits": a_bits, "metrics": metrics,
                          "calib_time_s": calib_time, "calib_num": num, "recipe": recipe.to_dict(),
                          "rolled_back": list(getattr(model, "_vitq_rollbacks", []))}
+                if task.agreement is not None and fp_outputs is not None:  # before --freeze evaluates again
+                    entry["agreement"] = task.agreement(fp_outputs, task.last_outputs)
                 if ckpt_dir:
                     entry["checkpoint_dir"] = ckpt_dir
                 if args.save_model:  # before freezing: the saved model is the calibrated fake-quant one

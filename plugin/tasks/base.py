@@ -58,6 +58,10 @@ class Task:
         """Dict of metric name -> float (percentages for accuracies and mAP/mIoU)."""
         raise NotImplementedError
 
+    # Tasks that keep per-sample outputs of their last evaluation in `self.last_outputs` define
+    # `agreement(fp_outputs, q_outputs) -> dict` (classification does); tools/ptq_test.py reports it as `agreement`.
+    agreement = None
+
     def model_meta(self):
         """JSON-serialisable description that, with the config, rebuilds the float model (saved beside weights)."""
         return {}

@@ -138,6 +138,7 @@ class ClassificationTask(Task):
             eval_set, batch_size=_int(ecfg, "batch_size", 64, "eval"), shuffle=False,
             num_workers=_int(ecfg, "num_workers", 0, "eval", minimum=0))
         correct1 = correct5 = total = 0
+        kept_logits, kept_labels = [], []
         model.eval()
         with torch.no_grad():
             for images, labels in progress(loader, desc=desc, enabled=progress_enabled):
@@ -151,9 +152,23 @@ class ClassificationTask(Task):
                 correct1 += (top[:, 0] == labels).sum().item()
                 correct5 += (top == labels[:, None]).any(1).sum().item()
                 total += labels.numel()
+                kept_logits.append(logits.detach().to("cpu", torch.float16))
+                kept_labels.append(labels.cpu())
         if total == 0:
             raise UserInputError("the evaluation set is empty")
+        # per-image outputs of the last evaluation, for agreement with the float model (float16: small on ImageNet)
+        self.last_outputs = {"logits": torch.cat(kept_logits), "labels": torch.cat(kept_labels)}
         return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "num_images": total}
+
+    @staticmethod
+    def agreement(fp_outputs, q_outputs):
+        """Top-1 agreement and mean KL with the float model, and the paired-bootstrap interval of the top-1 change."""
+        from .agreement import classification_agreement, paired_bootstrap
+        labels = fp_outputs["labels"]
+        out = classification_agreement(fp_outputs["logits"], q_outputs["logits"])
+        out["top1_change"] = paired_bootstrap(fp_outputs["logits"].argmax(1) == labels,
+                                              q_outputs["logits"].argmax(1) == labels)
+        return out
 
     def model_meta(self):
         mcfg = _get(self.cfg, "model")
