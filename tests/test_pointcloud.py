@@ -426,6 +426,11 @@ def test_ptq_test_cli_end_to_end(tmp_path, kind):
     assert 0 <= report["fp"][metric] <= 100 and 0 <= report["results"][0]["metrics"][metric] <= 100
     assert report["results"][0]["calib_num"] == 4
     assert f"{report['fp'][metric]:.2f}" in open(out / "report.md").read()
+    agreement = report["results"][0]["agreement"]  # with the float model, shape by shape (point by point)
+    share, change = ("oa_agreement", "OA_change") if kind == "cls" else ("point_agreement", "instance_mIoU_change")
+    assert 0 <= agreement[share] <= 100
+    assert agreement[change]["diff"] == pytest.approx(report["results"][0]["metrics"][metric] - report["fp"][metric],
+                                                      abs=1e-6)
 
 
 def test_task_calibration_from_train_split_and_deterministic_eval(tmp_path):

@@ -28,8 +28,9 @@ def _checked(logits):
 
 
 @torch.no_grad()
-def evaluate_cls(model, dataset, batch_size=32, device=None, progress_enabled=True, desc="eval"):
-    """{'OA', 'mAcc'} in percent, plus the number of shapes, over `dataset` in order."""
+def evaluate_cls(model, dataset, batch_size=32, device=None, progress_enabled=True, desc="eval", outputs=None):
+    """{'OA', 'mAcc'} in percent, plus the number of shapes, over `dataset` in order. A dict given as `outputs`
+    receives the per-shape predictions and labels (for agreement with another model)."""
     model.eval()
     preds, labels = [], []
     total = (len(dataset) + batch_size - 1) // batch_size
@@ -40,24 +41,32 @@ def evaluate_cls(model, dataset, batch_size=32, device=None, progress_enabled=Tr
         raise UserInputError("the evaluation set is empty")
     out = classification_metrics(np.concatenate(preds), np.concatenate(labels), len(dataset.classes))
     out["num_shapes"] = len(dataset)
+    if outputs is not None:
+        outputs.update(preds=np.concatenate(preds), labels=np.concatenate(labels))
     return out
 
 
 @torch.no_grad()
 def evaluate_partseg(model, dataset, batch_size=16, device=None, progress_enabled=True, desc="eval",
-                     per_category=False):
+                     per_category=False, outputs=None):
     """{'instance_mIoU', 'class_mIoU'} in percent (ShapeNetPart convention), plus the number of shapes.
 
-    Each point is labelled with the best-scoring part of its shape's own category."""
+    Each point is labelled with the best-scoring part of its shape's own category. A dict given as `outputs` receives
+    the per-point predictions and the per-shape IoUs, in dataset order."""
     model.eval()
     meter = PartIoU(dataset.part_map, dataset.categories)
+    point_preds, shape_ious = [], []
     total = (len(dataset) + batch_size - 1) // batch_size
     for batch in progress(batches(dataset, batch_size=batch_size), total=total, desc=desc, enabled=progress_enabled):
         logits = _checked(forward_batch(model, batch, device))
         for lg, seg, cat in zip(logits, batch["seg"].numpy(), batch["category"].tolist()):
-            meter.add(restricted_argmax(lg, dataset.part_map[cat]), seg, cat)
+            pred = restricted_argmax(lg, dataset.part_map[cat])
+            shape_ious.append(meter.add(pred, seg, cat))
+            point_preds.append(np.asarray(pred))
     out = meter.summary(per_category)
     out["num_shapes"] = len(dataset)
+    if outputs is not None:
+        outputs.update(point_preds=np.stack(point_preds), shape_ious=np.asarray(shape_ious))
     return out
 
 

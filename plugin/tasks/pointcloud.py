@@ -87,7 +87,20 @@ class _PointCloudTask(Task):
             progress_enabled = progress
         ds = self.dataset(_get(_get(self.cfg, "data", {}), "eval_split", "test"))
         bs = int(_get(_get(self.cfg, "eval", {}), "batch_size", self.default_eval_batch))
-        return evaluate(model, ds, bs, self.device, progress_enabled, desc)
+        self.last_outputs = {}  # per-shape outputs of this evaluation, for agreement with the float model
+        return evaluate(model, ds, bs, self.device, progress_enabled, desc, outputs=self.last_outputs)
+
+    @staticmethod
+    def agreement(fp_outputs, q_outputs):
+        """Classification: OA agreement and the paired-bootstrap interval of the OA change. Part segmentation:
+        per-point label agreement and the interval of the instance-mIoU change (per-shape IoUs)."""
+        from .agreement import paired_bootstrap
+        if "preds" in fp_outputs:
+            labels = fp_outputs["labels"]
+            return {"oa_agreement": float((fp_outputs["preds"] == q_outputs["preds"]).mean() * 100.0),
+                    "OA_change": paired_bootstrap(fp_outputs["preds"] == labels, q_outputs["preds"] == labels)}
+        return {"point_agreement": float((fp_outputs["point_preds"] == q_outputs["point_preds"]).mean() * 100.0),
+                "instance_mIoU_change": paired_bootstrap(fp_outputs["shape_ious"], q_outputs["shape_ious"])}
 
     def model_meta(self):
         return {"task": self.name, "model": self._model_cfg()}
