@@ -211,7 +211,7 @@ def run(args):
     import plugin  # noqa: F401  (registers tasks, adapters, methods)
     from plugin.config import load_config
     from plugin.errors import UserInputError
-    from plugin.quant import freeze, frozen_summary, get_recipe, quantize, save_quantized
+    from plugin.quant import freeze, frozen_summary, quantize, save_quantized
     from plugin.quant.calibrate import check_passes
     from plugin.quant.freeze import set_int8_backend
     from plugin.quant.io import package_versions
@@ -226,7 +226,7 @@ def run(args):
     if args.data_root:
         task_cls.set_data_root(cfg, args.data_root)
     for method in args.method:
-        get_recipe(method, 4, 4)  # unknown methods fail before any work is done
+        check_passes(method_recipe(args, method, 4, 4))  # unknown methods and bad pass options: before any work
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"--device {device} asked for, but no CUDA device is available")
@@ -257,9 +257,7 @@ def run(args):
         fp_model = task.build_model()
         available = task.calib_available(fp_model)  # every method's calibration size is checked before any evaluation
         for method in args.method:
-            recipe = method_recipe(args, method, 4, 4)
-            check_passes(recipe)  # pass options too: before any model forward
-            num, source = calib_num(args, cfg, recipe, task)
+            num, source = calib_num(args, cfg, method_recipe(args, method, 4, 4), task)
             if available is not None and num > available:
                 raise UserInputError(f"{method} needs {num} calibration samples ({source}) but the calibration split "
                                      f"holds {available}: pass --calib-num N with N <= {available}")

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..errors import UserInputError
+from ..utils.paths import resolve_data_path
 
 # ShapeNetPart (Yi et al., 2016): the global part ids of each category; ids are contiguous in category order.
 SHAPENETPART_PARTS = {
@@ -361,13 +362,11 @@ def detect_format(root: str) -> str:
 
 
 def resolve_root(root: str, base_dirs=()) -> str:
-    """A data path as given, or relative to one of base_dirs (e.g. the repository root) when that exists."""
-    if os.path.exists(root):
-        return root
-    for base in () if os.path.isabs(root) else base_dirs:
-        candidate = os.path.join(base, root)
-        if os.path.exists(candidate):
-            return candidate
+    """A data path as given, or relative to one of base_dirs (e.g. the repository root) when that exists (the rule
+    of plugin.utils.paths.resolve_data_path); missing everywhere is a UserInputError."""
+    resolved = resolve_data_path(root, base_dirs)
+    if os.path.exists(resolved):
+        return resolved
     raise UserInputError(f"data not found: {root} (looked relative to the working directory and {list(base_dirs)})")
 
 

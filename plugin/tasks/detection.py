@@ -48,6 +48,12 @@ def unwrap_dataset_cfg(ds_cfg):
             return ds_cfg
 
 
+def _evaluator_cfgs(cfg, name):
+    """The evaluator dicts of `cfg[name]` (one evaluator or a list of them)."""
+    evaluators = cfg.get(name, None)
+    return [ev for ev in (evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]) if hasattr(ev, "get")]
+
+
 def move_data_root(cfg, root):
     """Point every data path of an mmdet config at `root` (in place): the data_root of the train, val and test
     datasets (inside wrappers too) and the evaluators' `ann_file`s that lay under the old data_root."""
@@ -61,9 +67,8 @@ def move_data_root(cfg, root):
             for member in members:
                 unwrap_dataset_cfg(member)["data_root"] = root
     for name in ("val_evaluator", "test_evaluator"):
-        evaluators = cfg.get(name, None)
-        for ev in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
-            ann = ev.get("ann_file", None) if hasattr(ev, "get") else None
+        for ev in _evaluator_cfgs(cfg, name):
+            ann = ev.get("ann_file", None)
             if isinstance(ann, str) and old and ann.startswith(old):
                 ev["ann_file"] = root + ann[len(old):]
     cfg["data_root"] = root
@@ -81,9 +86,8 @@ def missing_data_paths(cfg):
         if isinstance(ann, str) and ann:
             path = ann if os.path.isabs(ann) else os.path.join(ds.get("data_root", None) or "", ann)
             missing.append(path)
-    evaluators = cfg.get("test_evaluator", None)
-    for ev in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
-        ann = ev.get("ann_file", None) if hasattr(ev, "get") else None
+    for ev in _evaluator_cfgs(cfg, "test_evaluator"):
+        ann = ev.get("ann_file", None)
         if isinstance(ann, str) and ann:
             missing.append(ann)
     return [p for p in dict.fromkeys(missing) if "://" not in p and not os.path.isfile(p)]  # remote storage: unchecked

@@ -8,13 +8,11 @@ Config keys:
     eval = dict(batch_size=...)
 Relative data roots are looked up from the working directory, then from the repository root.
 """
-
 import numpy as np
 
 from ..errors import UserInputError
 from ..utils.paths import REPO_ROOT
 from .base import Task, register_task
-
 
 
 def _get(cfg, key, default=None):
