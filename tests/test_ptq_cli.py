@@ -58,22 +58,24 @@ def _assert_failed(capsys, code, out_dir, words):
     assert code == 2
     err = capsys.readouterr().err
     assert "error" in err.lower() and all(w.lower() in err.lower() for w in words), err
-    assert not os.path.exists(os.path.join(out_dir, "report.json"))
+    assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+    # nothing is left behind: an output folder the run created is removed, one that existed stays empty
+    assert not os.path.exists(out_dir) or os.listdir(out_dir) == [], os.listdir(out_dir)
 
 
 def test_missing_config(tmp_path, capsys):
-    _assert_failed(capsys, run_cli(tmp_path / "nope.py", CKPT, "--out", tmp_path), tmp_path, ["config", "not found"])
+    _assert_failed(capsys, run_cli(tmp_path / "nope.py", CKPT, "--out", tmp_path / "out"), tmp_path / "out", ["config", "not found"])
 
 
 def test_missing_checkpoint(tmp_path, capsys):
-    _assert_failed(capsys, run_cli(CONFIG, tmp_path / "nope.pth", "--out", tmp_path), tmp_path, ["checkpoint"])
+    _assert_failed(capsys, run_cli(CONFIG, tmp_path / "nope.pth", "--out", tmp_path / "out"), tmp_path / "out", ["checkpoint"])
 
 
 def test_mismatched_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     torch.save({"model": {"blocks.0.wrong.weight": torch.zeros(3)}}, bad)
-    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path, ["does not match"])
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet"), tmp_path / "out", ["does not match"])
 
 
 class NotATensor:
@@ -83,7 +85,7 @@ class NotATensor:
 def test_pickled_checkpoint_refused(tmp_path, capsys):
     bad = tmp_path / "pickled.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": NotATensor()}, bad)
-    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path,
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet"), tmp_path / "out",
                    ["--unsafe-load", "test_ptq_cli.NotATensor"])  # the refused object is named
 
 
@@ -112,7 +114,7 @@ def test_shape_mismatch_names_both_shapes(tmp_path, capsys):
     state["head.weight"], state["head.bias"] = torch.zeros(1000, state["head.weight"].shape[1]), torch.zeros(1000)
     bad = tmp_path / "head1000.safetensors"
     save_file(state, str(bad))
-    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path, "--quiet"), tmp_path,
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet"), tmp_path / "out",
                    ["head.weight (1000, 64) in the checkpoint, (10, 64) in the model"])
 
 
@@ -125,12 +127,12 @@ def test_bad_numbers_rejected_by_parser(tmp_path, argv):
 
 
 def test_calib_num_larger_than_data(tmp_path, capsys):
-    code = run_cli(CONFIG, CKPT, "--calib-num", "100000", "--out", tmp_path, "--quiet", "--no-fp")
-    _assert_failed(capsys, code, tmp_path, ["100000"])
+    code = run_cli(CONFIG, CKPT, "--calib-num", "100000", "--out", tmp_path / "out", "--quiet", "--no-fp")
+    _assert_failed(capsys, code, tmp_path / "out", ["100000"])
 
 
 def test_unknown_method(tmp_path, capsys):
-    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "nosuch", "--out", tmp_path), tmp_path, ["nosuch"])
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "nosuch", "--out", tmp_path / "out"), tmp_path / "out", ["nosuch"])
 
 
 def test_nan_activations_during_calibration(tmp_path, capsys):
@@ -140,8 +142,8 @@ def test_nan_activations_during_calibration(tmp_path, capsys):
     state[key] = torch.full_like(state[key], float("nan"))
     bad = str(tmp_path / "nan.safetensors")
     save_file(state, bad)
-    code = run_cli(CONFIG, bad, "--out", tmp_path, "--quiet", "--no-fp")
-    _assert_failed(capsys, code, tmp_path, ["non-finite"])
+    code = run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet", "--no-fp")
+    _assert_failed(capsys, code, tmp_path / "out", ["non-finite"])
 
 
 def test_exit_code_of_the_real_process(tmp_path):
@@ -219,7 +221,7 @@ def test_config_calib_num_is_honoured(tmp_path):
 def test_unwritable_out_fails_up_front(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--out", blocker / "sub", "--quiet"), tmp_path,
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--out", blocker / "sub", "--quiet"), blocker / "sub",
                    ["cannot write to the output folder"])
 
 
