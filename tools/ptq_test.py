@@ -74,6 +74,14 @@ def parse_args(argv=None):
     p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
                    help="matmul of the --freeze path: torch._int_mm, or the Triton kernels (CUDA and triton only; "
                         "triton: quantize pass + GEMM, triton_fused: quantizing inside the GEMM)")
+    p.add_argument("--export-onnx", action="store_true",
+                   help="also write OUT/models/<method>_w<b>a<b>.onnx (a QDQ graph, plugin.quant.onnx_export) and "
+                        "OUT/models/fp32.onnx, and evaluate the QDQ file with ONNX Runtime on the CPU "
+                        "(classification only; needs pip install -e '.[onnx]')")
+    p.add_argument("--onnx-nonuniform", choices=["emulate", "float"], default="emulate",
+                   help="activation sites ONNX Q/DQ cannot express (log / twin / seed post-Softmax grids): export "
+                        "the fake quantizer's float arithmetic (emulate, the same function as fake-quant) or drop "
+                        "the quantizer (float)")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that need pickle (can execute code from the file; only for trusted files)")
     p.add_argument("--data-root", help="move the config's data here: every dependent path (mmdet: the train, val and "
@@ -180,6 +188,11 @@ def markdown_report(report):
         lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | "
                      + " | ".join(f"{r['metrics'][k]:.2f}" for k in metric_names)
                      + f" | {r['calib_time_s']:.1f} |")
+        if r.get("onnx"):
+            o = r["onnx"]
+            lines.append(f"| {r['method']} (ONNX Runtime, QDQ, {o['bytes'] / 2 ** 20:.2f} MiB = "
+                         f"{o['size_ratio']:.2f}x FP32 export) | {r['w_bits']}/{r['a_bits']} | "
+                         + " | ".join(f"{o['metrics'][k]:.2f}" for k in metric_names) + " | - |")
         if r.get("int8"):
             lines.append(f"| {r['method']} (integer path, {r['int8']['frozen_layers']} layers) | "
                          f"{r['w_bits']}/{r['a_bits']} | "
@@ -195,6 +208,13 @@ def markdown_report(report):
                                 f"{' (tie)' if c['tie'] else ''}" for k, c in r["agreement"].items()
                                 if isinstance(c, dict))
             lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | {scalars} | {changes} |")
+    onnx_rows = [r for r in report["results"] if r.get("onnx")]
+    for r in onnx_rows:
+        sites = r["onnx"]["float_sites"]
+        lines += ["", f"ONNX {r['method']} W{r['w_bits']}A{r['a_bits']}: `{r['onnx']['path']}`, "
+                  f"{r['onnx']['qdq_activations']} activation Q/DQ pairs, {r['onnx']['int8_weights']} int8 weights, "
+                  f"{len(sites)} sites without Q/DQ" + (":" if sites else "")]
+        lines += [f"- `{name}`: {why}" for name, why in sites.items()]
     lines += ["", f"calibration samples: {', '.join(sorted({str(r['calib_num']) for r in report['results']}))}"]
     return "\n".join(lines) + "\n"
 
@@ -203,6 +223,21 @@ def write_reports(report, out_dir):
     from plugin.quant.io import write_json, write_text
     write_json(os.path.join(out_dir, "report.json"), report)
     write_text(os.path.join(out_dir, "report.md"), markdown_report(report))
+
+
+def onnx_entry(args, task, model, name, staging, out_dir, fp32_bytes, log):
+    """Export `model` to staging/<name>.onnx, score it with ONNX Runtime on the CPU: the report's `onnx` entry."""
+    from plugin.quant.onnx_export import OrtModule, export_onnx
+    path = os.path.join(staging, name + ".onnx")
+    summary = export_onnx(model, task.example_input(model), path, nonuniform=args.onnx_nonuniform)
+    metrics = task.evaluate(OrtModule(path), not args.quiet, desc=f"eval {name} ONNX Runtime")
+    log(f"{name} ONNX Runtime (CPU): {json.dumps(metrics)}; {summary['bytes']} bytes, FP32 export {fp32_bytes}; "
+        f"{len(summary['float_sites'])} sites without Q/DQ")
+    return {"path": os.path.join(out_dir, "models", name + ".onnx"), "bytes": summary["bytes"],
+            "fp32_path": os.path.join(out_dir, "models", "fp32.onnx"), "fp32_bytes": fp32_bytes,
+            "size_ratio": summary["bytes"] / fp32_bytes, "metrics": metrics, "runtime": "onnxruntime CPU",
+            "qdq_activations": summary["qdq_activations"], "int8_weights": summary["int8_weights"],
+            "float_sites": summary["float_sites"], "nonuniform": summary["nonuniform"], "opset": summary["opset"]}
 
 
 def run(args):
@@ -215,6 +250,7 @@ def run(args):
     from plugin.quant.calibrate import check_passes
     from plugin.quant.freeze import set_int8_backend
     from plugin.quant.io import package_versions
+    from plugin.quant.onnx_export import export_float_onnx
     from plugin.tasks.base import get_task
 
     cfg = apply_cfg_options(load_config(args.config), args.cfg_options)
@@ -241,6 +277,12 @@ def run(args):
         except ImportError as exc:
             raise UserInputError(f"{flag} needs the triton package ({exc})") from exc
     set_int8_backend(args.int8_backend)
+    if args.export_onnx:
+        if task_cls.example_input is None:
+            raise UserInputError(f"--export-onnx supports the classification task (timm ViT/DeiT/Swin) only, "
+                                 f"not {task_name}")
+        from plugin.quant.onnx_export import check_onnx_available
+        check_onnx_available()
     kwargs = dict(device=device, work_dir=args.work_dir, launcher=args.launcher)
     if args.unsafe_load:
         kwargs["unsafe_load"] = True
@@ -250,7 +292,7 @@ def run(args):
 
     created = prepare_out_dir(out_dir)
     staging = None
-    if args.save_model:
+    if args.save_model or args.export_onnx:
         staging = tempfile.mkdtemp(prefix=".models_staging_", dir=out_dir)
     try:
         torch.manual_seed(args.seed)
@@ -269,6 +311,10 @@ def run(args):
             report["fp"] = task.evaluate(fp_model, not args.quiet, desc="eval full precision")
             log(f"full precision: {json.dumps(report['fp'])}")
         fp_outputs = getattr(task, "last_outputs", None) if report["fp"] else None
+        fp32_onnx_bytes = None
+        if args.export_onnx:
+            fp32_onnx_bytes = export_float_onnx(fp_model, task.example_input(fp_model),
+                                                os.path.join(staging, "fp32.onnx"))
         for w_bits, a_bits in bit_pairs(args):
             for method in args.method:
                 recipe = method_recipe(args, method, w_bits, a_bits)
@@ -302,6 +348,9 @@ def run(args):
                     save_quantized(model, os.path.join(staging, name),
                                    extra_meta={"model": task.model_meta(), "metrics": metrics})
                     entry["saved_model"] = os.path.join(out_dir, "models", name)
+                if args.export_onnx:  # before freezing: the export reads the quantizers
+                    entry["onnx"] = onnx_entry(args, task, model, f"{method}_w{w_bits}a{a_bits}", staging, out_dir,
+                                               fp32_onnx_bytes, log)
                 if args.freeze:
                     freeze(model)
                     summary = frozen_summary(model)
@@ -312,7 +361,7 @@ def run(args):
                                      "not_frozen": summary["not_frozen"], "backend": args.int8_backend}
                 report["results"].append(entry)
                 del model
-        if args.save_model:  # the models join the reports only when the whole run succeeded
+        if staging is not None:  # the models join the reports only when the whole run succeeded
             os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
             for name in sorted(os.listdir(staging)):
                 os.replace(os.path.join(staging, name), os.path.join(out_dir, "models", name))

@@ -62,6 +62,10 @@ class Task:
     # `agreement(fp_outputs, q_outputs) -> dict` (classification does); tools/ptq_test.py reports it as `agreement`.
     agreement = None
 
+    # Tasks whose model takes one tensor define `example_input(model) -> tensor` (one batch, on self.device):
+    # tools/ptq_test.py --export-onnx traces the model with it. None: the task's models are not exported.
+    example_input = None
+
     def model_meta(self):
         """JSON-serialisable description that, with the config, rebuilds the float model (saved beside weights)."""
         return {}

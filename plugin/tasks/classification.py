@@ -131,6 +131,11 @@ class ClassificationTask(Task):
         batches = [images[i:i + bs].to(self.device) for i in range(0, len(images), bs)]
         return CalibData(batches, lambda m, batch: m(batch))
 
+    def example_input(self, model):
+        """One evaluation image as a batch of 1: the input the ONNX export traces (the batch size stays dynamic)."""
+        _, eval_set = self.datasets(model)
+        return eval_set[0][0].unsqueeze(0).to(self.device)
+
     def evaluate(self, model, progress_enabled=True, desc="eval"):
         _, eval_set = self.datasets(model)
         ecfg = _section(self.cfg, "eval")
