@@ -17,20 +17,27 @@ What each quantization site becomes:
 
 Sites ONNX cannot express with Q/DQ (log2, log√2, twin-uniform, TanQ, SULQ, DFQ grids; a zero point outside the code
 range, as RepQ-ViT's quantile search may give; more than 8 bits) are listed by name with the reason in the summary.
-An activation there follows `nonuniform`: "float" (default) drops the quantizer (the deployed op sees the float
-tensor; the ONNX model then differs from fake-quant at that site), "emulate" exports the fake quantizer's own float
-arithmetic (Log/Round/Pow/Where…), so the ONNX function equals fake-quant but that site is float math, not QDQ. A
-weight there is stored as a float initializer holding the fake-quant values (the same function either way).
+An activation there follows `nonuniform`: "emulate" (default) exports the fake quantizer's own float arithmetic
+(Log/Round/Pow/Where…), so the ONNX function equals fake-quant, but that site is float math, not Q/DQ; "float" drops
+the quantizer (the deployed op sees the float tensor, and the ONNX model differs from fake-quant there: on the
+embedded default at W8A8, RepQ-ViT's four log√2 post-Softmax sites left float moved top-1 by 0.3 points and 2.1 % of
+the predictions). A weight there is stored as a float initializer holding the fake-quant values (the same function
+either way).
 
 Folding: the reparameterised LayerNorms (RepQ-ViT, DopQ-ViT) are already folded into the LayerNorm and the next
 Linear by calibration, so they export as they are; a pre-quantization low-rank branch (AIQViT, Q(W + A·B)) is folded
 into the weight before its codes are taken; a post-quantization one (Q(W) + A·B) cannot be integer and leaves that
 weight float (fake-quant values), listed.
 
-The graph comes from `torch.onnx.export(dynamo=True)` of a deep copy of the model in which every quantized module is
-replaced by an export module (a class of its own, not a patched forward) that emits Q/DQ through
-`torch.onnx.ops.symbolic`. The batch dimension is dynamic. Needs onnx and onnxscript (the exporter) and, to run the
-result, onnxruntime: `pip install -e .[onnx]`.
+The graph comes from torch's TorchScript-based exporter (`torch.onnx.export(dynamo=False)`) run on a deep copy of the
+model in which every quantized module is replaced by an export module (a class of its own, not a patched forward)
+whose Q/DQ steps are autograd Functions with an ONNX `symbolic`: eagerly they compute what ONNX Runtime computes
+(round half to even after x/s, then + z, saturate, clip), so the copy can be checked in torch too. Why not the
+torch.export-based exporter (`dynamo=True`, torch's default): it works as well (Q/DQ through
+`torch.onnx.ops.symbolic`, tried on the embedded ViT), but took 10-17 s per export of the tiny embedded ViT here
+against 3 s, and needs onnxscript; the TorchScript exporter is deprecated by torch (a DeprecationWarning), so this is
+the place to switch when it is removed. The batch dimension is dynamic. Needs onnx and, to run the result,
+onnxruntime: `pip install -e '.[onnx]'`.
 """
 import copy
 import os
@@ -52,7 +59,7 @@ NONUNIFORM_MODES = ("float", "emulate")
 def check_onnx_available():
     """Raise a UserInputError (one line) when a package the export needs is missing."""
     missing = []
-    for name in ("onnx", "onnxscript", "onnxruntime"):
+    for name in ("onnx", "onnxruntime"):
         try:
             __import__(name)
         except ImportError:
@@ -267,7 +274,7 @@ class _Plan:
         return q, reason
 
 
-def export_copy(model, nonuniform="float"):
+def export_copy(model, nonuniform="emulate"):
     """(a deep copy of `model` with every quantized module replaced by its export module, summary dict)."""
     if nonuniform not in NONUNIFORM_MODES:
         raise UserInputError(f"nonuniform must be one of {NONUNIFORM_MODES}, got {nonuniform!r}")
@@ -332,7 +339,7 @@ def _atomic_export(module, example, path, dynamic_batch):
     return os.path.getsize(path)
 
 
-def export_onnx(model, example, path, nonuniform="float", dynamic_batch=True):
+def export_onnx(model, example, path, nonuniform="emulate", dynamic_batch=True):
     """Write `model` (calibrated fake-quant, or plain float) to `path` as an ONNX QDQ graph, atomically.
 
     `example` is one input batch (its shape fixes every dimension but the batch). Returns a summary: counts of Q/DQ
