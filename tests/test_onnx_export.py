@@ -256,3 +256,16 @@ def test_cli_refuses_other_tasks_up_front(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--export-onnx supports the classification task" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_benchmark_onnx_quick(tmp_path):
+    import benchmark
+    out = tmp_path / "b.json"
+    assert benchmark.main(["--quick", "--device", "cpu", "--onnx", "--no-micro", "--method", "minmax", "--model",
+                           "deit_small_patch16_224", "--onnx-reps", "2", "--out", str(out)]) == 0
+    o = json.load(open(out))["models"]["deit_small_patch16_224"]["methods"]["minmax"]["onnx"]
+    assert o["int8_qdq"]["latency_ms_batch1"] > 0 and o["fp32"]["images_per_s"] > 0
+    assert set(o["ratios"]) == {"latency_fp32_over_int8", "throughput_int8_over_fp32", "size_int8_over_fp32"}
+    # ONNX Runtime turns the Q/DQ + MatMul units into integer kernels
+    assert o["ops_after_ort_optimization"]["int8_qdq"].get("MatMulIntegerToFloat", 0) \
+        + o["ops_after_ort_optimization"]["int8_qdq"].get("QLinearMatMul", 0) > 0

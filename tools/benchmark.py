@@ -33,6 +33,10 @@ QUICK_MODEL_ARGS = {
     "vit_base_patch16_224": dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10),
 }
 QUICK_LINEARS = [(64, 192), (64, 64), (64, 256), (256, 64)]
+# --model fmnist_vit_tiny: the embedded default (configs/classification/fmnist_vit_tiny.py) with its trained weights.
+EMBEDDED = {"fmnist_vit_tiny": ("vit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1, num_classes=10,
+                                                             embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
+                                "plugin/assets/fmnist_vit_tiny.safetensors")}
 # Triton micro-benchmark columns: the int8 GEMM with its epilogue on int8 input (tri), the kernel quantizing bf16 X on
 # load (triQ, backend "triton_fused"), the quantize kernel then tri (tri2, backend "triton"), the quantize kernel alone.
 TRITON_COLUMNS = ["triton_gemm", "triton_quant_gemm", "triton_two_step", "triton_quantize"]
@@ -63,6 +67,11 @@ def parse_args(argv=None):
                    "op as CUDA-graph replays (GPU time without host launch cost, for every column alike)")
     p.add_argument("--compile", action="store_true", help="torch.compile every timed model and layer (fuses the "
                    "INT8 path's quantize and epilogue kernels; eager mode runs them as separate passes)")
+    p.add_argument("--onnx", action="store_true", help="also export each calibrated model as an ONNX QDQ graph and the "
+                   "float model as an FP32 graph, and time both with ONNX Runtime on the CPU (latency at batch 1, "
+                   "throughput at --batch-size), in the same run; needs pip install -e '.[onnx]'")
+    p.add_argument("--onnx-threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: torch's)")
+    p.add_argument("--onnx-reps", type=int, default=20, help="timed batch-1 runs per ONNX model and round")
     p.add_argument("--quick", action="store_true", help="toy model and layer sizes (a smoke run on CPU)")
     p.add_argument("--out", default=None, help="write the JSON here")
     p.add_argument("--verbose", action="store_true", help="calibration progress to stderr")
@@ -96,8 +105,15 @@ def _timed(fn, device):
 
 def build_model(name, quick, device):
     import timm
-    kwargs = QUICK_MODEL_ARGS.get(name, {}) if quick else {}
     torch.manual_seed(0)
+    if name in EMBEDDED:
+        from safetensors.torch import load_file
+        timm_name, kwargs, weights = EMBEDDED[name]
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        model.load_state_dict(load_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                     weights)))
+        return model.eval().to(device)
+    kwargs = QUICK_MODEL_ARGS.get(name, {}) if quick else {}
     model = timm.create_model(name, pretrained=False, **kwargs).eval().to(device)
     return model
 
@@ -106,7 +122,8 @@ def input_size(model):
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if size is not None:
-        return (3, *size)
+        chans = getattr(getattr(model.patch_embed, "proj", None), "in_channels", 3)
+        return (chans, *size)
     return tuple(cfg.get("input_size", (3, 224, 224)))
 
 
@@ -207,10 +224,82 @@ def bench_model(name, args, device, log):
             if "float_bf16" in entry:
                 res["ratios"]["int8_over_float_bf16"] = (res["int8_frozen"]["images_per_s"]
                                                          / entry["float_bf16"]["images_per_s"])
+        if args.onnx:
+            res["onnx"] = onnx_bench(base, model, name, method, shape, args, log)
         entry["methods"][method] = res
         log(f"  {name} {method}: calibrated in {calib_s:.2f}s")
         del model, frozen
     return entry
+
+
+def _ort_session(path, args, optimized_path=None):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.onnx_threads or torch.get_num_threads()
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path  # the graph as ONNX Runtime runs it, to count fused ops
+        opts.log_severity_level = 3  # not the warning that this optimized file is specific to this machine
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_times(session, shape, args):
+    """(median ms of one batch-1 run, seconds of `eval_batches` runs at --batch-size) for one session."""
+    import numpy as np
+    name = session.get_inputs()[0].name
+    rng = np.random.RandomState(0)
+    one = rng.randn(1, *shape).astype(np.float32)
+    many = rng.randn(args.batch_size, *shape).astype(np.float32)
+    for _ in range(args.warmup):
+        session.run(None, {name: one})
+        session.run(None, {name: many})
+    single = []
+    for _ in range(args.onnx_reps):
+        t0 = time.perf_counter()
+        session.run(None, {name: one})
+        single.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(args.eval_batches):
+        session.run(None, {name: many})
+    return 1000 * sorted(single)[len(single) // 2], time.perf_counter() - t0
+
+
+def onnx_bench(base, model, name, method, shape, args, log, rounds=3):
+    """ONNX Runtime CPU: the QDQ export of `model` against the FP32 export of `base`, timed alternately in `rounds`
+    rounds (the best round of each counts, so a burst of load on a shared machine hits both alike)."""
+    import tempfile
+
+    import onnx
+
+    from plugin.quant.onnx_export import export_float_onnx, export_onnx
+    example = torch.randn(1, *shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"fp32": os.path.join(tmp, "fp32.onnx"), "int8_qdq": os.path.join(tmp, "qdq.onnx")}
+        fp32_bytes = export_float_onnx(base, example, paths["fp32"])
+        summary = export_onnx(model, example, paths["int8_qdq"])
+        sessions, fused = {}, {}
+        for key, path in paths.items():
+            sessions[key] = _ort_session(path, args, os.path.join(tmp, key + "_opt.onnx"))
+            ops = {}
+            for node in onnx.load(os.path.join(tmp, key + "_opt.onnx")).graph.node:
+                ops[node.op_type] = ops.get(node.op_type, 0) + 1
+            fused[key] = ops
+        best = {k: [float("inf"), float("inf")] for k in paths}
+        for _ in range(rounds):
+            for key, sess in sessions.items():
+                lat, secs = _ort_times(sess, shape, args)
+                best[key] = [min(best[key][0], lat), min(best[key][1], secs)]
+    out = {"bytes": summary["bytes"], "fp32_bytes": fp32_bytes, "float_sites": len(summary["float_sites"]),
+           "threads": args.onnx_threads or torch.get_num_threads(), "rounds": rounds,
+           "ops_after_ort_optimization": fused}
+    for key, (lat, secs) in best.items():
+        out[key] = {"latency_ms_batch1": lat, "images_per_s": args.batch_size * args.eval_batches / secs}
+    out["ratios"] = {"latency_fp32_over_int8": out["fp32"]["latency_ms_batch1"] / out["int8_qdq"]["latency_ms_batch1"],
+                     "throughput_int8_over_fp32": out["int8_qdq"]["images_per_s"] / out["fp32"]["images_per_s"],
+                     "size_int8_over_fp32": summary["bytes"] / fp32_bytes}
+    log(f"  {name} {method} ONNX Runtime CPU: batch-1 latency fp32 {out['fp32']['latency_ms_batch1']:.2f} ms, "
+        f"int8 QDQ {out['int8_qdq']['latency_ms_batch1']:.2f} ms; throughput ratio int8/fp32 "
+        f"{out['ratios']['throughput_int8_over_fp32']:.2f}")
+    return out
 
 
 def _time_op(fn, device, reps, warmup=2, graph=False):
@@ -303,6 +392,14 @@ def print_report(report):
                   f"{ra['fake_over_float']:>9.2f} {fmt(ra.get('int8_over_float'), '>9.2f')} "
                   f"{fmt(ra.get('int8_over_fake'), '>9.2f')} {r['frozen_summary']['frozen']:>6} "
                   f"{fmt(r.get('int8_vs_fake_top1_agreement'), '>6.2f')}")
+            if "onnx" in r:
+                o = r["onnx"]
+                print(f"  {'':<10} ONNX Runtime CPU ({o['threads']} threads): batch 1 fp32 "
+                      f"{o['fp32']['latency_ms_batch1']:.2f} ms, int8 QDQ {o['int8_qdq']['latency_ms_batch1']:.2f} ms "
+                      f"({o['ratios']['latency_fp32_over_int8']:.2f}x); batch {report['batch_size']} fp32 "
+                      f"{o['fp32']['images_per_s']:.1f} img/s, int8 QDQ {o['int8_qdq']['images_per_s']:.1f} img/s "
+                      f"({o['ratios']['throughput_int8_over_fp32']:.2f}x); file {o['bytes'] / 2 ** 20:.2f} MiB = "
+                      f"{o['ratios']['size_int8_over_fp32']:.2f}x fp32")
             if "peak_mem_bytes" in r["fake_quant"]:
                 print(f"  {'':<10} peak MiB: fake {r['fake_quant']['peak_mem_bytes'] / 2 ** 20:.0f}"
                       + (f", int8 {r['int8_frozen']['peak_mem_bytes'] / 2 ** 20:.0f}" if i8 else ""))
@@ -338,6 +435,14 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     set_int8_backend(args.int8_backend)
+    if args.onnx:
+        from plugin.errors import UserInputError
+        from plugin.quant.onnx_export import check_onnx_available
+        try:
+            check_onnx_available()
+        except UserInputError as e:
+            print(f"error: --onnx: {e}", file=sys.stderr)
+            return 2
     device = torch.device(args.device)
     log = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
     report = {
@@ -347,7 +452,7 @@ def main(argv=None):
         "batch_size": args.batch_size, "compile": args.compile, "cuda_graph": args.cuda_graph,
         "int8_backend": args.int8_backend,
         "calib_num": args.calib_num, "iters": args.iters,
-        "methods": args.method,
+        "methods": args.method, "onnx": args.onnx,
         "models": {},
     }
     t0 = time.perf_counter()
@@ -358,6 +463,10 @@ def main(argv=None):
     if _triton_status(device) is None:
         from plugin.quant.triton_int8 import tuned_configs
         report["triton_tuned_configs"] = tuned_configs()
+    if args.onnx:
+        import onnxruntime
+        report["onnxruntime"] = onnxruntime.__version__
+    report["command"] = "python " + " ".join(["tools/benchmark.py"] + (sys.argv[1:] if argv is None else list(argv)))
     report["total_s"] = time.perf_counter() - t0
     print_report(report)
     if args.out:
