@@ -269,3 +269,11 @@ def test_benchmark_onnx_quick(tmp_path):
     # ONNX Runtime turns the Q/DQ + MatMul units into integer kernels
     assert o["ops_after_ort_optimization"]["int8_qdq"].get("MatMulIntegerToFloat", 0) \
         + o["ops_after_ort_optimization"]["int8_qdq"].get("QLinearMatMul", 0) > 0
+
+
+def test_cli_onnx_option_without_export_is_refused(tmp_path, capsys):
+    import ptq_test
+    code = ptq_test.main([CONFIG, CKPT, "--onnx-nonuniform", "float", "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "add --export-onnx" in err[0]
+    assert not (tmp_path / "o").exists()

@@ -277,6 +277,8 @@ def run(args):
         except ImportError as exc:
             raise UserInputError(f"{flag} needs the triton package ({exc})") from exc
     set_int8_backend(args.int8_backend)
+    if args.onnx_nonuniform != "emulate" and not args.export_onnx:
+        raise UserInputError(f"--onnx-nonuniform {args.onnx_nonuniform} applies to the ONNX export: add --export-onnx")
     if args.export_onnx:
         if task_cls.example_input is None:
             raise UserInputError(f"--export-onnx supports the classification task (timm ViT/DeiT/Swin) only, "
