@@ -52,7 +52,9 @@ def embedded(tmp_path_factory):
     for method in ("minmax", "repq"):
         model = quantize(copy.deepcopy(fp), get_recipe(method, 8, 8), calib, log=lambda *a: None)
         summary = export_onnx(model, images[:1], str(out / f"{method}.onnx"))
-        models[method] = (model, summary)
+        with torch.no_grad():
+            fake = model(images)
+        models[method] = (model, summary, fake)
     return dict(images=images, labels=labels, models=models, fp32_bytes=fp32_bytes, out=out)
 
 
@@ -67,15 +69,13 @@ def compare(fake_logits, onnx_logits, labels):
 
 @pytest.mark.parametrize("method", ["minmax", "repq"])
 def test_embedded_w8a8_onnx_runtime_equals_fake_quant(embedded, method):
-    model, summary = embedded["models"][method]
-    with torch.no_grad():
-        fake = model(embedded["images"])
+    _, summary, fake = embedded["models"][method]
     ok, stats = compare(fake, OrtModule(summary["path"])(embedded["images"]), embedded["labels"])
     assert ok, stats
 
 
 def test_embedded_graph_holds_int8_weights_and_qdq(embedded):
-    _, summary = embedded["models"]["minmax"]
+    _, summary, _ = embedded["models"]["minmax"]
     model = onnx.load(summary["path"])
     onnx.checker.check_model(model)
     stats = graph_stats(summary["path"])
@@ -102,14 +102,14 @@ def test_embedded_graph_holds_int8_weights_and_qdq(embedded):
 
 
 def test_embedded_repq_lists_the_log_sites(embedded):
-    _, summary = embedded["models"]["repq"]
+    _, summary, _ = embedded["models"]["repq"]
     assert sorted(summary["float_sites"]) == [f"blocks.{i}.attn.matmul_av.a_quantizer" for i in range(4)]
     assert all("log_sqrt2" in why for why in summary["float_sites"].values())
 
 
 def test_a_wrong_scale_breaks_the_check(embedded, tmp_path):
     """The acceptance check can fail: one weight scale of the graph off by 1.5x is caught."""
-    model, summary = embedded["models"]["minmax"]
+    _, summary, fake = embedded["models"]["minmax"]
     graph = onnx.load(summary["path"])
     producers = {o: n for n in graph.graph.node for o in n.output}
     fc1 = next(n for n in graph.graph.node if n.op_type == "MatMul" and "blocks.1/mlp/fc1" in n.name)
@@ -117,8 +117,6 @@ def test_a_wrong_scale_breaks_the_check(embedded, tmp_path):
     init = next(i for i in graph.graph.initializer if i.name == scale_name)
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, scale_name))
     onnx.save(graph, str(tmp_path / "bad.onnx"))
-    with torch.no_grad():
-        fake = model(embedded["images"])
     ok, stats = compare(fake, OrtModule(str(tmp_path / "bad.onnx"))(embedded["images"]), embedded["labels"])
     assert not ok, stats
 

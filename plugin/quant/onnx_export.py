@@ -163,15 +163,14 @@ def _weight_seen_by_quantizer(m):
 
 def weight_codes(q: UniformQuantizer, w):
     """(int8 codes, float scale, int8 zero point) of a weight: the fake quantizer's own codes, shifted into int8."""
-    n = w.shape[0]
     per_channel = q.scale.numel() > 1
-    view = (n,) + (1,) * (w.dim() - 1) if per_channel else ()
-    scale = q.scale.detach().float().reshape(view) if per_channel else q.scale.detach().float().reshape(())
-    zero = q.zero_point.detach().float().reshape(view) if per_channel else q.zero_point.detach().float().reshape(())
+    view = (w.shape[0],) + (1,) * (w.dim() - 1) if per_channel else ()
+    scale = q.scale.detach().float().reshape(view)
+    zero = q.zero_point.detach().float().reshape(view)
     codes = torch.clamp(w / scale + zero, q.qmin, q.qmax).round()
     offset = 128 if q.qmax > 127 else 0
-    return ((codes - offset).to(torch.int8), scale.reshape(-1) if per_channel else scale,
-            (zero - offset).round().to(torch.int8).reshape(-1) if per_channel else (zero - offset).round().to(torch.int8))
+    flat = (lambda t: t.reshape(-1)) if per_channel else (lambda t: t)  # noqa: E731
+    return (codes - offset).to(torch.int8), flat(scale), flat((zero - offset).round().to(torch.int8))
 
 
 class _ExportWeighted(nn.Module):
@@ -267,6 +266,8 @@ class _Plan:
             return q, "float weight (not quantized)"
         else:
             reason = uniform_reason(q)
+            if reason is None and q.scale.numel() > 1 and q.channel_axis != 0:
+                reason = f"per-channel weight grid along axis {q.channel_axis}, not the output channel"
         if reason is None:
             self.int8_weights += 1
             return q, None
