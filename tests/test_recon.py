@@ -12,7 +12,7 @@ timm = pytest.importorskip("timm")
 
 import plugin.adapters  # noqa: E402,F401
 from plugin.adapters import find_adapter  # noqa: E402
-from plugin.errors import UserInputError  # noqa: E402
+from plugin.quant.errors import ConfigError  # noqa: E402
 from plugin.quant import CalibData, QuantLinear, QuantSpec, get_recipe, io, load_quantized, quantize  # noqa: E402
 from plugin.quant import attach_quantizers, save_quantized  # noqa: E402
 from plugin.quant import lowrank as lr  # noqa: E402
@@ -267,7 +267,7 @@ def test_branch_applied_exactly():
                 expect = F.linear(xq, q.weight_quantizer(q.weight + delta), q.bias)
             assert torch.allclose(q(x), expect, atol=1e-5)
             if post:
-                with pytest.raises(UserInputError):
+                with pytest.raises(ConfigError):
                     lr.merge_branch(q)
             else:
                 before = q(x)

@@ -8,7 +8,7 @@ from typing import Dict, List, Tuple
 
 import torch.nn as nn
 
-from ..errors import UserInputError
+from .errors import ConfigError
 
 ADAPTERS: Dict[str, "Adapter"] = {}
 
@@ -21,12 +21,12 @@ def register_adapter(cls):
 def find_adapter(model, name=None) -> "Adapter":
     if name is not None:
         if name not in ADAPTERS:
-            raise UserInputError(f"unknown adapter {name!r}; available: {sorted(ADAPTERS)}")
+            raise ConfigError(f"unknown adapter {name!r}; available: {sorted(ADAPTERS)}")
         return ADAPTERS[name]
     for adapter in ADAPTERS.values():
         if adapter.matches(model):
             return adapter
-    raise UserInputError(
+    raise ConfigError(
         f"no adapter knows the architecture {type(model).__name__}; available adapters: {sorted(ADAPTERS)}")
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from ..errors import CalibrationError, UserInputError
+from .errors import CalibrationError, CheckpointError, ConfigError
 from .modules import MatMul, quant_class_for, quantizer_slots
 from .quantizers import Observation, build_quantizer
 from .spec import Role
@@ -137,8 +137,8 @@ def attach_quantizers(model, recipe, adapter) -> List[Site]:
                 module = quant_cls.from_module(module)
                 set_submodule(model, name, module)
             elif not hasattr(module, "weight_quantizer"):  # an already quantized module is re-attached as it is
-                raise UserInputError(f"adapter {adapter.name} gave role {role.value} to {name}, "
-                                     f"a {type(module).__name__}, which cannot be quantized")
+                raise ConfigError(f"adapter {adapter.name} gave role {role.value} to {name}, "
+                                  f"a {type(module).__name__}, which cannot be quantized")
         site = Site(name, module, role, post_ln=name in consumers)
         for slot, axis in quantizer_slots(module):
             setattr(module, slot, _make_quantizer(recipe.spec_for(_site_keys(site, slot)), axis))
@@ -255,12 +255,12 @@ def calibrate_group(ctx, members, stop_after=None):
 
 def check_passes(recipe):
     """Refuse unknown passes and pass options before any forward: each registered pass may carry a
-    `check_options(recipe, **options)` that raises UserInputError (the reconstruction passes do)."""
+    `check_options(recipe, **options)` that raises ConfigError (the reconstruction passes do)."""
     for p in recipe.passes:
         options = dict(p)
         kind = options.pop("type", None)
         if kind not in PASSES:
-            raise UserInputError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
+            raise ConfigError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
         checker = getattr(PASSES[kind], "check_options", None)
         if checker is not None:
             checker(recipe, **options)
@@ -275,7 +275,7 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     rolled back are listed in `model._vitq_rollbacks`."""
     from .adapter import Adapter, find_adapter
     if resume and not checkpoint_dir:
-        raise UserInputError("resume needs a checkpoint directory")
+        raise ConfigError("resume needs a checkpoint directory")
     check_passes(recipe)
     if not isinstance(adapter, Adapter):
         adapter = find_adapter(model, adapter)
@@ -306,12 +306,12 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         kind = p.pop("type")
         ctx.pass_index, ctx.pass_kind = pass_index, kind
         if kind not in PASSES:
-            raise UserInputError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
+            raise ConfigError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
         t1 = time.time()
         PASSES[kind](ctx, **p)
         log(f"[calibrate {recipe.name}] pass {kind} done, {time.time() - t1:.1f}s")
     if checkpoint is not None and checkpoint.resume_step is not None:
-        raise UserInputError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
+        raise CheckpointError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
     model._vitq_recipe = recipe
     model._vitq_adapter = adapter.name
     model._vitq_rollbacks = list(ctx.rollbacks)

@@ -30,7 +30,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..errors import UserInputError
+from .errors import ConfigError
 from .calibrate import register_pass
 from .modules import QuantLinear
 from .recon import ReconConfig, check_recon_options, reconstruct
@@ -129,7 +129,7 @@ class LowRankQuantLinear(QuantLinear):
 def attach_branch(linear, ranks, post=False, generator=None, init_std=None):
     """Give a QuantLinear a low-rank branch (in place, class swap). Ranks above min(in, out) are dropped."""
     if not isinstance(linear, QuantLinear):
-        raise UserInputError(f"low-rank branches need a QuantLinear, got {type(linear).__name__}")
+        raise ConfigError(f"low-rank branches need a QuantLinear, got {type(linear).__name__}")
     limit = min(linear.in_features, linear.out_features)
     ranks = [r for r in ranks if 0 < r <= limit] or [limit]
     branch = LowRankBranch(linear.out_features, linear.in_features, ranks, post, generator, init_std)
@@ -151,8 +151,8 @@ def merge_branch(linear):
     """Fold a pre-quantization branch into the weight: W ← W + A·B. Outputs are unchanged, Q(W + A·B) exactly."""
     branch = linear.lowrank
     if branch.is_post:
-        raise UserInputError("a post-quantization branch Q(W) + A·B cannot be merged into the weight without "
-                             "re-quantizing it; keep it (merge=False) or use placement='pre'")
+        raise ConfigError("a post-quantization branch Q(W) + A·B cannot be merged into the weight without "
+                          "re-quantizing it; keep it (merge=False) or use placement='pre'")
     linear.weight.data = linear.weight.data + branch.delta()
     detach_branch(linear)
 
@@ -274,12 +274,12 @@ def lowrank(ctx, rank_candidates=(4, 8, 16, 32), search=True, search_frac=0.3, a
     """AIQViT low-rank compensation, trained by block reconstruction (options of ReconConfig pass through;
     `learn` defaults to the activation and weight scales, the branches are always learned)."""
     if placement not in ("pre", "post"):
-        raise UserInputError(f"lowrank: placement must be 'pre' (Q(W + AB)) or 'post' (Q(W) + AB), got {placement!r}")
+        raise ConfigError(f"lowrank: placement must be 'pre' (Q(W + AB)) or 'post' (Q(W) + AB), got {placement!r}")
     if merge and placement == "post":
-        raise UserInputError("lowrank: merge=True needs placement='pre'; a Q(W) + AB branch must be kept")
+        raise ConfigError("lowrank: merge=True needs placement='pre'; a Q(W) + AB branch must be kept")
     ranks = tuple(int(r) for r in rank_candidates)
     if not ranks or min(ranks) < 1:
-        raise UserInputError(f"lowrank: rank_candidates must be positive integers, got {rank_candidates}")
+        raise ConfigError(f"lowrank: rank_candidates must be positive integers, got {rank_candidates}")
     role_set = None if roles is None else {Role(r) for r in roles}
     cfg = ReconConfig.build(ctx, "lowrank", setting, curriculum=curriculum, **options)
     ext = LowRankSearch(ranks, search, search_frac, arch_lr, rank_penalty, placement == "post", branch_lr,

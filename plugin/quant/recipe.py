@@ -17,7 +17,7 @@ upstream, the same block included, already quantized (RepQ-ViT's order); "none" 
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from ..errors import UserInputError
+from .errors import ConfigError
 from .spec import QuantSpec, Role
 
 RECIPE_VERSION = 2
@@ -46,12 +46,12 @@ class Recipe:
         if isinstance(self.sequential, bool):  # recipes of version 1 stored a flag
             self.sequential = "block" if self.sequential else "none"
         if self.sequential not in SEQUENTIAL_MODES:
-            raise UserInputError(f"recipe {self.name}: sequential must be one of {SEQUENTIAL_MODES}, "
-                                 f"got {self.sequential!r}")
+            raise ConfigError(f"recipe {self.name}: sequential must be one of {SEQUENTIAL_MODES}, "
+                              f"got {self.sequential!r}")
         self.reparam_skip_roles = tuple(Role(r) for r in self.reparam_skip_roles)
         for key, spec in self.sites.items():
             if spec is not None and not isinstance(spec, QuantSpec):
-                raise UserInputError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
+                raise ConfigError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
 
     def spec_for(self, keys):
         """The spec of the first key present in `sites` (None = float), else the default of the last key."""
@@ -74,7 +74,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, d):
         if d.get("version", 0) > RECIPE_VERSION:
-            raise UserInputError(f"recipe version {d.get('version')} is newer than this library ({RECIPE_VERSION})")
+            raise ConfigError(f"recipe version {d.get('version')} is newer than this library ({RECIPE_VERSION})")
         return cls(
             name=d["name"], w_bits=d["w_bits"], a_bits=d["a_bits"],
             weight=QuantSpec.from_dict(d["weight"]), act=QuantSpec.from_dict(d["act"]),
@@ -97,14 +97,14 @@ def register_recipe(name):
 def get_recipe(name, w_bits=4, a_bits=4, **overrides) -> Recipe:
     """Build a registered recipe at the given bit widths; keyword overrides replace recipe fields."""
     if name not in RECIPES:
-        raise UserInputError(f"unknown method {name!r}; available: {', '.join(sorted(RECIPES))}")
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(RECIPES))}")
     for label, bits in (("weight", w_bits), ("activation", a_bits)):
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-            raise UserInputError(f"{label} bit width must be an integer from 2 to 8, got {bits!r}")
+            raise ConfigError(f"{label} bit width must be an integer from 2 to 8, got {bits!r}")
     recipe = RECIPES[name](w_bits, a_bits)
     for key, value in overrides.items():
         if not hasattr(recipe, key):
-            raise UserInputError(f"recipe {name} has no field {key!r}")
+            raise ConfigError(f"recipe {name} has no field {key!r}")
         setattr(recipe, key, value)
     if overrides:
         recipe.__post_init__()  # overridden fields are validated like constructed ones

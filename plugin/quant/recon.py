@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CalibrationError, UserInputError
+from .errors import CalibrationError, ConfigError
 from .calibrate import PASSES, REPARAM_RULES, CalibContext, Observer, Site, StopForward, register_pass
 from .quantizers import Quantizer, TwinUniformQuantizer, UniformQuantizer, _LogQuantizer
 from .reparam import fold_channelwise
@@ -97,23 +97,23 @@ class ReconConfig:
         self.learn = tuple(self.learn)
         bad = [x for x in self.learn if x not in LEARNABLE]
         if bad:
-            raise UserInputError(f"{self.tag}: cannot learn {bad}; choose from {LEARNABLE}")
+            raise ConfigError(f"{self.tag}: cannot learn {bad}; choose from {LEARNABLE}")
         if self.input_source not in ("quant", "float"):
-            raise UserInputError(f"{self.tag}: input_source must be 'quant' or 'float', got {self.input_source!r}")
+            raise ConfigError(f"{self.tag}: input_source must be 'quant' or 'float', got {self.input_source!r}")
         if self.iters < 0 or self.batch_size < 1 or self.lr < 0 or self.scale_lr < 0:
-            raise UserInputError(f"{self.tag}: iters, batch_size and learning rates must be non-negative")
+            raise ConfigError(f"{self.tag}: iters, batch_size and learning rates must be non-negative")
         if not (0 < self.curriculum_start <= 1 and 0 < self.curriculum_full_at <= 1):
-            raise UserInputError(f"{self.tag}: curriculum_start and curriculum_full_at must be in (0, 1]")
+            raise ConfigError(f"{self.tag}: curriculum_start and curriculum_full_at must be in (0, 1]")
 
     @classmethod
     def build(cls, ctx, tag, setting="paper", **options):
         """Defaults from the setting and the recipe's bit widths, overridden by the pass options."""
         if setting not in SETTINGS:
-            raise UserInputError(f"{tag}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
+            raise ConfigError(f"{tag}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise UserInputError(f"{tag}: unknown options {unknown}; known: {sorted(known - {'tag'})} and 'setting'")
+            raise ConfigError(f"{tag}: unknown options {unknown}; known: {sorted(known - {'tag'})} and 'setting'")
         values = dict(iters=default_iters(ctx.recipe, setting), batch_size=SETTINGS[setting]["batch_size"])
         values.update({k: v for k, v in options.items() if v is not None})
         return cls(tag=tag, **values)
@@ -673,7 +673,7 @@ def reconstruct_unit(ctx, unit, cfg, reference, index=0, total=1, extension=None
 def reconstruct(ctx, cfg, reference=None, extension=None):
     """Reconstruct every unit in execution order. Returns {unit name: (before, after, status)}."""
     if torch.is_inference_mode_enabled():
-        raise UserInputError(f"{cfg.tag} trains parameters: do not call quantize() under torch.inference_mode()")
+        raise ConfigError(f"{cfg.tag} trains parameters: do not call quantize() under torch.inference_mode()")
     if reference is None:
         reference = float_reference(ctx)
     units = reconstruction_units(ctx, cfg.layers)
@@ -708,7 +708,7 @@ def check_recon_options(pass_fn, recipe, setting="paper", **options):
     fields with their value checks (so `iters=-1` or a misspelt option fails before calibration starts)."""
     tag = pass_fn.__name__
     if setting not in SETTINGS:
-        raise UserInputError(f"{tag}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
+        raise ConfigError(f"{tag}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
     own = {n for n, prm in inspect.signature(pass_fn).parameters.items()
            if n != "ctx" and prm.kind is not inspect.Parameter.VAR_KEYWORD}
     if "rule" in options and options["rule"] is not None:
@@ -717,13 +717,13 @@ def check_recon_options(pass_fn, recipe, setting="paper", **options):
     known = {f.name for f in fields(ReconConfig)} - {"tag"}
     unknown = sorted(set(rest) - known)
     if unknown:
-        raise UserInputError(f"{tag}: unknown options {unknown}; known: {sorted(known | own)}")
+        raise ConfigError(f"{tag}: unknown options {unknown}; known: {sorted(known | own)}")
     values = dict(iters=default_iters(recipe, setting), batch_size=SETTINGS[setting]["batch_size"])
     values.update({k: v for k, v in rest.items() if v is not None})
     try:
         ReconConfig(tag=tag, **values)
     except TypeError as exc:  # e.g. a string where a number belongs
-        raise UserInputError(f"{tag}: bad option value: {exc}") from exc
+        raise ConfigError(f"{tag}: bad option value: {exc}") from exc
 
 
 @register_pass("block_recon")
@@ -738,7 +738,7 @@ def context_for(model, calib, log=print, seed=0):
     from .adapter import find_adapter
     recipe = getattr(model, "_vitq_recipe", None)
     if recipe is None:
-        raise UserInputError("context_for needs a model returned by quantize() or load_quantized()")
+        raise ConfigError("context_for needs a model returned by quantize() or load_quantized()")
     adapter = find_adapter(model, model._vitq_adapter)
     consumers = {c for _, cs in adapter.norm_consumers(model) for c in cs}
     sites = [Site(name, model.get_submodule(name), Role(role), post_ln=name in consumers)
@@ -751,7 +751,7 @@ def run_pass(ctx, spec):
     spec = dict(spec)
     kind = spec.pop("type")
     if kind not in PASSES:
-        raise UserInputError(f"unknown pass {kind!r}; known: {sorted(PASSES)}")
+        raise ConfigError(f"unknown pass {kind!r}; known: {sorted(PASSES)}")
     return PASSES[kind](ctx, **spec)
 
 
@@ -804,7 +804,7 @@ def register_channel_fold(name):
 
 def _check_rule(rule):
     if rule not in REPARAM_RULES:
-        raise UserInputError(f"sos: unknown reparameterisation rule {rule!r}; known: {sorted(REPARAM_RULES)}")
+        raise ConfigError(f"sos: unknown reparameterisation rule {rule!r}; known: {sorted(REPARAM_RULES)}")
 
 
 def reparameterize_channelwise(ctx, rule="mean"):
@@ -853,7 +853,7 @@ def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bia
     cfg = ReconConfig.build(ctx, "sos", setting, learn=learn, **options)
     stages = tuple(stages)
     if not set(stages) <= {1, 2, 3}:
-        raise UserInputError(f"sos: stages must be drawn from (1, 2, 3), got {stages}")
+        raise ConfigError(f"sos: stages must be drawn from (1, 2, 3), got {stages}")
     rule = rule or ctx.recipe.reparam or "mean"
     _check_rule(rule)  # before stage 1's reconstruction, not after it
     reference = float_reference(ctx)

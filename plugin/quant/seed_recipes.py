@@ -18,7 +18,7 @@ that are not registered when the recipe runs make `quantize` raise a clear error
 """
 from functools import partial
 
-from ..errors import UserInputError
+from .errors import ConfigError
 from .recipe import Recipe, _first_layer_sites, register_recipe
 from .recon import SETTINGS
 from .spec import QuantSpec
@@ -46,7 +46,7 @@ def dopq_recipe(w_bits, a_bits, *, tanq=True, mosf=True, setting="paper", iters=
 
     Off switches fall back to what DopQ-ViT improves on: log√2 post-Softmax (RepQ-ViT's), the `mean` scale rule."""
     if setting not in SETTINGS:  # here, not when the pass starts after a full calibration
-        raise UserInputError(f"{name}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
+        raise ConfigError(f"{name}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
     softmax = QuantSpec(a_bits, kind="tanq" if tanq else "log_sqrt2", search="mse")
     rule = "mosf" if mosf else "mean"
     passes = [_pass("sos", setting, iters=iters, batch_size=batch_size, lr=lr, rule=rule)]

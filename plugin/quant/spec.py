@@ -2,7 +2,7 @@
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from ..errors import UserInputError
+from .errors import ConfigError
 
 
 class Role(str, Enum):
@@ -40,13 +40,13 @@ class QuantSpec:
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise UserInputError(f"bit width must be an integer from 2 to 8, got {self.bits!r}")
+            raise ConfigError(f"bit width must be an integer from 2 to 8, got {self.bits!r}")
         if self.kind not in QUANTIZER_KINDS:
-            raise UserInputError(f"unknown quantizer kind {self.kind!r}; known: {QUANTIZER_KINDS}")
+            raise ConfigError(f"unknown quantizer kind {self.kind!r}; known: {QUANTIZER_KINDS}")
         if self.granularity not in GRANULARITIES:
-            raise UserInputError(f"unknown granularity {self.granularity!r}; known: {GRANULARITIES}")
+            raise ConfigError(f"unknown granularity {self.granularity!r}; known: {GRANULARITIES}")
         if self.search not in SEARCHES:
-            raise UserInputError(f"unknown range search {self.search!r}; known: {SEARCHES}")
+            raise ConfigError(f"unknown range search {self.search!r}; known: {SEARCHES}")
         if isinstance(self.options, dict):
             object.__setattr__(self, "options", tuple(sorted(self.options.items())))
 
