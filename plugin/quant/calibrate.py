@@ -12,7 +12,7 @@
 """
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -20,17 +20,15 @@ import torch.nn as nn
 from .errors import CalibrationError, CheckpointError, ConfigError
 from .modules import MatMul, quant_class_for, quantizer_slots
 from .quantizers import Observation, build_quantizer
+from .registry import Registry
 from .spec import Role
 
-PASSES: Dict[str, Callable] = {}
-REPARAM_RULES: Dict[str, Callable] = {}
+PASSES = Registry("pass")
+REPARAM_RULES = Registry("reparameterisation rule")
 
 
 def register_pass(name):
-    def deco(fn):
-        PASSES[name] = fn
-        return fn
-    return deco
+    return PASSES.register(name)
 
 
 @dataclass
@@ -259,9 +257,7 @@ def check_passes(recipe):
     for p in recipe.passes:
         options = dict(p)
         kind = options.pop("type", None)
-        if kind not in PASSES:
-            raise ConfigError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
-        checker = getattr(PASSES[kind], "check_options", None)
+        checker = getattr(PASSES.lookup(kind, where=f"recipe {recipe.name}"), "check_options", None)
         if checker is not None:
             checker(recipe, **options)
 
@@ -305,10 +301,8 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         p = dict(p)
         kind = p.pop("type")
         ctx.pass_index, ctx.pass_kind = pass_index, kind
-        if kind not in PASSES:
-            raise ConfigError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
         t1 = time.time()
-        PASSES[kind](ctx, **p)
+        PASSES.lookup(kind, where=f"recipe {recipe.name}")(ctx, **p)
         log(f"[calibrate {recipe.name}] pass {kind} done, {time.time() - t1:.1f}s")
     if checkpoint is not None and checkpoint.resume_step is not None:
         raise CheckpointError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")

@@ -12,17 +12,17 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ConfigError
+from .registry import Registry
 
 FORMAT = "vitq-quantized"
 FORMAT_VERSION = 1
 # Functions (model, state) run after the quantized structure is rebuilt and before the tensors load: passes that add
 # submodules (e.g. unmerged low-rank branches) register one to re-create them.
-LOAD_HOOKS = []
+LOAD_HOOKS = Registry("load hook")
 
 
 def register_load_hook(fn):
-    LOAD_HOOKS.append(fn)
-    return fn
+    return LOAD_HOOKS.register(fn.__name__, fn)
 
 
 def package_versions():
@@ -135,7 +135,7 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     fp_model.eval()
     adapter.prepare(fp_model)
     attach_quantizers(fp_model, recipe, adapter)
-    for hook in LOAD_HOOKS:
+    for hook in LOAD_HOOKS.values():
         hook(fp_model, state)
     for name, module in fp_model.named_modules():
         key = f"{name}.bias" if name else "bias"

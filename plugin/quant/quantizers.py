@@ -12,22 +12,17 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
-from .spec import QuantSpec
-
-QUANTIZERS = {}
+from .spec import QUANTIZERS, QuantSpec
 
 
 def register_quantizer(kind):
     def deco(cls):
-        QUANTIZERS[kind] = cls
         cls.kind = kind
-        return cls
+        return QUANTIZERS.register(kind, cls)
     return deco
 
 
 def build_quantizer(spec: QuantSpec, channel_axis: int = -1) -> "Quantizer":
-    if spec.kind not in QUANTIZERS:
-        raise ConfigError(f"quantizer kind {spec.kind!r} is not registered (import plugin.quant registers all)")
     return QUANTIZERS[spec.kind](spec, channel_axis)
 
 

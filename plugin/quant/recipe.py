@@ -15,14 +15,15 @@ were with every earlier block quantized; "site" sets each quantizer as the forwa
 upstream, the same block included, already quantized (RepQ-ViT's order); "none" observes the whole float model once.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from .errors import ConfigError
+from .registry import Registry
 from .spec import QuantSpec, Role
 
 RECIPE_VERSION = 2
 SEQUENTIAL_MODES = ("block", "site", "none")
-RECIPES: Dict[str, Callable[..., "Recipe"]] = {}
+RECIPES = Registry("method")  # name -> fn(w_bits, a_bits) -> Recipe
 
 
 @dataclass
@@ -88,20 +89,16 @@ class Recipe:
 
 
 def register_recipe(name):
-    def deco(fn):
-        RECIPES[name] = fn
-        return fn
-    return deco
+    return RECIPES.register(name)
 
 
 def get_recipe(name, w_bits=4, a_bits=4, **overrides) -> Recipe:
     """Build a registered recipe at the given bit widths; keyword overrides replace recipe fields."""
-    if name not in RECIPES:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(RECIPES))}")
+    build = RECIPES[name]
     for label, bits in (("weight", w_bits), ("activation", a_bits)):
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ConfigError(f"{label} bit width must be an integer from 2 to 8, got {bits!r}")
-    recipe = RECIPES[name](w_bits, a_bits)
+    recipe = build(w_bits, a_bits)
     for key, value in overrides.items():
         if not hasattr(recipe, key):
             raise ConfigError(f"recipe {name} has no field {key!r}")

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .errors import CalibrationError, ConfigError
 from .calibrate import PASSES, REPARAM_RULES, CalibContext, Observer, Site, StopForward, register_pass
 from .quantizers import Quantizer, TwinUniformQuantizer, UniformQuantizer, _LogQuantizer
+from .registry import Registry
 from .reparam import fold_channelwise
 from .spec import Role
 
@@ -750,8 +751,6 @@ def run_pass(ctx, spec):
     """Run one pass given as a recipe entry ({"type": name, **options})."""
     spec = dict(spec)
     kind = spec.pop("type")
-    if kind not in PASSES:
-        raise ConfigError(f"unknown pass {kind!r}; known: {sorted(PASSES)}")
     return PASSES[kind](ctx, **spec)
 
 
@@ -792,19 +791,15 @@ def _observe_inputs(ctx, pairs):
 
 # Rules whose channel→layer step is not the exact fold: name -> fold(norm, consumers, scales, zeros, s̃, qmin, qmax)
 # returning z̃, applied in place (DopQ-ViT's "mosf", plugin.quant.mosf). Rules without an entry fold exactly.
-CHANNEL_FOLDS = {}
+CHANNEL_FOLDS = Registry("channel fold")
 
 
 def register_channel_fold(name):
-    def deco(fn):
-        CHANNEL_FOLDS[name] = fn
-        return fn
-    return deco
+    return CHANNEL_FOLDS.register(name)
 
 
 def _check_rule(rule):
-    if rule not in REPARAM_RULES:
-        raise ConfigError(f"sos: unknown reparameterisation rule {rule!r}; known: {sorted(REPARAM_RULES)}")
+    REPARAM_RULES.lookup(rule, where="sos")
 
 
 def reparameterize_channelwise(ctx, rule="mean"):

@@ -17,10 +17,7 @@ from .quantizers import UniformQuantizer
 
 
 def register_reparam_rule(name):
-    def deco(fn):
-        REPARAM_RULES[name] = fn
-        return fn
-    return deco
+    return REPARAM_RULES.register(name)
 
 
 @register_reparam_rule("mean")

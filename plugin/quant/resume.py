@@ -128,7 +128,7 @@ class CalibCheckpoint:
             state = load_file(path, device=str(device))
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"cannot read calibration checkpoint {path}: {exc}") from exc
-        for hook in LOAD_HOOKS:
+        for hook in LOAD_HOOKS.values():
             hook(model, state)
         for name, module in model.named_modules():
             key = f"{name}.bias" if name else "bias"
