@@ -153,7 +153,7 @@ def test_model_dependent_units_fit_the_float_unit_on_their_own_inputs(setup, mon
     monkeypatch.setattr(recon, "capture_outputs", lambda c, unit: captured.append(unit.name) or capture(c, unit))
     logs = []
     ctx.log = logs.append
-    cfg = recon.ReconConfig.build(ctx, "block_recon", iters=10, batch_size=8, layers=False)
+    cfg = recon.ReconConfig(iters=10, batch_size=8, layers=False)
     report = recon.reconstruct(ctx, cfg)
     assert captured == ["blocks.0"]
     assert any("blocks.1: its inputs depend on the model's own predictions" in line for line in logs), logs

@@ -118,9 +118,14 @@ def test_block_order_observes_a_block_in_float(monkeypatch):
     ("isvit", dict(rule="nosuch"), "unknown reparameterisation rule"),
 ])
 def test_bad_pass_options_fail_before_any_forward(method, option, match):
-    """A bad reconstruction option is refused by quantize() before the model runs once (issue 15's criterion)."""
+    """A bad reconstruction option is refused before the model runs once (issue 15's criterion): when the recipe is
+    built, when its passes are assigned, and by quantize() for a pass list edited in place."""
+    with pytest.raises(ConfigError, match=match):
+        get_recipe(method, 4, 4, passes=[dict(p, **option) for p in get_recipe(method, 4, 4).passes])
     recipe = get_recipe(method, 4, 4)
-    recipe.passes = [dict(p, **option) for p in recipe.passes]
+    with pytest.raises(ConfigError, match=match):
+        recipe.passes = [dict(p, **option) for p in recipe.passes]
+    recipe.passes[0] = dict(recipe.passes[0], **option)
     model = build("vit")
     model.register_forward_pre_hook(lambda *a: pytest.fail("the model ran before the options were checked"))
     with pytest.raises(ConfigError, match=match):

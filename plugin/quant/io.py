@@ -114,7 +114,7 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     path = model_prefix(path)
     from safetensors.torch import load_file
     from .adapter import find_adapter
-    from .calibrate import attach_quantizers
+    from .attach import attach_quantizers
     from .recipe import Recipe
     from safetensors import SafetensorError
     meta = read_meta(path)

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .errors import ConfigError
+from .passes import PassConfig, pass_config
 from .registry import Registry
+from .reparam import REPARAM_RULES
 from .spec import QuantSpec, Role
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: passes are typed configs (plugin.quant.passes), written with every option and a version
 SEQUENTIAL_MODES = ("block", "site", "none")
 RECIPES = Registry("method")  # name -> fn(w_bits, a_bits) -> Recipe
 
@@ -39,9 +41,14 @@ class Recipe:
     reparam_skip_roles: tuple = ()         # consumers of these roles keep their own (unfolded) input quantizer
     sequential: str = "block"              # calibration order, see SEQUENTIAL_MODES and the module docstring
     observe_elems: int = 2 ** 20           # sampled activation values kept per quantizer for the range searches
-    passes: List[dict] = field(default_factory=list)
+    passes: List[PassConfig] = field(default_factory=list)  # dict entries are turned into configs (__setattr__)
     calib_num: int = 32
     version: int = RECIPE_VERSION
+
+    def __setattr__(self, name, value):
+        if name == "passes":  # whenever passes are set (built, loaded, edited): checked configs, bad options refused
+            value = [pass_config(p, where=f"recipe {self.name}") for p in value]
+        super().__setattr__(name, value)
 
     def __post_init__(self):
         if isinstance(self.sequential, bool):  # recipes of version 1 stored a flag
@@ -49,6 +56,8 @@ class Recipe:
         if self.sequential not in SEQUENTIAL_MODES:
             raise ConfigError(f"recipe {self.name}: sequential must be one of {SEQUENTIAL_MODES}, "
                               f"got {self.sequential!r}")
+        if self.reparam is not None:
+            REPARAM_RULES.lookup(self.reparam, where=f"recipe {self.name}")
         self.reparam_skip_roles = tuple(Role(r) for r in self.reparam_skip_roles)
         for key, spec in self.sites.items():
             if spec is not None and not isinstance(spec, QuantSpec):
@@ -69,7 +78,7 @@ class Recipe:
             "float_roles": [Role(r).value for r in self.float_roles], "reparam": self.reparam,
             "reparam_skip_roles": [r.value for r in self.reparam_skip_roles],
             "sequential": self.sequential, "observe_elems": self.observe_elems,
-            "passes": [dict(p) for p in self.passes], "calib_num": self.calib_num, "version": self.version,
+            "passes": [pass_config(p).to_dict() for p in self.passes], "calib_num": self.calib_num, "version": self.version,
         }
 
     @classmethod

@@ -12,8 +12,10 @@ other methods register theirs) and changes only how hard the reparameterised wei
 import torch
 import torch.nn as nn
 
-from .calibrate import REPARAM_RULES
 from .quantizers import UniformQuantizer
+from .registry import Registry
+
+REPARAM_RULES = Registry("reparameterisation rule")  # name -> fn(channel scales, Observation or None) -> s̃
 
 
 def register_reparam_rule(name):
