@@ -3,7 +3,7 @@ import pytest
 
 import plugin  # noqa: F401  (registers everything)
 from plugin.quant import ADAPTERS, PASSES, QUANTIZERS, RECIPES, Registry
-from plugin.quant.calibrate import REPARAM_RULES
+from plugin.quant.reparam import REPARAM_RULES
 from plugin.quant.errors import ConfigError
 from plugin.quant.io import LOAD_HOOKS
 from plugin.quant.recon import CHANNEL_FOLDS
