@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from plugin.errors import UserInputError
+from plugin.quant.errors import ConfigError
 from plugin.quant import CalibData, QuantSpec, Recipe, get_recipe, quantize, set_quant_enabled
 from plugin.quant import recon
 from plugin.quant.mosf import mad_outliers, mosf_fold, mosf_scale
@@ -41,7 +41,7 @@ def test_lite_recipes_round_trip(name):
 
 
 def test_bad_setting_fails_when_the_recipe_is_built():
-    with pytest.raises(UserInputError, match="setting"):
+    with pytest.raises(ConfigError, match="setting"):
         get_recipe("dopq", 3, 3, setting="huge")
 
 
@@ -175,7 +175,7 @@ def test_sos_unknown_rule_fails_before_any_forward(channelwise_vit):
     def no_forward(*_):
         raise AssertionError("a forward ran")
     ctx = recon.context_for(copy.deepcopy(model), CalibData(calib.batches, no_forward), log=quiet)
-    with pytest.raises(UserInputError, match="rule"):
+    with pytest.raises(ConfigError, match="rule"):
         recon.run_pass(ctx, dict(type="sos", rule="median_of_nothing", iters=1))
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from plugin.errors import UserInputError
+from plugin.quant.errors import ConfigError
 from plugin.quant import Observation, QuantSpec, build_quantizer, get_recipe
 from plugin.quant.quantizers import QUANTIZERS
 
@@ -498,18 +498,18 @@ def test_every_kind_is_registered():
 @pytest.mark.parametrize("bits", [-1, 0, 1, 9, 16, 4.0, True, "4", None])
 def test_bits_outside_2_to_8_raise(bits):
     for kind in ("uniform", "log2", "log_sqrt2", "twin_uniform"):
-        with pytest.raises(UserInputError):
+        with pytest.raises(ConfigError):
             QuantSpec(bits, kind=kind)
-    with pytest.raises(UserInputError):
+    with pytest.raises(ConfigError):
         QuantSpec(4).replace(bits=bits)
 
 
 @pytest.mark.parametrize("bits", [0, 1, 9, 3.5])
 def test_recipe_bits_outside_2_to_8_raise(bits):
     for name in ("minmax", "ptq4vit", "repq"):
-        with pytest.raises(UserInputError):
+        with pytest.raises(ConfigError):
             get_recipe(name, w_bits=bits, a_bits=4)
-        with pytest.raises(UserInputError):
+        with pytest.raises(ConfigError):
             get_recipe(name, w_bits=4, a_bits=bits)
 
 
@@ -522,11 +522,11 @@ def test_bits_at_the_limits_are_accepted(bits):
 @pytest.mark.parametrize("field,value", [("kind", "log3"), ("kind", "UNIFORM"), ("kind", ""),
                                          ("granularity", "row"), ("search", "kl")])
 def test_unknown_kind_granularity_or_search_raise(field, value):
-    with pytest.raises(UserInputError):
+    with pytest.raises(ConfigError):
         QuantSpec(4, **{field: value})
-    with pytest.raises(UserInputError):
+    with pytest.raises(ConfigError):
         QuantSpec(4).replace(**{field: value})
     d = QuantSpec(4).to_dict()
     d[field] = value
-    with pytest.raises(UserInputError):
+    with pytest.raises(ConfigError):
         QuantSpec.from_dict(d)

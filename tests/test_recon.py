@@ -12,7 +12,7 @@ timm = pytest.importorskip("timm")
 
 import plugin.adapters  # noqa: E402,F401
 from plugin.adapters import find_adapter  # noqa: E402
-from plugin.errors import UserInputError  # noqa: E402
+from plugin.quant.errors import ConfigError  # noqa: E402
 from plugin.quant import CalibData, QuantLinear, QuantSpec, get_recipe, io, load_quantized, quantize  # noqa: E402
 from plugin.quant import attach_quantizers, save_quantized  # noqa: E402
 from plugin.quant import lowrank as lr  # noqa: E402
@@ -153,7 +153,7 @@ def test_model_dependent_units_fit_the_float_unit_on_their_own_inputs(setup, mon
     monkeypatch.setattr(recon, "capture_outputs", lambda c, unit: captured.append(unit.name) or capture(c, unit))
     logs = []
     ctx.log = logs.append
-    cfg = recon.ReconConfig.build(ctx, "block_recon", iters=10, batch_size=8, layers=False)
+    cfg = recon.ReconConfig(iters=10, batch_size=8, layers=False)
     report = recon.reconstruct(ctx, cfg)
     assert captured == ["blocks.0"]
     assert any("blocks.1: its inputs depend on the model's own predictions" in line for line in logs), logs
@@ -267,7 +267,7 @@ def test_branch_applied_exactly():
                 expect = F.linear(xq, q.weight_quantizer(q.weight + delta), q.bias)
             assert torch.allclose(q(x), expect, atol=1e-5)
             if post:
-                with pytest.raises(UserInputError):
+                with pytest.raises(ConfigError):
                     lr.merge_branch(q)
             else:
                 before = q(x)

@@ -13,7 +13,7 @@ import torch
 
 import plugin  # noqa: F401
 from plugin.config import load_config
-from plugin.errors import UserInputError
+from plugin.quant.errors import CheckpointError
 from plugin.quant import get_recipe, quantize, recon, save_quantized
 from plugin.tasks.base import get_task
 
@@ -115,18 +115,18 @@ def test_resume_refuses_other_recipe_or_model(embedded, tmp_path):
     quantize(copy.deepcopy(fp), short("isvit"), calib, log=quiet, seed=3, checkpoint_dir=ckpt)
     other = short("isvit")
     other.passes = [dict(p, iters=ITERS + 1) for p in other.passes]
-    with pytest.raises(UserInputError, match="different recipe"):
+    with pytest.raises(CheckpointError, match="different recipe"):
         quantize(copy.deepcopy(fp), other, calib, log=quiet, seed=3, checkpoint_dir=ckpt, resume=True)
     changed = copy.deepcopy(fp)
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
-    with pytest.raises(UserInputError, match="different model"):
+    with pytest.raises(CheckpointError, match="different model"):
         quantize(changed, short("isvit"), calib, log=quiet, seed=3, checkpoint_dir=ckpt, resume=True)
-    with pytest.raises(UserInputError, match="different seed"):
+    with pytest.raises(CheckpointError, match="different seed"):
         quantize(copy.deepcopy(fp), short("isvit"), calib, log=quiet, seed=4, checkpoint_dir=ckpt, resume=True)
     with open(os.path.join(ckpt, "calib.json"), "w") as f:
         f.write("{not json")
-    with pytest.raises(UserInputError, match="cannot read calibration checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read calibration checkpoint"):
         quantize(copy.deepcopy(fp), short("isvit"), calib, log=quiet, seed=3, checkpoint_dir=ckpt, resume=True)
 
 

@@ -3,7 +3,7 @@ per-site calibration order and the unfolded classifier input; and the recipe fie
 import pytest
 import torch
 
-from plugin.errors import UserInputError
+from plugin.quant.errors import ConfigError
 from plugin.quant import Observation, QuantSpec, Role, build_quantizer, get_recipe, quantize
 from plugin.quant.calibrate import Observer
 from plugin.quant.quantizers import QUANTILE_CANDIDATES, Quantizer
@@ -77,7 +77,7 @@ def test_recipe_version_1_sequential_flag_and_bad_modes():
     assert Recipe.from_dict(d).sequential == "none"
     d["sequential"] = True
     assert Recipe.from_dict(d).sequential == "block"
-    with pytest.raises(UserInputError, match="sequential"):
+    with pytest.raises(ConfigError, match="sequential"):
         get_recipe("minmax", 4, 4, sequential="layer")
 
 
@@ -118,10 +118,15 @@ def test_block_order_observes_a_block_in_float(monkeypatch):
     ("isvit", dict(rule="nosuch"), "unknown reparameterisation rule"),
 ])
 def test_bad_pass_options_fail_before_any_forward(method, option, match):
-    """A bad reconstruction option is refused by quantize() before the model runs once (issue 15's criterion)."""
+    """A bad reconstruction option is refused before the model runs once (issue 15's criterion): when the recipe is
+    built, when its passes are assigned, and by quantize() for a pass list edited in place."""
+    with pytest.raises(ConfigError, match=match):
+        get_recipe(method, 4, 4, passes=[dict(p, **option) for p in get_recipe(method, 4, 4).passes])
     recipe = get_recipe(method, 4, 4)
-    recipe.passes = [dict(p, **option) for p in recipe.passes]
+    with pytest.raises(ConfigError, match=match):
+        recipe.passes = [dict(p, **option) for p in recipe.passes]
+    recipe.passes[0] = dict(recipe.passes[0], **option)
     model = build("vit")
     model.register_forward_pre_hook(lambda *a: pytest.fail("the model ran before the options were checked"))
-    with pytest.raises(UserInputError, match=match):
+    with pytest.raises(ConfigError, match=match):
         quantize(model, recipe, calib_data(), log=lambda *a: None)

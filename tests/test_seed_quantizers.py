@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from plugin.errors import UserInputError
+from plugin.quant.errors import ConfigError
 import plugin.quant.mosf  # noqa: F401  (registers the "mosf" rule)
 import plugin.quant.seed_quantizers  # noqa: F401  (registers "tanq", "sulq", "dfq")
 import plugin.quant.seed_recipes  # noqa: F401  (registers the recipes)
@@ -194,7 +194,7 @@ def test_dfq_attn_criterion_is_default_and_mse_selectable():
     assert q.criterion == "attn"
     q, _ = calibrated("dfq", 4, criterion="mse")
     assert q.criterion == "mse"
-    with pytest.raises(UserInputError):
+    with pytest.raises(ConfigError):
         calibrated("tanq", 4, criterion="l1")
 
 

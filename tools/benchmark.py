@@ -131,10 +131,10 @@ def make_recipe(method, args):
     from plugin.quant import get_recipe
     recipe = get_recipe(method, args.w_bits, args.a_bits)
     if args.iters is not None:
-        for p in recipe.passes:
-            p["iters"] = args.iters
-            if args.quick:
-                p["batch_size"] = min(p.get("batch_size") or args.calib_batch, args.calib_batch)
+        recipe.passes = [p.replace(iters=args.iters) for p in recipe.passes]
+        if args.quick:
+            recipe.passes = [p.replace(batch_size=min(p.batch_size or args.calib_batch, args.calib_batch))
+                             for p in recipe.passes]
     return recipe
 
 

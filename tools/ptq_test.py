@@ -381,10 +381,10 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     args.command = "python " + shlex.join(["tools/ptq_test.py"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
-    from plugin.errors import CalibrationError, UserInputError
+    from plugin.errors import USER_ERRORS
     try:
         run(args)
-    except (UserInputError, CalibrationError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from ..errors import UserInputError
+from ..errors import USER_ERRORS, UserInputError
 
 
 def _category(arg, names):
@@ -93,7 +93,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         run(args)
-    except UserInputError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,17 +1,21 @@
 """The quantizer library (torch only): specs, quantizers, quantized modules, calibration, recipes, save/load, and
 the adapter protocol that architectures register into."""
 from .adapter import ADAPTERS, Adapter, find_adapter, register_adapter
-from .calibrate import PASSES, CalibData, attach_quantizers, iter_quantizers, quantize, register_pass, set_quant_enabled
+from .calibrate import CalibData, attach_quantizers, iter_quantizers, quantize, set_quant_enabled
+from .errors import CalibrationError, CheckpointError, ConfigError, QuantError
 from .io import load_quantized, read_meta, save_quantized
 from .modules import MatMul, QuantConv2d, QuantLinear
+from .passes import PASSES, PassConfig, register_pass
 from .quantizers import QUANTIZERS, Observation, Quantizer, build_quantizer, register_quantizer
 from .recipe import RECIPES, Recipe, get_recipe, register_recipe
+from .registry import Registry
 from .reparam import register_reparam_rule
 from .spec import QuantSpec, Role
 
 __all__ = [
     "ADAPTERS", "Adapter", "find_adapter", "register_adapter",
-    "CalibData", "MatMul", "Observation", "PASSES", "QUANTIZERS", "QuantConv2d", "QuantLinear", "QuantSpec",
+    "CalibData", "CalibrationError", "CheckpointError", "ConfigError", "QuantError", "Registry",
+    "MatMul", "Observation", "PASSES", "PassConfig", "QUANTIZERS", "QuantConv2d", "QuantLinear", "QuantSpec",
     "Quantizer", "RECIPES", "Recipe", "Role", "attach_quantizers", "build_quantizer", "get_recipe", "iter_quantizers",
     "load_quantized", "quantize", "read_meta", "register_pass", "register_quantizer", "register_recipe",
     "register_reparam_rule", "save_quantized", "set_quant_enabled",

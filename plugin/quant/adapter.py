@@ -8,26 +8,25 @@ from typing import Dict, List, Tuple
 
 import torch.nn as nn
 
-from ..errors import UserInputError
+from .errors import ConfigError
+from .registry import Registry
 
-ADAPTERS: Dict[str, "Adapter"] = {}
+ADAPTERS = Registry("adapter")  # name -> Adapter instance
 
 
 def register_adapter(cls):
-    ADAPTERS[cls.name] = cls()
+    ADAPTERS.register(cls.name, cls())
     return cls
 
 
 def find_adapter(model, name=None) -> "Adapter":
     if name is not None:
-        if name not in ADAPTERS:
-            raise UserInputError(f"unknown adapter {name!r}; available: {sorted(ADAPTERS)}")
         return ADAPTERS[name]
     for adapter in ADAPTERS.values():
         if adapter.matches(model):
             return adapter
-    raise UserInputError(
-        f"no adapter knows the architecture {type(model).__name__}; available adapters: {sorted(ADAPTERS)}")
+    raise ConfigError(f"no adapter knows the architecture {type(model).__name__}; known adapters: "
+                      f"{', '.join(ADAPTERS.names())}")
 
 
 def module_names(model) -> Dict[int, str]:

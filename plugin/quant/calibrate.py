@@ -12,25 +12,16 @@
 """
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.nn as nn
 
-from ..errors import CalibrationError, UserInputError
-from .modules import MatMul, quant_class_for, quantizer_slots
-from .quantizers import Observation, build_quantizer
-from .spec import Role
-
-PASSES: Dict[str, Callable] = {}
-REPARAM_RULES: Dict[str, Callable] = {}
-
-
-def register_pass(name):
-    def deco(fn):
-        PASSES[name] = fn
-        return fn
-    return deco
+from .attach import Site, attach_quantizers, set_submodule  # noqa: F401  (Site, set_submodule: re-exported)
+from .errors import CalibrationError, CheckpointError, ConfigError
+from .passes import check_passes
+from .quantizers import Observation
+from .reparam import REPARAM_RULES, reparameterize_group  # noqa: F401  (REPARAM_RULES: re-exported)
 
 
 @dataclass
@@ -42,21 +33,6 @@ class CalibData:
     def __post_init__(self):
         if len(self.batches) == 0:
             raise CalibrationError("the calibration set is empty")
-
-
-@dataclass
-class Site:
-    """One quantized module: its name, role and whether it consumes a LayerNorm output."""
-    name: str
-    module: nn.Module
-    role: Role
-    post_ln: bool = False
-
-    def quantizers(self):
-        return [(slot, q) for slot, _ in quantizer_slots(self.module) if (q := getattr(self.module, slot)) is not None]
-
-    def act_quantizers(self):
-        return [(slot, q) for slot, q in self.quantizers() if slot != "weight_quantizer"]
 
 
 class Observer:
@@ -90,60 +66,6 @@ class Observer:
         if self.min is None:
             return None
         return Observation(self.min, self.max, self.rows, self.count)
-
-
-def set_submodule(model, name, new):
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def _site_keys(site: Site, slot: str):
-    role = site.role.value
-    if slot == "weight_quantizer":
-        return [f"{role}.weight", "weight"]
-    if isinstance(site.module, MatMul):
-        if site.role == Role.MATMUL_QK:
-            return [f"{role}.a", "q", "act"] if slot == "a_quantizer" else [f"{role}.b", "k", "act"]
-        return [f"{role}.a", "post_softmax", "act"] if slot == "a_quantizer" else [f"{role}.b", "v", "act"]
-    keys = [f"{role}.input"]
-    if site.role == Role.FC2:
-        keys.append("post_gelu")
-    if site.post_ln:
-        keys.append("post_ln")
-    return keys + ["act"]
-
-
-def _make_quantizer(spec, default_axis):
-    if spec is None:
-        return None
-    axis = 1 if spec.granularity == "head" else default_axis
-    return build_quantizer(spec, axis)
-
-
-def attach_quantizers(model, recipe, adapter) -> List[Site]:
-    """Swap quantized modules in (in place) and return the sites in module order."""
-    roles = adapter.roles(model)
-    consumers = {c for _, cs in adapter.norm_consumers(model) for c in cs}
-    sites = []
-    for name, role in roles.items():
-        role = Role(role)
-        if role in recipe.float_roles:
-            continue
-        module = model.get_submodule(name)
-        if not isinstance(module, MatMul):
-            quant_cls = quant_class_for(module)
-            if quant_cls is not None:
-                module = quant_cls.from_module(module)
-                set_submodule(model, name, module)
-            elif not hasattr(module, "weight_quantizer"):  # an already quantized module is re-attached as it is
-                raise UserInputError(f"adapter {adapter.name} gave role {role.value} to {name}, "
-                                     f"a {type(module).__name__}, which cannot be quantized")
-        site = Site(name, module, role, post_ln=name in consumers)
-        for slot, axis in quantizer_slots(module):
-            setattr(module, slot, _make_quantizer(recipe.spec_for(_site_keys(site, slot)), axis))
-        sites.append(site)
-    return sites
 
 
 class StopForward(Exception):
@@ -240,7 +162,6 @@ def _observe(ctx, members, stop_after):
 def calibrate_group(ctx, members, stop_after=None):
     observations = _observe(ctx, members, stop_after)
     if ctx.recipe.reparam:
-        from .reparam import reparameterize_group
         reparameterize_group(ctx, members, observations)
     for site in members:
         for slot, q in site.quantizers():
@@ -253,19 +174,6 @@ def calibrate_group(ctx, members, stop_after=None):
                 q.calibrate(obs)
 
 
-def check_passes(recipe):
-    """Refuse unknown passes and pass options before any forward: each registered pass may carry a
-    `check_options(recipe, **options)` that raises UserInputError (the reconstruction passes do)."""
-    for p in recipe.passes:
-        options = dict(p)
-        kind = options.pop("type", None)
-        if kind not in PASSES:
-            raise UserInputError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
-        checker = getattr(PASSES[kind], "check_options", None)
-        if checker is not None:
-            checker(recipe, **options)
-
-
 def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print, seed=0, checkpoint_dir=None,
              resume=False):
     """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode).
@@ -275,8 +183,8 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     rolled back are listed in `model._vitq_rollbacks`."""
     from .adapter import Adapter, find_adapter
     if resume and not checkpoint_dir:
-        raise UserInputError("resume needs a checkpoint directory")
-    check_passes(recipe)
+        raise ConfigError("resume needs a checkpoint directory")
+    passes = check_passes(recipe)
     if not isinstance(adapter, Adapter):
         adapter = find_adapter(model, adapter)
     model.eval()
@@ -301,17 +209,13 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         if i + 1 == len(groups) or groups[i + 1][0] != key:  # one line per block, whatever the grouping
             where = f"block {key}" if key is not None else "between blocks"
             log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}) done, {time.time() - t0:.1f}s")
-    for pass_index, p in enumerate(recipe.passes):
-        p = dict(p)
-        kind = p.pop("type")
-        ctx.pass_index, ctx.pass_kind = pass_index, kind
-        if kind not in PASSES:
-            raise UserInputError(f"recipe {recipe.name}: unknown pass {kind!r}; known: {sorted(PASSES)}")
+    for pass_index, p in enumerate(passes):
+        ctx.pass_index, ctx.pass_kind = pass_index, p.kind
         t1 = time.time()
-        PASSES[kind](ctx, **p)
-        log(f"[calibrate {recipe.name}] pass {kind} done, {time.time() - t1:.1f}s")
+        p.run(ctx)
+        log(f"[calibrate {recipe.name}] pass {p.kind} done, {time.time() - t1:.1f}s")
     if checkpoint is not None and checkpoint.resume_step is not None:
-        raise UserInputError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
+        raise CheckpointError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
     model._vitq_recipe = recipe
     model._vitq_adapter = adapter.name
     model._vitq_rollbacks = list(ctx.rollbacks)

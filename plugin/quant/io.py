@@ -11,18 +11,18 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from ..errors import UserInputError
+from .errors import CheckpointError, ConfigError
+from .registry import Registry
 
 FORMAT = "vitq-quantized"
 FORMAT_VERSION = 1
 # Functions (model, state) run after the quantized structure is rebuilt and before the tensors load: passes that add
 # submodules (e.g. unmerged low-rank branches) register one to re-create them.
-LOAD_HOOKS = []
+LOAD_HOOKS = Registry("load hook")
 
 
 def register_load_hook(fn):
-    LOAD_HOOKS.append(fn)
-    return fn
+    return LOAD_HOOKS.register(fn.__name__, fn)
 
 
 def package_versions():
@@ -75,7 +75,7 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
     from safetensors.torch import save_file
     recipe = getattr(model, "_vitq_recipe", None)
     if recipe is None:
-        raise UserInputError("save_quantized needs a model returned by quantize()")
+        raise ConfigError("save_quantized needs a model returned by quantize()")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe": recipe.to_dict(),
             "adapter": model._vitq_adapter, "versions": package_versions(), **(extra_meta or {})}
@@ -97,13 +97,13 @@ def read_meta(path: str):
     path = model_prefix(path)
     meta_path = path + ".json"
     if not os.path.isfile(meta_path):
-        raise UserInputError(f"quantized model metadata not found: {meta_path}")
+        raise CheckpointError(f"quantized model metadata not found: {meta_path}")
     try:
         meta = json.load(open(meta_path))
     except json.JSONDecodeError as exc:
-        raise UserInputError(f"{meta_path} is not valid JSON: {exc}") from exc
+        raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("recipe"), dict):
-        raise UserInputError(f"{meta_path} is not a {FORMAT} file")
+        raise CheckpointError(f"{meta_path} is not a {FORMAT} file")
     return meta
 
 
@@ -114,26 +114,28 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     path = model_prefix(path)
     from safetensors.torch import load_file
     from .adapter import find_adapter
-    from .calibrate import attach_quantizers
+    from .attach import attach_quantizers
     from .recipe import Recipe
     from safetensors import SafetensorError
     meta = read_meta(path)
     try:
         recipe = Recipe.from_dict(meta["recipe"])
+    except ConfigError as exc:  # a well-formed recipe this library refuses (a newer version, a bit width out of range)
+        raise CheckpointError(f"{path}.json: {exc}") from exc
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise UserInputError(f"{path}.json holds a malformed recipe: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"{path}.json holds a malformed recipe: {type(exc).__name__}: {exc}") from exc
     adapter = find_adapter(fp_model, meta.get("adapter"))
     if not adapter.matches(fp_model):
-        raise UserInputError(f"{path} was saved from a model of adapter {adapter.name!r}, which does not match "
-                             f"the given {type(fp_model).__name__}")
+        raise CheckpointError(f"{path} was saved from a model of adapter {adapter.name!r}, which does not match "
+                              f"the given {type(fp_model).__name__}")
     try:
         state = load_file(path + ".safetensors", device=str(device) if device else "cpu")
     except (SafetensorError, OSError) as exc:
-        raise UserInputError(f"cannot read {path}.safetensors: {exc}") from exc
+        raise CheckpointError(f"cannot read {path}.safetensors: {exc}") from exc
     fp_model.eval()
     adapter.prepare(fp_model)
     attach_quantizers(fp_model, recipe, adapter)
-    for hook in LOAD_HOOKS:
+    for hook in LOAD_HOOKS.values():
         hook(fp_model, state)
     for name, module in fp_model.named_modules():
         key = f"{name}.bias" if name else "bias"
@@ -143,9 +145,10 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     try:
         missing, unexpected = fp_model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise UserInputError(f"{path}.safetensors does not match the model: {str(exc).splitlines()[-1].strip()}") from exc
+        raise CheckpointError(f"{path}.safetensors does not match the model: "
+                              f"{str(exc).splitlines()[-1].strip()}") from exc
     if missing or unexpected:
-        raise UserInputError(f"{path}.safetensors does not match the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{path}.safetensors does not match the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
     fp_model._vitq_recipe, fp_model._vitq_adapter = recipe, adapter.name
     return fp_model

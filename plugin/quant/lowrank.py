@@ -25,15 +25,16 @@ Kept branches are submodules (`<linear>.lowrank.A`, `.B`, `.post`) of a LowRankQ
 swapped in by class (no per-instance forward); `restore_branches(model, state)` rebuilds them from a saved state dict
 before loading.
 """
-from functools import partial
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..errors import UserInputError
-from .calibrate import register_pass
+from .errors import ConfigError
 from .modules import QuantLinear
-from .recon import ReconConfig, check_recon_options, reconstruct
+from .passes import is_int, is_number, register_pass
+from .recon import ReconConfig, reconstruct
 from .seed_quantizers import interval_report
 from .spec import Role
 
@@ -129,7 +130,7 @@ class LowRankQuantLinear(QuantLinear):
 def attach_branch(linear, ranks, post=False, generator=None, init_std=None):
     """Give a QuantLinear a low-rank branch (in place, class swap). Ranks above min(in, out) are dropped."""
     if not isinstance(linear, QuantLinear):
-        raise UserInputError(f"low-rank branches need a QuantLinear, got {type(linear).__name__}")
+        raise ConfigError(f"low-rank branches need a QuantLinear, got {type(linear).__name__}")
     limit = min(linear.in_features, linear.out_features)
     ranks = [r for r in ranks if 0 < r <= limit] or [limit]
     branch = LowRankBranch(linear.out_features, linear.in_features, ranks, post, generator, init_std)
@@ -151,8 +152,8 @@ def merge_branch(linear):
     """Fold a pre-quantization branch into the weight: W ← W + A·B. Outputs are unchanged, Q(W + A·B) exactly."""
     branch = linear.lowrank
     if branch.is_post:
-        raise UserInputError("a post-quantization branch Q(W) + A·B cannot be merged into the weight without "
-                             "re-quantizing it; keep it (merge=False) or use placement='pre'")
+        raise ConfigError("a post-quantization branch Q(W) + A·B cannot be merged into the weight without "
+                          "re-quantizing it; keep it (merge=False) or use placement='pre'")
     linear.weight.data = linear.weight.data + branch.delta()
     detach_branch(linear)
 
@@ -268,38 +269,73 @@ def _log_intervals(ctx, when):
 
 
 @register_pass("lowrank")
-def lowrank(ctx, rank_candidates=(4, 8, 16, 32), search=True, search_frac=0.3, arch_lr=1e-2, rank_penalty=0.0,
-            placement="pre", merge=True, branch_lr=1e-3, roles=None, init_std=None, curriculum=True,
-            setting="paper", **options):
-    """AIQViT low-rank compensation, trained by block reconstruction (options of ReconConfig pass through;
-    `learn` defaults to the activation and weight scales, the branches are always learned)."""
-    if placement not in ("pre", "post"):
-        raise UserInputError(f"lowrank: placement must be 'pre' (Q(W + AB)) or 'post' (Q(W) + AB), got {placement!r}")
-    if merge and placement == "post":
-        raise UserInputError("lowrank: merge=True needs placement='pre'; a Q(W) + AB branch must be kept")
-    ranks = tuple(int(r) for r in rank_candidates)
-    if not ranks or min(ranks) < 1:
-        raise UserInputError(f"lowrank: rank_candidates must be positive integers, got {rank_candidates}")
-    role_set = None if roles is None else {Role(r) for r in roles}
-    cfg = ReconConfig.build(ctx, "lowrank", setting, curriculum=curriculum, **options)
-    ext = LowRankSearch(ranks, search, search_frac, arch_lr, rank_penalty, placement == "post", branch_lr,
-                        role_set, init_std)
-    _log_intervals(ctx, "calibrated")
-    reconstruct(ctx, cfg, extension=ext)
-    _log_intervals(ctx, "learned")
-    ctx.model._vitq_lowrank_ranks = dict(ext.chosen)
-    extra, macs, base = overhead(ctx.model)
-    if merge:
-        n = merge_branches(ctx.model)
-        ctx.log(f"[lowrank] merged {n} branches into their weights (Q(W + A·B)): no inference overhead")
-    elif extra:
-        ctx.log(f"[lowrank] kept {len(branches(ctx.model))} {placement}-quantization branches: +{extra} parameters "
-                f"(+{100.0 * extra / base:.2f}% of those Linears), +{macs} MACs per token "
-                f"(+{100.0 * macs / base:.2f}%)")
-    return ext.chosen
+@dataclass
+class LowRankConfig(ReconConfig):
+    """AIQViT low-rank compensation, trained by block reconstruction (options of ReconConfig apply; `learn` defaults
+    to the activation and weight scales, the branches are always learned).
+
+    rank_candidates: ranks the search chooses from (search=False: the largest, min(r, in, out) per layer).
+    search_frac, arch_lr, rank_penalty: share of the iterations spent searching, step size of the architecture
+        logits, weight of the parameter-overhead term (see the module docstring).
+    placement: "pre" (Q(W + A·B)) or "post" (Q(W) + A·B); merge: fold "pre" branches into the weights afterwards.
+    branch_lr, init_std: step size of the branch factors, standard deviation of B at start (default in^-1/2).
+    roles: only Linears of these roles get branches (default all).
+    """
+    curriculum: bool = True
+    rank_candidates: Tuple[int, ...] = (4, 8, 16, 32)
+    search: bool = True
+    search_frac: float = 0.3
+    arch_lr: float = 1e-2
+    rank_penalty: float = 0.0
+    placement: str = "pre"
+    merge: bool = True
+    branch_lr: float = 1e-3
+    roles: Optional[Tuple[Role, ...]] = None
+    init_std: Optional[float] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.placement not in ("pre", "post"):
+            raise ConfigError(f"lowrank: placement must be 'pre' (Q(W + AB)) or 'post' (Q(W) + AB), "
+                              f"got {self.placement!r}")
+        for name in ("merge", "search"):
+            self.require(isinstance(getattr(self, name), bool), name, "True or False")
+        if self.merge and self.placement == "post":
+            raise ConfigError("lowrank: merge=True needs placement='pre'; a Q(W) + AB branch must be kept")
+        ranks = self.rank_candidates
+        self.require(isinstance(ranks, (list, tuple)) and ranks and all(is_int(r) and r >= 1 for r in ranks),
+                     "rank_candidates", "positive integers")
+        self.rank_candidates = tuple(ranks)
+        self.require(is_number(self.search_frac) and 0 <= self.search_frac <= 1, "search_frac", "in [0, 1]")
+        for name in ("arch_lr", "rank_penalty", "branch_lr"):
+            self.require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a non-negative number")
+        self.require(self.init_std is None or is_number(self.init_std) and self.init_std > 0, "init_std",
+                     "a positive number or None")
+        if self.roles is not None:
+            try:
+                self.roles = tuple(Role(r) for r in self.roles)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"lowrank: roles must be role names ({', '.join(r.value for r in Role)}), "
+                                  f"got {self.roles!r}") from exc
+
+    def run(self, ctx):
+        ext = LowRankSearch(self.rank_candidates, self.search, self.search_frac, self.arch_lr, self.rank_penalty,
+                            self.placement == "post", self.branch_lr,
+                            None if self.roles is None else set(self.roles), self.init_std)
+        _log_intervals(ctx, "calibrated")
+        reconstruct(ctx, self.resolved(ctx.recipe), extension=ext)
+        _log_intervals(ctx, "learned")
+        ctx.model._vitq_lowrank_ranks = dict(ext.chosen)
+        extra, macs, base = overhead(ctx.model)
+        if self.merge:
+            n = merge_branches(ctx.model)
+            ctx.log(f"[lowrank] merged {n} branches into their weights (Q(W + A·B)): no inference overhead")
+        elif extra:
+            ctx.log(f"[lowrank] kept {len(branches(ctx.model))} {self.placement}-quantization branches: +{extra} "
+                    f"parameters (+{100.0 * extra / base:.2f}% of those Linears), +{macs} MACs per token "
+                    f"(+{100.0 * macs / base:.2f}%)")
+        return ext.chosen
 
 
-lowrank.check_options = partial(check_recon_options, lowrank)
-
-__all__ = ["LowRankBranch", "LowRankQuantLinear", "LowRankSearch", "attach_branch", "branches", "detach_branch",
-           "lowrank", "merge_branch", "merge_branches", "overhead", "restore_branches"]
+__all__ = ["LowRankBranch", "LowRankConfig", "LowRankQuantLinear", "LowRankSearch", "attach_branch", "branches",
+           "detach_branch", "merge_branch", "merge_branches", "overhead", "restore_branches"]

@@ -11,23 +11,18 @@ import math
 import torch
 import torch.nn as nn
 
-from ..errors import UserInputError
-from .spec import QuantSpec
-
-QUANTIZERS = {}
+from .errors import ConfigError
+from .spec import QUANTIZERS, QuantSpec
 
 
 def register_quantizer(kind):
     def deco(cls):
-        QUANTIZERS[kind] = cls
         cls.kind = kind
-        return cls
+        return QUANTIZERS.register(kind, cls)
     return deco
 
 
 def build_quantizer(spec: QuantSpec, channel_axis: int = -1) -> "Quantizer":
-    if spec.kind not in QUANTIZERS:
-        raise UserInputError(f"quantizer kind {spec.kind!r} is not registered (import plugin.quant registers all)")
     return QUANTIZERS[spec.kind](spec, channel_axis)
 
 
@@ -322,7 +317,7 @@ class TwinUniformQuantizer(Quantizer):
         super().__init__(spec, channel_axis)
         self.mode = spec.opts.get("mode", "magnitude")
         if self.mode not in ("magnitude", "sign"):
-            raise UserInputError(f"twin_uniform mode must be 'magnitude' or 'sign', got {self.mode!r}")
+            raise ConfigError(f"twin_uniform mode must be 'magnitude' or 'sign', got {self.mode!r}")
         self.register_buffer("delta1", torch.ones(1))
         self.register_buffer("delta2", torch.ones(1))
         self.half = 2 ** (spec.bits - 1)

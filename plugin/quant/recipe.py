@@ -15,14 +15,17 @@ were with every earlier block quantized; "site" sets each quantizer as the forwa
 upstream, the same block included, already quantized (RepQ-ViT's order); "none" observes the whole float model once.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
-from ..errors import UserInputError
+from .errors import ConfigError
+from .passes import PassConfig, pass_config
+from .registry import Registry
+from .reparam import REPARAM_RULES
 from .spec import QuantSpec, Role
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: passes are typed configs (plugin.quant.passes), written with every option and a version
 SEQUENTIAL_MODES = ("block", "site", "none")
-RECIPES: Dict[str, Callable[..., "Recipe"]] = {}
+RECIPES = Registry("method")  # name -> fn(w_bits, a_bits) -> Recipe
 
 
 @dataclass
@@ -38,20 +41,27 @@ class Recipe:
     reparam_skip_roles: tuple = ()         # consumers of these roles keep their own (unfolded) input quantizer
     sequential: str = "block"              # calibration order, see SEQUENTIAL_MODES and the module docstring
     observe_elems: int = 2 ** 20           # sampled activation values kept per quantizer for the range searches
-    passes: List[dict] = field(default_factory=list)
+    passes: List[PassConfig] = field(default_factory=list)  # dict entries are turned into configs (__setattr__)
     calib_num: int = 32
     version: int = RECIPE_VERSION
+
+    def __setattr__(self, name, value):
+        if name == "passes":  # whenever passes are set (built, loaded, edited): checked configs, bad options refused
+            value = [pass_config(p, where=f"recipe {self.name}") for p in value]
+        super().__setattr__(name, value)
 
     def __post_init__(self):
         if isinstance(self.sequential, bool):  # recipes of version 1 stored a flag
             self.sequential = "block" if self.sequential else "none"
         if self.sequential not in SEQUENTIAL_MODES:
-            raise UserInputError(f"recipe {self.name}: sequential must be one of {SEQUENTIAL_MODES}, "
-                                 f"got {self.sequential!r}")
+            raise ConfigError(f"recipe {self.name}: sequential must be one of {SEQUENTIAL_MODES}, "
+                              f"got {self.sequential!r}")
+        if self.reparam is not None:
+            REPARAM_RULES.lookup(self.reparam, where=f"recipe {self.name}")
         self.reparam_skip_roles = tuple(Role(r) for r in self.reparam_skip_roles)
         for key, spec in self.sites.items():
             if spec is not None and not isinstance(spec, QuantSpec):
-                raise UserInputError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
+                raise ConfigError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
 
     def spec_for(self, keys):
         """The spec of the first key present in `sites` (None = float), else the default of the last key."""
@@ -68,13 +78,13 @@ class Recipe:
             "float_roles": [Role(r).value for r in self.float_roles], "reparam": self.reparam,
             "reparam_skip_roles": [r.value for r in self.reparam_skip_roles],
             "sequential": self.sequential, "observe_elems": self.observe_elems,
-            "passes": [dict(p) for p in self.passes], "calib_num": self.calib_num, "version": self.version,
+            "passes": [pass_config(p).to_dict() for p in self.passes], "calib_num": self.calib_num, "version": self.version,
         }
 
     @classmethod
     def from_dict(cls, d):
         if d.get("version", 0) > RECIPE_VERSION:
-            raise UserInputError(f"recipe version {d.get('version')} is newer than this library ({RECIPE_VERSION})")
+            raise ConfigError(f"recipe version {d.get('version')} is newer than this library ({RECIPE_VERSION})")
         return cls(
             name=d["name"], w_bits=d["w_bits"], a_bits=d["a_bits"],
             weight=QuantSpec.from_dict(d["weight"]), act=QuantSpec.from_dict(d["act"]),
@@ -88,23 +98,19 @@ class Recipe:
 
 
 def register_recipe(name):
-    def deco(fn):
-        RECIPES[name] = fn
-        return fn
-    return deco
+    return RECIPES.register(name)
 
 
 def get_recipe(name, w_bits=4, a_bits=4, **overrides) -> Recipe:
     """Build a registered recipe at the given bit widths; keyword overrides replace recipe fields."""
-    if name not in RECIPES:
-        raise UserInputError(f"unknown method {name!r}; available: {', '.join(sorted(RECIPES))}")
+    build = RECIPES[name]
     for label, bits in (("weight", w_bits), ("activation", a_bits)):
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-            raise UserInputError(f"{label} bit width must be an integer from 2 to 8, got {bits!r}")
-    recipe = RECIPES[name](w_bits, a_bits)
+            raise ConfigError(f"{label} bit width must be an integer from 2 to 8, got {bits!r}")
+    recipe = build(w_bits, a_bits)
     for key, value in overrides.items():
         if not hasattr(recipe, key):
-            raise UserInputError(f"recipe {name} has no field {key!r}")
+            raise ConfigError(f"recipe {name} has no field {key!r}")
         setattr(recipe, key, value)
     if overrides:
         recipe.__post_init__()  # overridden fields are validated like constructed ones

@@ -24,22 +24,22 @@ of the iterations.
 Scale learning rates are relative: each scale tensor's Adam step size is `scale_lr` times its mean magnitude, so one
 setting fits 8-bit activation scales and 3-bit weight scales alike. Weights, biases and branches use `lr`.
 """
-import inspect
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from functools import partial
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CalibrationError, UserInputError
-from .calibrate import PASSES, REPARAM_RULES, CalibContext, Observer, Site, StopForward, register_pass
+from .errors import CalibrationError, ConfigError
+from .calibrate import CalibContext, Observer, Site, StopForward
+from .passes import PassConfig, is_int, is_number, pass_config, register_pass
 from .quantizers import Quantizer, TwinUniformQuantizer, UniformQuantizer, _LogQuantizer
-from .reparam import fold_channelwise
+from .registry import Registry
+from .reparam import REPARAM_RULES, fold_channelwise
 from .spec import Role
 
 LEARNABLE = ("act_scale", "weight_scale", "weight", "bias")
@@ -59,12 +59,14 @@ def default_iters(recipe, setting="paper"):
     return s["high_bit_iters"] if min(recipe.w_bits, recipe.a_bits) >= 6 else s["low_bit_iters"]
 
 
+@register_pass("block_recon")
 @dataclass
-class ReconConfig:
-    """Options of the reconstruction passes (block_recon, sos, lowrank), as recipe pass entries give them.
+class ReconConfig(PassConfig):
+    """Options of the reconstruction passes: the `block_recon` pass itself, and the base of `sos` and `lowrank`.
 
-    iters, batch_size: Adam steps per unit and samples per step (clipped to the calibration set); defaults from the
-        pass's `setting` ("paper" or "small", see SETTINGS) and the recipe's bit widths.
+    setting: "paper" or "small" (see SETTINGS): the iterations and batch size when they are not given.
+    iters, batch_size: Adam steps per unit and samples per step (clipped to the calibration set); None: from the
+        `setting` and the recipe's bit widths (`resolved`).
     lr: Adam step size of weights, biases (and, in lowrank, not the branches: see its `branch_lr`).
     scale_lr: relative step size of quantizer scales (times each scale tensor's mean magnitude).
     learn: any of "act_scale", "weight_scale", "weight", "bias".
@@ -77,8 +79,9 @@ class ReconConfig:
         quantizers (x / scale in bf16), and it gave no speed-up on small ViTs on an H100.
     log_every: progress line every N steps (default iters / 5).
     """
-    iters: int = 1000
-    batch_size: int = 64
+    setting: str = "paper"
+    iters: Optional[int] = None
+    batch_size: Optional[int] = None
     lr: float = 4e-5
     scale_lr: float = 1e-3
     learn: Tuple[str, ...] = ("act_scale", "weight_scale")
@@ -91,32 +94,41 @@ class ReconConfig:
     rollback_if_worse: bool = True
     amp: bool = False
     log_every: int = 0
-    tag: str = "block_recon"
 
     def __post_init__(self):
-        self.learn = tuple(self.learn)
+        if self.setting not in SETTINGS:
+            raise ConfigError(f"{self.kind}: unknown setting {self.setting!r}; known: {', '.join(sorted(SETTINGS))}")
+        self.learn = (self.learn,) if isinstance(self.learn, str) else tuple(self.learn)
         bad = [x for x in self.learn if x not in LEARNABLE]
         if bad:
-            raise UserInputError(f"{self.tag}: cannot learn {bad}; choose from {LEARNABLE}")
+            raise ConfigError(f"{self.kind}: cannot learn {bad}; choose from {LEARNABLE}")
         if self.input_source not in ("quant", "float"):
-            raise UserInputError(f"{self.tag}: input_source must be 'quant' or 'float', got {self.input_source!r}")
-        if self.iters < 0 or self.batch_size < 1 or self.lr < 0 or self.scale_lr < 0:
-            raise UserInputError(f"{self.tag}: iters, batch_size and learning rates must be non-negative")
-        if not (0 < self.curriculum_start <= 1 and 0 < self.curriculum_full_at <= 1):
-            raise UserInputError(f"{self.tag}: curriculum_start and curriculum_full_at must be in (0, 1]")
+            raise ConfigError(f"{self.kind}: input_source must be 'quant' or 'float', got {self.input_source!r}")
+        self.require(self.iters is None or is_int(self.iters) and self.iters >= 0, "iters", "a non-negative integer")
+        self.require(self.batch_size is None or is_int(self.batch_size) and self.batch_size >= 1, "batch_size",
+                     "a positive integer")
+        self.require(is_int(self.log_every) and self.log_every >= 0, "log_every", "a non-negative integer")
+        for name in ("lr", "scale_lr"):
+            self.require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a non-negative number")
+        self.require(is_number(self.max_loss_ratio) and self.max_loss_ratio > 0, "max_loss_ratio", "a positive number")
+        for name in ("curriculum_start", "curriculum_full_at"):
+            self.require(is_number(getattr(self, name)) and 0 < getattr(self, name) <= 1, name, "in (0, 1]")
+        for name in ("layers", "curriculum", "rollback_if_worse", "amp"):
+            self.require(isinstance(getattr(self, name), bool), name, "True or False")
 
-    @classmethod
-    def build(cls, ctx, tag, setting="paper", **options):
-        """Defaults from the setting and the recipe's bit widths, overridden by the pass options."""
-        if setting not in SETTINGS:
-            raise UserInputError(f"{tag}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UserInputError(f"{tag}: unknown options {unknown}; known: {sorted(known - {'tag'})} and 'setting'")
-        values = dict(iters=default_iters(ctx.recipe, setting), batch_size=SETTINGS[setting]["batch_size"])
-        values.update({k: v for k, v in options.items() if v is not None})
-        return cls(tag=tag, **values)
+    @property
+    def tag(self):
+        return self.kind
+
+    def resolved(self, recipe):
+        """A copy with iterations and batch size filled in from the setting and the recipe's bit widths."""
+        return self.replace(iters=self.iters if self.iters is not None else default_iters(recipe, self.setting),
+                            batch_size=self.batch_size if self.batch_size is not None
+                            else SETTINGS[self.setting]["batch_size"])
+
+    def run(self, ctx):
+        """Block reconstruction of every unit (see the module docstring)."""
+        return reconstruct(ctx, self.resolved(ctx.recipe))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -673,7 +685,7 @@ def reconstruct_unit(ctx, unit, cfg, reference, index=0, total=1, extension=None
 def reconstruct(ctx, cfg, reference=None, extension=None):
     """Reconstruct every unit in execution order. Returns {unit name: (before, after, status)}."""
     if torch.is_inference_mode_enabled():
-        raise UserInputError(f"{cfg.tag} trains parameters: do not call quantize() under torch.inference_mode()")
+        raise ConfigError(f"{cfg.tag} trains parameters: do not call quantize() under torch.inference_mode()")
     if reference is None:
         reference = float_reference(ctx)
     units = reconstruction_units(ctx, cfg.layers)
@@ -703,42 +715,12 @@ def reconstruct(ctx, cfg, reference=None, extension=None):
     return report
 
 
-def check_recon_options(pass_fn, recipe, setting="paper", **options):
-    """A reconstruction pass's options, checked without a model: the pass's own keywords, the rest as ReconConfig
-    fields with their value checks (so `iters=-1` or a misspelt option fails before calibration starts)."""
-    tag = pass_fn.__name__
-    if setting not in SETTINGS:
-        raise UserInputError(f"{tag}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
-    own = {n for n, prm in inspect.signature(pass_fn).parameters.items()
-           if n != "ctx" and prm.kind is not inspect.Parameter.VAR_KEYWORD}
-    if "rule" in options and options["rule"] is not None:
-        _check_rule(options["rule"])
-    rest = {k: v for k, v in options.items() if k not in own}
-    known = {f.name for f in fields(ReconConfig)} - {"tag"}
-    unknown = sorted(set(rest) - known)
-    if unknown:
-        raise UserInputError(f"{tag}: unknown options {unknown}; known: {sorted(known | own)}")
-    values = dict(iters=default_iters(recipe, setting), batch_size=SETTINGS[setting]["batch_size"])
-    values.update({k: v for k, v in rest.items() if v is not None})
-    try:
-        ReconConfig(tag=tag, **values)
-    except TypeError as exc:  # e.g. a string where a number belongs
-        raise UserInputError(f"{tag}: bad option value: {exc}") from exc
-
-
-@register_pass("block_recon")
-def block_recon(ctx, setting="paper", **options):
-    """Block reconstruction. Options: see ReconConfig (iters and batch_size default from `setting`)."""
-    cfg = ReconConfig.build(ctx, "block_recon", setting, **options)
-    return reconstruct(ctx, cfg)
-
-
 def context_for(model, calib, log=print, seed=0):
     """A CalibContext for a model quantize() (or load_quantized) already returned, to run passes on it later."""
     from .adapter import find_adapter
     recipe = getattr(model, "_vitq_recipe", None)
     if recipe is None:
-        raise UserInputError("context_for needs a model returned by quantize() or load_quantized()")
+        raise ConfigError("context_for needs a model returned by quantize() or load_quantized()")
     adapter = find_adapter(model, model._vitq_adapter)
     consumers = {c for _, cs in adapter.norm_consumers(model) for c in cs}
     sites = [Site(name, model.get_submodule(name), Role(role), post_ln=name in consumers)
@@ -747,12 +729,8 @@ def context_for(model, calib, log=print, seed=0):
 
 
 def run_pass(ctx, spec):
-    """Run one pass given as a recipe entry ({"type": name, **options})."""
-    spec = dict(spec)
-    kind = spec.pop("type")
-    if kind not in PASSES:
-        raise UserInputError(f"unknown pass {kind!r}; known: {sorted(PASSES)}")
-    return PASSES[kind](ctx, **spec)
+    """Run one pass given as a config or a recipe entry ({"type": name, **options})."""
+    return pass_config(spec).run(ctx)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -792,19 +770,11 @@ def _observe_inputs(ctx, pairs):
 
 # Rules whose channel→layer step is not the exact fold: name -> fold(norm, consumers, scales, zeros, s̃, qmin, qmax)
 # returning z̃, applied in place (DopQ-ViT's "mosf", plugin.quant.mosf). Rules without an entry fold exactly.
-CHANNEL_FOLDS = {}
+CHANNEL_FOLDS = Registry("channel fold")
 
 
 def register_channel_fold(name):
-    def deco(fn):
-        CHANNEL_FOLDS[name] = fn
-        return fn
-    return deco
-
-
-def _check_rule(rule):
-    if rule not in REPARAM_RULES:
-        raise UserInputError(f"sos: unknown reparameterisation rule {rule!r}; known: {sorted(REPARAM_RULES)}")
+    return CHANNEL_FOLDS.register(name)
 
 
 def reparameterize_channelwise(ctx, rule="mean"):
@@ -816,7 +786,7 @@ def reparameterize_channelwise(ctx, rule="mean"):
     fold (CHANNEL_FOLDS) folds its own way instead. When several consumers share a LayerNorm their (possibly
     separately learned) scales are averaged first. Returns the number of LayerNorms folded.
     """
-    _check_rule(rule)
+    REPARAM_RULES.lookup(rule, where="sos")
     pairs = _post_ln_pairs(ctx)
     observations = _observe_inputs(ctx, pairs) if rule != "mean" and pairs else {}
     for norm_name, sites, qs in pairs:
@@ -838,7 +808,8 @@ def reparameterize_channelwise(ctx, rule="mean"):
 
 
 @register_pass("sos")
-def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bias"), **options):
+@dataclass
+class SosConfig(ReconConfig):
     """I&S-ViT's three-stage smooth optimisation.
 
     1. weights float (weight quantizers off), activations quantized with channel-wise post-LN quantizers: block
@@ -847,45 +818,53 @@ def sos(ctx, setting="paper", stages=(1, 2, 3), rule=None, learn=("weight", "bia
        rule `rule` (default: the recipe's `reparam`, else "mean"; basic calibration leaves channel-wise quantizers
        alone whatever `reparam` says): exactly, unless the rule registers its own channel fold (DopQ-ViT's "mosf");
     3. weight quantizers on and recalibrated on the current weights; block reconstruction again.
-    Both reconstructions take their targets from the float model as it was before stage 1. By default they learn the
-    quantized modules' weights and biases with the quantizer scales fixed, as the public I&S-ViT code does.
+    `stages` picks which run. Both reconstructions take their targets from the float model as it was before stage 1.
+    By default they learn the quantized modules' weights and biases with the quantizer scales fixed, as the public
+    I&S-ViT code does. Other options: see ReconConfig.
     """
-    cfg = ReconConfig.build(ctx, "sos", setting, learn=learn, **options)
-    stages = tuple(stages)
-    if not set(stages) <= {1, 2, 3}:
-        raise UserInputError(f"sos: stages must be drawn from (1, 2, 3), got {stages}")
-    rule = rule or ctx.recipe.reparam or "mean"
-    _check_rule(rule)  # before stage 1's reconstruction, not after it
-    reference = float_reference(ctx)
-    weight_qs = [q for s in ctx.sites if (q := getattr(s.module, "weight_quantizer", None)) is not None]
-    if 1 in stages:
-        channelwise = len(_post_ln_pairs(ctx))
-        ctx.log(f"[sos] stage 1: float weights, quantized activations ({channelwise} channel-wise post-LN groups)")
-        flags = [q.enabled for q in weight_qs]
-        for q in weight_qs:
-            q.enabled = False
-        try:
+    learn: Tuple[str, ...] = ("weight", "bias")
+    stages: Tuple[int, ...] = (1, 2, 3)
+    rule: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.stages = tuple(self.stages) if isinstance(self.stages, (list, tuple)) else self.stages
+        self.require(isinstance(self.stages, tuple) and set(self.stages) <= {1, 2, 3}, "stages",
+                     "drawn from (1, 2, 3)")
+        if self.rule is not None:
+            REPARAM_RULES.lookup(self.rule, where="sos")
+
+    def run(self, ctx):
+        cfg = self.resolved(ctx.recipe)
+        rule = self.rule or ctx.recipe.reparam or "mean"
+        REPARAM_RULES.lookup(rule, where="sos")  # before stage 1's reconstruction, not after it
+        reference = float_reference(ctx)
+        weight_qs = [q for s in ctx.sites if (q := getattr(s.module, "weight_quantizer", None)) is not None]
+        if 1 in self.stages:
+            channelwise = len(_post_ln_pairs(ctx))
+            ctx.log(f"[sos] stage 1: float weights, quantized activations ({channelwise} channel-wise post-LN groups)")
+            flags = [q.enabled for q in weight_qs]
+            for q in weight_qs:
+                q.enabled = False
+            try:
+                reconstruct(ctx, cfg, reference)
+            finally:
+                for q, flag in zip(weight_qs, flags):
+                    q.enabled = flag
+        if 2 in self.stages:
+            folded = reparameterize_channelwise(ctx, rule)
+            ctx.log(f"[sos] stage 2: {folded} channel-wise post-LN quantizers reparameterised to layer-wise ({rule})")
+        if 3 in self.stages:
+            for s in ctx.sites:
+                q = getattr(s.module, "weight_quantizer", None)
+                if q is not None:
+                    q.calibrate_tensor(s.module.weight)
+            ctx.log(f"[sos] stage 3: {len(weight_qs)} weight quantizers recalibrated; reconstruction with quantized "
+                    f"weights")
             reconstruct(ctx, cfg, reference)
-        finally:
-            for q, flag in zip(weight_qs, flags):
-                q.enabled = flag
-    if 2 in stages:
-        folded = reparameterize_channelwise(ctx, rule)
-        ctx.log(f"[sos] stage 2: {folded} channel-wise post-LN quantizers reparameterised to layer-wise ({rule})")
-    if 3 in stages:
-        for s in ctx.sites:
-            q = getattr(s.module, "weight_quantizer", None)
-            if q is not None:
-                q.calibrate_tensor(s.module.weight)
-        ctx.log(f"[sos] stage 3: {len(weight_qs)} weight quantizers recalibrated; reconstruction with quantized "
-                f"weights")
-        reconstruct(ctx, cfg, reference)
 
 
-for _pass_fn in (block_recon, sos):
-    _pass_fn.check_options = partial(check_recon_options, _pass_fn)
-
-__all__ = ["CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "Learnables", "ReconConfig", "SETTINGS", "Sampler", "Unit",
-           "UnitCache", "block_recon", "capture_inputs", "capture_outputs", "check_recon_options", "context_for",
-           "default_iters", "float_reference", "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units",
-           "register_channel_fold", "reparameterize_channelwise", "run_pass", "scale_names", "sos"]
+__all__ = ["CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "Learnables", "ReconConfig", "SETTINGS", "Sampler",
+           "SosConfig", "Unit", "UnitCache", "capture_inputs", "capture_outputs", "context_for", "default_iters",
+           "float_reference", "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units",
+           "register_channel_fold", "reparameterize_channelwise", "run_pass", "scale_names"]

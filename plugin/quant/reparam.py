@@ -12,15 +12,14 @@ other methods register theirs) and changes only how hard the reparameterised wei
 import torch
 import torch.nn as nn
 
-from .calibrate import REPARAM_RULES
 from .quantizers import UniformQuantizer
+from .registry import Registry
+
+REPARAM_RULES = Registry("reparameterisation rule")  # name -> fn(channel scales, Observation or None) -> s̃
 
 
 def register_reparam_rule(name):
-    def deco(fn):
-        REPARAM_RULES[name] = fn
-        return fn
-    return deco
+    return REPARAM_RULES.register(name)
 
 
 @register_reparam_rule("mean")

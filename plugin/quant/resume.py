@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from ..errors import UserInputError
+from .errors import CheckpointError
 from .io import LOAD_HOOKS, _atomic_write, write_json
 
 FORMAT = "vitq-calib-checkpoint"
@@ -89,21 +89,21 @@ class CalibCheckpoint:
             with open(self.meta_path) as f:
                 meta = json.load(f)
         except (OSError, ValueError) as exc:
-            raise UserInputError(f"cannot read calibration checkpoint {self.meta_path}: {exc}") from exc
+            raise CheckpointError(f"cannot read calibration checkpoint {self.meta_path}: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UserInputError(f"{self.meta_path} is not a calibration checkpoint (format {FORMAT!r})")
+            raise CheckpointError(f"{self.meta_path} is not a calibration checkpoint (format {FORMAT!r})")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise UserInputError(f"{self.meta_path} has checkpoint version {meta.get('format_version')!r}; "
-                                 f"this code reads version {FORMAT_VERSION}")
+            raise CheckpointError(f"{self.meta_path} has checkpoint version {meta.get('format_version')!r}; "
+                                  f"this code reads version {FORMAT_VERSION}")
         what = {"recipe": "a different recipe (method, bit widths or pass options)",
                 "model": "a different model or checkpoint", "calib": "different calibration data",
                 "seed": "a different seed"}
         for key, label in what.items():
             if meta.get(key) != self.identity[key]:
-                raise UserInputError(f"cannot resume from {self.dir}: it was written for {label}; remove it or "
-                                     f"choose another --checkpoint-dir")
+                raise CheckpointError(f"cannot resume from {self.dir}: it was written for {label}; remove it or "
+                                      f"choose another --checkpoint-dir")
         if not isinstance(meta.get("step"), int) or not os.path.isfile(os.path.join(self.dir, str(meta.get("file")))):
-            raise UserInputError(f"calibration checkpoint {self.meta_path} is incomplete (no state file)")
+            raise CheckpointError(f"calibration checkpoint {self.meta_path} is incomplete (no state file)")
         self.resume_step, self.resume_meta = meta["step"], meta
         self.log(f"[resume] {self.dir}: continuing after pass {meta['pass_index']} ({meta['pass']}) unit "
                  f"{meta['unit_index'] + 1} ({meta['unit']}), step {meta['step'] + 1}")
@@ -127,8 +127,8 @@ class CalibCheckpoint:
         try:
             state = load_file(path, device=str(device))
         except (SafetensorError, OSError) as exc:
-            raise UserInputError(f"cannot read calibration checkpoint {path}: {exc}") from exc
-        for hook in LOAD_HOOKS:
+            raise CheckpointError(f"cannot read calibration checkpoint {path}: {exc}") from exc
+        for hook in LOAD_HOOKS.values():
             hook(model, state)
         for name, module in model.named_modules():
             key = f"{name}.bias" if name else "bias"
@@ -137,8 +137,8 @@ class CalibCheckpoint:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise UserInputError(f"calibration checkpoint {path} does not match the model at step "
-                                 f"{self.resume_step + 1}: {str(exc).splitlines()[-1].strip()}") from exc
+            raise CheckpointError(f"calibration checkpoint {path} does not match the model at step "
+                                  f"{self.resume_step + 1}: {str(exc).splitlines()[-1].strip()}") from exc
         self.resume_step = None  # from here on, units run and write checkpoints again
 
     def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, rollbacks):

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..errors import UserInputError
+from .errors import ConfigError
 from .quantizers import Quantizer, _broadcast, _search_best, register_quantizer, round_ste
 
 # Range searches look at no more than this many sampled values (whole rows are kept, so "attn" stays valid).
@@ -31,7 +31,7 @@ class _PostSoftmaxQuantizer(Quantizer):
         self.top = 2 ** spec.bits - 1
         self.criterion = spec.opts.get("criterion", self.default_criterion)
         if self.criterion not in ("mse", "attn"):
-            raise UserInputError(f"{self.kind}: criterion must be 'mse' or 'attn', got {self.criterion!r}")
+            raise ConfigError(f"{self.kind}: criterion must be 'mse' or 'attn', got {self.criterion!r}")
 
     def _search_stats(self, obs):
         """(lo, hi, rows): per-channel (C,) or per-tensor (1,) extrema and sample rows (R, C) to score candidates on."""

@@ -12,22 +12,22 @@
            (architecture-informed low-rank compensation trained with an easy-to-hard curriculum).
 
 Ablations are one switch each, e.g. `aiqvit_recipe(4, 4, lowrank=False)`, registered as `aiqvit_no_lowrank`
-(`aiqvit_dfq_interval` swaps in the other DFQ reading, `aiqvit_rank20`/`_rank100` fix the low-rank rank). Passes
-that are not registered when the recipe runs make `quantize` raise a clear error. The choices behind the defaults
+(`aiqvit_dfq_interval` swaps in the other DFQ reading, `aiqvit_rank20`/`_rank100` fix the low-rank rank). Pass
+options are checked when the recipe is built (plugin.quant.passes). The choices behind the defaults
 (calibration sizes, iteration counts, baseline quantizers of the ablations) are in docs/methods.md.
 """
 from functools import partial
 
-from ..errors import UserInputError
+from .passes import PASSES
 from .recipe import Recipe, _first_layer_sites, register_recipe
-from .recon import SETTINGS
 from .spec import QuantSpec
 
 
 def _pass(kind, setting, **options):
-    """A pass entry. Iterations and batch size come from the pass's `setting` (plugin.quant.recon.SETTINGS: "paper"
-    is I&S-ViT's 1000 iterations at 3/4 bit, 200 at 6 bit, batch 64) unless given here."""
-    return dict(type=kind, setting=setting, **{k: v for k, v in options.items() if v is not None})
+    """A pass config (checked here: a bad `setting` fails when the recipe is built). Iterations and batch size come
+    from the pass's `setting` (plugin.quant.recon.SETTINGS: "paper" is I&S-ViT's 1000 iterations at 3/4 bit, 200 at
+    6 bit, batch 64) unless given here; options given as None take the pass's defaults."""
+    return PASSES[kind].from_dict(dict(setting=setting, **options))
 
 
 def _base(name, w_bits, a_bits, post_softmax, post_ln, **fields):
@@ -45,8 +45,6 @@ def dopq_recipe(w_bits, a_bits, *, tanq=True, mosf=True, setting="paper", iters=
     """DopQ-ViT: I&S-ViT's SOS with TanQ post-Softmax and the MOSF rule at the channel→layer step.
 
     Off switches fall back to what DopQ-ViT improves on: log√2 post-Softmax (RepQ-ViT's), the `mean` scale rule."""
-    if setting not in SETTINGS:  # here, not when the pass starts after a full calibration
-        raise UserInputError(f"{name}: unknown setting {setting!r}; known: {sorted(SETTINGS)}")
     softmax = QuantSpec(a_bits, kind="tanq" if tanq else "log_sqrt2", search="mse")
     rule = "mosf" if mosf else "mean"
     passes = [_pass("sos", setting, iters=iters, batch_size=batch_size, lr=lr, rule=rule)]

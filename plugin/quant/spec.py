@@ -2,7 +2,8 @@
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from ..errors import UserInputError
+from .errors import ConfigError
+from .registry import Registry
 
 
 class Role(str, Enum):
@@ -18,7 +19,9 @@ class Role(str, Enum):
     OTHER = "other"
 
 
-QUANTIZER_KINDS = ("uniform", "log2", "log_sqrt2", "twin_uniform", "tanq", "sulq", "dfq", "dfq_interval")
+# kind -> Quantizer class, filled by plugin.quant.quantizers.register_quantizer (uniform, log2, … in quantizers.py;
+# tanq, sulq, dfq, dfq_interval in seed_quantizers.py). Here, so a spec can refuse an unknown kind.
+QUANTIZERS = Registry("quantizer kind")
 GRANULARITIES = ("tensor", "channel", "head")
 SEARCHES = ("minmax", "percentile", "mse", "quantile")
 
@@ -40,13 +43,12 @@ class QuantSpec:
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise UserInputError(f"bit width must be an integer from 2 to 8, got {self.bits!r}")
-        if self.kind not in QUANTIZER_KINDS:
-            raise UserInputError(f"unknown quantizer kind {self.kind!r}; known: {QUANTIZER_KINDS}")
+            raise ConfigError(f"bit width must be an integer from 2 to 8, got {self.bits!r}")
+        QUANTIZERS.lookup(self.kind)
         if self.granularity not in GRANULARITIES:
-            raise UserInputError(f"unknown granularity {self.granularity!r}; known: {GRANULARITIES}")
+            raise ConfigError(f"unknown granularity {self.granularity!r}; known: {GRANULARITIES}")
         if self.search not in SEARCHES:
-            raise UserInputError(f"unknown range search {self.search!r}; known: {SEARCHES}")
+            raise ConfigError(f"unknown range search {self.search!r}; known: {SEARCHES}")
         if isinstance(self.options, dict):
             object.__setattr__(self, "options", tuple(sorted(self.options.items())))
 

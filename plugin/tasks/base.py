@@ -3,24 +3,21 @@
 A task builds the float model from a config and a checkpoint, gives calibration batches from a training split and
 evaluates a model to a dict of metrics. Everything method-specific lives in plugin/quant.
 """
-from typing import Dict
+from ..quant.registry import Registry
 
-TASKS: Dict[str, type] = {}
+TASKS = Registry("task")  # name -> Task subclass
 
 
 def register_task(name):
     def deco(cls):
-        TASKS[name] = cls
         cls.name = name
-        return cls
+        return TASKS.register(name, cls)
     return deco
 
 
 def get_task(name):
-    from ..errors import UserInputError
-    if not isinstance(name, str) or name not in TASKS:
-        raise UserInputError(f"unknown task {name!r} in config; known tasks: {sorted(TASKS)}")
-    return TASKS[name]
+    """The task class a config's `task` names; an unknown one raises plugin.quant.errors.ConfigError."""
+    return TASKS.lookup(name, where="config")
 
 
 class Task:

@@ -1,0 +1,81 @@
+"""One registry type for every extension point (quantizer kinds, reparameterisation rules, channel folds, passes,
+recipes, load hooks, adapters, tasks): the same lookup error, duplicate policy and listing everywhere.
+
+    QUANTIZERS = Registry("quantizer kind")
+    @QUANTIZERS.register("uniform")
+    class UniformQuantizer(Quantizer): ...
+    QUANTIZERS["nope"]  ->  ConfigError: unknown quantizer kind 'nope'; known: log2, uniform, ...
+
+A registry reads like a read-only dict (`in`, `items()`, `values()`, `get()`; `names()` lists them sorted), except
+that looking up an unknown name raises ConfigError naming what is known.
+"""
+from collections.abc import Mapping
+
+from .errors import ConfigError
+
+
+def _origin(obj):
+    """Where an object was defined (module and qualified name): a partial counts as its function, an instance as its
+    class."""
+    obj = getattr(obj, "func", obj)
+    if not hasattr(obj, "__qualname__"):
+        obj = type(obj)
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+class Registry(Mapping):
+    """Name -> object, filled by decorators at import time, in registration order.
+
+    Registering a taken name raises ConfigError, unless it is the same object or a new definition from the same place
+    (same module and qualified name: a module reloaded, a tool's main run twice in one process), which replaces the
+    old one."""
+
+    def __init__(self, what):
+        self.what = what
+        self._items = {}
+
+    def register(self, name, obj=None):
+        """`registry.register(name, obj)` returns obj; `@registry.register(name)` decorates."""
+        if obj is None:
+            return lambda o: self.register(name, o)
+        old = self._items.get(name)
+        if old is not None and old is not obj and _origin(old) != _origin(obj):
+            raise ConfigError(f"{self.what} {name!r} is already registered ({_origin(old)}); "
+                              f"cannot register {_origin(obj)} under the same name")
+        self._items[name] = obj
+        return obj
+
+    def lookup(self, name, where=None):
+        """The object registered as `name`; an unknown name raises ConfigError ("<where>: unknown <what> ...")."""
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):  # TypeError: an unhashable name from a config (a list, a dict)
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}unknown {self.what} {name!r}; known: {', '.join(self.names())}") from None
+
+    def names(self):
+        return sorted(self._items)
+
+    def __getitem__(self, name):
+        return self.lookup(name)
+
+    def __contains__(self, name):
+        try:
+            return name in self._items
+        except TypeError:
+            return False
+
+    def get(self, name, default=None):
+        return self._items[name] if name in self else default
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __repr__(self):
+        return f"Registry({self.what!r}: {', '.join(self.names())})"
+
+
+__all__ = ["Registry"]
