@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UserInputError
+from .errors import ConfigError, QuantError
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .quantizers import Quantizer, UniformQuantizer
 
@@ -57,7 +57,7 @@ NONUNIFORM_MODES = ("float", "emulate")
 
 
 def check_onnx_available():
-    """Raise a UserInputError (one line) when a package the export needs is missing."""
+    """Raise a ConfigError (one line) when a package the export needs is missing."""
     missing = []
     for name in ("onnx", "onnxruntime"):
         try:
@@ -65,7 +65,7 @@ def check_onnx_available():
         except ImportError:
             missing.append(name)
     if missing:
-        raise UserInputError(f"ONNX export needs {', '.join(missing)}: pip install -e '.[onnx]'")
+        raise ConfigError(f"ONNX export needs {', '.join(missing)}: pip install -e '.[onnx]'")
 
 
 def _along(t, x, axis):
@@ -227,7 +227,7 @@ class ExportConv2d(_ExportWeighted):
         self.input_quantizer = input_module
         self.stride, self.padding, self.dilation, self.groups = m.stride, m.padding, m.dilation, m.groups
         if m.padding_mode != "zeros":
-            raise UserInputError(f"ONNX export: Conv2d padding_mode {m.padding_mode!r} is not supported")
+            raise ConfigError(f"ONNX export: Conv2d padding_mode {m.padding_mode!r} is not supported")
         self._init_weight(m, wq, float_reason)
 
     def forward(self, x):
@@ -278,7 +278,7 @@ class _Plan:
 def export_copy(model, nonuniform="emulate"):
     """(a deep copy of `model` with every quantized module replaced by its export module, summary dict)."""
     if nonuniform not in NONUNIFORM_MODES:
-        raise UserInputError(f"nonuniform must be one of {NONUNIFORM_MODES}, got {nonuniform!r}")
+        raise ConfigError(f"nonuniform must be one of {NONUNIFORM_MODES}, got {nonuniform!r}")
     plan = _Plan(nonuniform)
     copy_ = copy.deepcopy(model).eval()
     for name, m in list(copy_.named_modules()):
@@ -332,7 +332,7 @@ def _atomic_export(module, example, path, dynamic_batch):
             _export(module, example, tmp, dynamic_batch)
         except Exception as exc:  # a model the tracer cannot handle: one line, not the exporter's traceback
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise UserInputError(f"ONNX export failed: {type(exc).__name__}: {first}") from exc
+            raise QuantError(f"ONNX export failed: {type(exc).__name__}: {first}") from exc
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
