@@ -311,8 +311,11 @@ def test_adapter_roles_cover_backbone(task_and_model):
     assert len(adapter.norm_consumers(model)) == 2 * 8 + 3
     assert adapter.blocks(model) == [f"backbone.stages.{i}.blocks.{j}" for i in range(4) for j in range(2)]
     assert adapter.model_dependent_inputs(model) == ["roi_head"]  # RoI heads see the model's own proposals
-    plugin.adapters.mmdet_swin.keep_heads_float(model)
-    assert not any(not n.startswith("backbone.") for n in adapter.roles(model))
+    from plugin.quant.overrides import find_override
+    from plugin.tasks.detection import DetectionTask
+    overrides = DetectionTask.recipe_overrides({"keep_heads_float": True})
+    kept_float = {n for n, r in adapter.roles(model).items() if find_override(overrides, n, r) == (True, None)}
+    assert kept_float == {n for n in adapter.roles(model) if not n.startswith("backbone.")}
 
 
 def test_repq_w4a4_quantized_detector(task_and_model):

@@ -109,6 +109,25 @@ def test_resume_equals_uninterrupted(embedded, tmp_path, monkeypatch, name, stop
         assert resumed._vitq_lowrank_ranks == full._vitq_lowrank_ranks
 
 
+def test_resume_accepts_the_same_recipe_in_an_older_json_form(embedded, tmp_path):
+    """A checkpoint written before the recipe format changed (version 3: no `overrides`) resumes, and a changed
+    option is still refused."""
+    fp, calib = embedded
+    ckpt = tmp_path / "ckpt"
+    quantize(copy.deepcopy(fp), short("isvit"), calib, log=quiet, seed=3, checkpoint_dir=str(ckpt))
+    meta = json.load(open(ckpt / "calib.json"))
+    del meta["recipe"]["overrides"]
+    meta["recipe"]["version"] = 3
+    (ckpt / "calib.json").write_text(json.dumps(meta))
+    logs = []
+    quantize(copy.deepcopy(fp), short("isvit"), calib, log=logs.append, seed=3, checkpoint_dir=str(ckpt), resume=True)
+    assert any("[resume]" in line and "continuing after" in line for line in logs)
+    meta["recipe"]["passes"][0]["iters"] = ITERS + 1
+    (ckpt / "calib.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="different recipe"):
+        quantize(copy.deepcopy(fp), short("isvit"), calib, log=quiet, seed=3, checkpoint_dir=str(ckpt), resume=True)
+
+
 def test_resume_refuses_other_recipe_or_model(embedded, tmp_path):
     fp, calib = embedded
     ckpt = str(tmp_path / "ckpt")

@@ -134,12 +134,32 @@ def apply_cfg_options(cfg, options):
 
 
 def method_recipe(args, method, w_bits, a_bits):
-    """The registered recipe, with --recon-setting applied to its passes."""
+    """The registered recipe, with --recon-setting applied to its passes and the config's per-module overrides
+    (`quant.overrides`, and the task's own, e.g. detection's keep_heads_float) put before the recipe's."""
     from plugin.quant import get_recipe
     recipe = get_recipe(method, w_bits, a_bits)
     if args.recon_setting:
         recipe.passes = [dict(p, setting=args.recon_setting) for p in recipe.passes]
+    if getattr(args, "overrides", None):
+        recipe.overrides = list(args.overrides) + list(recipe.overrides)
+        recipe.__post_init__()
     return recipe
+
+
+def config_overrides(cfg, task_cls):
+    """Per-module overrides of the config's `quant = dict(overrides=[(pattern, rule), ...])` section, then the
+    task's (plugin.quant.overrides says what patterns and rules are)."""
+    from plugin.errors import UserInputError
+    quant = cfg.get("quant", None) or {}
+    if not hasattr(quant, "get"):
+        raise UserInputError("config: `quant` must be a dict, e.g. quant = dict(overrides=[('head', None)])")
+    unknown = sorted(set(quant) - {"overrides"})
+    if unknown:
+        raise UserInputError(f"config: unknown key(s) in `quant`: {', '.join(unknown)}; known: overrides")
+    overrides = quant.get("overrides", None) or []
+    if isinstance(overrides, dict):
+        overrides = list(overrides.items())
+    return list(overrides) + list(task_cls.recipe_overrides(cfg))
 
 
 def calib_num(args, cfg, recipe, task):
@@ -261,8 +281,9 @@ def run(args):
     task_cls = get_task(task_name)
     if args.data_root:
         task_cls.set_data_root(cfg, args.data_root)
-    for method in args.method:
-        check_passes(method_recipe(args, method, 4, 4))  # unknown methods and bad pass options: before any work
+    args.overrides = config_overrides(cfg, task_cls)
+    for method in args.method:  # unknown methods, bad pass options and overrides: before any work
+        check_passes(method_recipe(args, method, 4, 4))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"--device {device} asked for, but no CUDA device is available")

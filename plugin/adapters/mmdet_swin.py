@@ -3,8 +3,8 @@
 Found by module structure, never by names: mmdet's Swin is ``stages[i].blocks[j]`` (``SwinBlock``: ``norm1`` →
 ``attn.w_msa`` (``WindowMSA``: ``qkv``, ``proj``) → ``norm2`` → ``ffn.layers`` (mmcv ``FFN``: Linear, act, …, Linear))
 and ``stages[i].downsample`` (``PatchMerging``: ``norm`` → ``reduction``). Every Conv2d/Linear outside the backbone
-(neck, RPN head, RoI heads) is quantized with the default specs (role OTHER), as the papers do, unless the detector
-carries ``keep_heads_float(model)`` (the detection task sets it from its ``keep_heads_float`` option).
+(neck, RPN head, RoI heads) is quantized with the default specs (role OTHER), as the papers do; a recipe override
+keeps them float (the detection task's ``keep_heads_float`` option adds one).
 
 mmdet is not imported here: a model can only be an mmdet detector once ``mmdet.models`` is imported, so ``matches``
 looks the classes up in ``sys.modules`` and the CLI pays no mmdet import for other architectures.
@@ -22,15 +22,6 @@ import torch.nn as nn
 from ..quant.modules import MatMul
 from ..quant.spec import Role
 from .base import Adapter, module_names, register_adapter, swap_class
-
-KEEP_HEADS_FLOAT_ATTR = "_vitq_keep_heads_float"
-
-
-def keep_heads_float(model, keep=True):
-    """Mark a detector so that its neck and heads stay in float (only the backbone is quantized)."""
-    setattr(model, KEEP_HEADS_FLOAT_ATTR, bool(keep))
-    return model
-
 
 def _swin_module():
     """mmdet's swin module if mmdet's models are imported, else None."""
@@ -93,7 +84,7 @@ class MMDetSwinAdapter(Adapter):
         for m in backbone.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)) and names[id(m)] not in roles:
                 roles[names[id(m)]] = Role.OTHER
-        if not getattr(model, KEEP_HEADS_FLOAT_ATTR, False) and model is not backbone:
+        if model is not backbone:
             inside = {id(m) for m in backbone.modules()}
             for name, m in model.named_modules():
                 if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in inside:
@@ -123,4 +114,4 @@ class MMDetSwinAdapter(Adapter):
         return [] if roi_head is None else [module_names(model)[id(roi_head)]]
 
 
-__all__ = ["MMDetSwinAdapter", "keep_heads_float", "KEEP_HEADS_FLOAT_ATTR"]
+__all__ = ["MMDetSwinAdapter"]

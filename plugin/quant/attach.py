@@ -62,7 +62,8 @@ def attach_quantizers(model, recipe, adapter) -> List[Site]:
     sites = []
     for name, role in roles.items():
         role = Role(role)
-        if role in recipe.float_roles:
+        overridden, rule = recipe.override_for(name, role)
+        if role in recipe.float_roles or (overridden and rule is None):
             continue
         module = model.get_submodule(name)
         if not isinstance(module, MatMul):
@@ -75,6 +76,8 @@ def attach_quantizers(model, recipe, adapter) -> List[Site]:
                                   f"a {type(module).__name__}, which cannot be quantized")
         site = Site(name, module, role, post_ln=name in consumers)
         for slot, axis in quantizer_slots(module):
-            setattr(module, slot, _make_quantizer(recipe.spec_for(_site_keys(site, slot)), axis))
+            key = slot[:-len("_quantizer")]
+            spec = rule[key] if overridden and key in rule else recipe.spec_for(_site_keys(site, slot))
+            setattr(module, slot, _make_quantizer(spec, axis))
         sites.append(site)
     return sites

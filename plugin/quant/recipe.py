@@ -8,7 +8,8 @@ reparameterisation rule and a list of extra passes. Site keys, looked up in this
   then `act`;
 - `q`, `k` (operands of q@kᵀ), `post_softmax`, `v` (operands of attn@v), then `act`.
 
-A site mapped to None stays in float. Roles listed in `float_roles` are not quantized at all.
+A site mapped to None stays in float. Roles listed in `float_roles` are not quantized at all. `overrides` are
+per-module rules by name, regex or role, applied before all of that (plugin.quant.overrides: first match wins).
 
 `sequential` is the calibration order: "block" sets each block's quantizers together from what the block's inputs
 were with every earlier block quantized; "site" sets each quantizer as the forward reaches it, with everything
@@ -18,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .errors import ConfigError
+from .overrides import find_override, normalize_overrides, overrides_to_dict
 from .passes import PassConfig, pass_config
 from .registry import Registry
 from .reparam import REPARAM_RULES
 from .spec import QuantSpec, Role
 
-RECIPE_VERSION = 3  # 3: passes are typed configs (plugin.quant.passes), written with every option and a version
+RECIPE_VERSION = 4  # 3: passes are typed configs (plugin.quant.passes), written with every option and a version;
+#                    4: per-module `overrides`
 SEQUENTIAL_MODES = ("block", "site", "none")
 RECIPES = Registry("method")  # name -> fn(w_bits, a_bits) -> Recipe
 
@@ -42,6 +45,7 @@ class Recipe:
     sequential: str = "block"              # calibration order, see SEQUENTIAL_MODES and the module docstring
     observe_elems: int = 2 ** 20           # sampled activation values kept per quantizer for the range searches
     passes: List[PassConfig] = field(default_factory=list)  # dict entries are turned into configs (__setattr__)
+    overrides: list = field(default_factory=list)  # [(pattern, None | {slot: spec | None})], plugin.quant.overrides
     calib_num: int = 32
     version: int = RECIPE_VERSION
 
@@ -62,6 +66,11 @@ class Recipe:
         for key, spec in self.sites.items():
             if spec is not None and not isinstance(spec, QuantSpec):
                 raise ConfigError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
+        self.overrides = normalize_overrides(self.overrides, where=f"recipe {self.name}")
+
+    def override_for(self, name, role):
+        """(True, rule) of the first override matching this module (rule None = float), else (False, None)."""
+        return find_override(self.overrides, name, role)
 
     def spec_for(self, keys):
         """The spec of the first key present in `sites` (None = float), else the default of the last key."""
@@ -78,7 +87,8 @@ class Recipe:
             "float_roles": [Role(r).value for r in self.float_roles], "reparam": self.reparam,
             "reparam_skip_roles": [r.value for r in self.reparam_skip_roles],
             "sequential": self.sequential, "observe_elems": self.observe_elems,
-            "passes": [pass_config(p).to_dict() for p in self.passes], "calib_num": self.calib_num, "version": self.version,
+            "passes": [pass_config(p).to_dict() for p in self.passes], "overrides": overrides_to_dict(self.overrides),
+            "calib_num": self.calib_num, "version": self.version,
         }
 
     @classmethod
@@ -92,7 +102,8 @@ class Recipe:
             float_roles=tuple(Role(r) for r in d.get("float_roles", ())), reparam=d.get("reparam"),
             reparam_skip_roles=tuple(d.get("reparam_skip_roles", ())),
             sequential=d.get("sequential", "block"), observe_elems=d.get("observe_elems", 2 ** 20),
-            passes=[dict(p) for p in d.get("passes", [])], calib_num=d.get("calib_num", 32),
+            passes=[dict(p) for p in d.get("passes", [])], overrides=d.get("overrides", []),
+            calib_num=d.get("calib_num", 32),
             version=d.get("version", RECIPE_VERSION),
         )
 

@@ -73,7 +73,8 @@ def reparameterize_group(ctx, members, observations):
     member_names = {s.name for s in members}
     for norm_name, consumer_names in ctx.adapter.norm_consumers(ctx.model):
         sites = [ctx.by_name[c] for c in consumer_names if c in ctx.by_name]
-        if not sites or sites[0].name not in member_names \
+        # a consumer kept float (overrides, float_roles) would see the folded norm output uncompensated
+        if not sites or len(sites) != len(consumer_names) or sites[0].name not in member_names \
                 or any(s.role in ctx.recipe.reparam_skip_roles for s in sites):
             continue
         quantizers = [s.module.input_quantizer for s in sites]

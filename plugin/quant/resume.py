@@ -64,6 +64,18 @@ def data_fingerprint(batches):
     return h.hexdigest()
 
 
+def _comparable_recipe(d):
+    """A stored recipe in the current JSON form, its version left out: a checkpoint written before the recipe format
+    changed (version 2 dict passes, version 3 without overrides) still resumes when the recipe itself is the same."""
+    from .recipe import Recipe
+    try:
+        d = Recipe.from_dict(d).to_dict()
+    except Exception:  # noqa: BLE001  (unreadable: compared as stored, and so refused as a different recipe)
+        return d
+    d.pop("version", None)
+    return d
+
+
 class CalibCheckpoint:
     """Writes a checkpoint after every finished unit; with `resume`, says which units to skip and restores the state."""
 
@@ -98,8 +110,11 @@ class CalibCheckpoint:
         what = {"recipe": "a different recipe (method, bit widths or pass options)",
                 "model": "a different model or checkpoint", "calib": "different calibration data",
                 "seed": "a different seed"}
+        stored = dict(meta)
+        stored["recipe"] = _comparable_recipe(meta.get("recipe"))
+        current = dict(self.identity, recipe=_comparable_recipe(self.identity["recipe"]))
         for key, label in what.items():
-            if meta.get(key) != self.identity[key]:
+            if stored.get(key) != current[key]:
                 raise CheckpointError(f"cannot resume from {self.dir}: it was written for {label}; remove it or "
                                       f"choose another --checkpoint-dir")
         if not isinstance(meta.get("step"), int) or not os.path.isfile(os.path.join(self.dir, str(meta.get("file")))):

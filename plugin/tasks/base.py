@@ -47,6 +47,11 @@ class Task:
         data["root"] = root
         return cfg
 
+    @staticmethod
+    def recipe_overrides(cfg):
+        """Per-module overrides (plugin.quant.overrides) this task adds for its config's options; none by default."""
+        return []
+
     def calib_available(self, model):
         """How many samples the calibration split holds (None: unknown, not checked before calibration)."""
         return None

@@ -13,7 +13,8 @@ model's parameters and buffers are first broadcast from rank 0 (calibration is d
 broadcast makes all ranks evaluate exactly rank 0's quantized model).
 
 Options (config keys, overridable with ``--cfg-options``): ``keep_heads_float=True`` keeps the neck, RPN and RoI heads
-in float (only the backbone is quantized).
+in float (only the backbone is quantized): shorthand for the per-module override ``(HEADS_FLOAT_PATTERN, None)``
+(``quant = dict(overrides=[...])`` in the config takes any rule, plugin.quant.overrides).
 """
 import contextlib
 import copy
@@ -26,6 +27,8 @@ import numpy as np
 from ..errors import UserInputError
 from .base import Task, register_task
 
+# every module outside the backbone: the neck, RPN and RoI heads
+HEADS_FLOAT_PATTERN = r"re:(?!backbone\.).*"
 DATASET_WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset")
 
 
@@ -139,18 +142,20 @@ class DetectionTask(Task):
     # RepQ-ViT / PTQ4ViT-style calibration uses one image for detection; reconstruction recipes carry their own number.
     default_calib_num = 1
 
-    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False,
-                 keep_heads_float=None):
+    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
         super().__init__(cfg, checkpoint, device, work_dir, launcher)
         _require_mmdet()
         from mmengine.config import Config
         if not isinstance(cfg, Config):
             raise UserInputError("the detection task needs the config loaded by mmengine (pip install -e '.[det]')")
         self.unsafe_load = unsafe_load
-        self.keep_heads_float = bool(cfg.get("keep_heads_float", False) if keep_heads_float is None
-                                     else keep_heads_float)
+        self.keep_heads_float = bool(cfg.get("keep_heads_float", False))  # applied as a recipe override
         self.runner = None
         self._calib_set = None
+
+    @staticmethod
+    def recipe_overrides(cfg):
+        return [(HEADS_FLOAT_PATTERN, None)] if cfg.get("keep_heads_float", False) else []
 
     # -- building -------------------------------------------------------------------------------------------------
     def _runner_cfg(self):
@@ -168,7 +173,6 @@ class DetectionTask(Task):
         from mmengine.model import is_model_wrapper
         from mmengine.runner import Runner
 
-        from ..adapters.mmdet_swin import keep_heads_float
         from ..utils.checkpoint import load_into, load_state_dict_file
 
         cfg = self._runner_cfg()
@@ -189,8 +193,6 @@ class DetectionTask(Task):
         load_into(model, state, self.checkpoint, filter_fn=detector_checkpoint_filter)
         if self.launcher == "none":
             model.to(self.device)
-        if self.keep_heads_float:
-            keep_heads_float(model)
         return model.eval()
 
     # -- calibration ----------------------------------------------------------------------------------------------
