@@ -75,6 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="toy model and layer sizes (a smoke run on CPU)")
     p.add_argument("--out", default=None, help="write the JSON here")
     p.add_argument("--verbose", action="store_true", help="calibration progress to stderr")
+    add_e2e_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size = min(args.batch_size, 8)
@@ -429,6 +430,8 @@ def print_report(report):
 def main(argv=None):
     args = parse_args(argv)
     import plugin  # noqa: F401  (registers adapters, recipes, passes)
+    if args.e2e:
+        return e2e_main(args)
     from plugin.quant.freeze import set_int8_backend
     if args.int8_backend != "int_mm" and _triton_status(torch.device(args.device)) is not None:
         print(f"error: --int8-backend {args.int8_backend}: {_triton_status(torch.device(args.device))}",
@@ -473,6 +476,281 @@ def main(argv=None):
         from plugin.quant.io import write_json
         write_json(args.out, report)
     return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --e2e: whole-model deployment throughput, BF16 compiled vs torchao vs plugin.quant.deploy (issue 14)
+
+E2E_MODELS = ["vit_base_patch16_224", "deit_small_patch16_224", "swin_tiny_patch4_window7_224"]
+E2E_BATCHES = [64, 8, 1]
+E2E_PATHS = ["bf16_compiled", "torchao_int8_dynamic", "torchao_fp8_dynamic", "ours_w8a8", "ours_fp8"]
+# --quick --e2e: toy models of the same families, small batches (a CPU smoke run)
+E2E_QUICK_ARGS = {
+    **QUICK_MODEL_ARGS,
+    "swin_tiny_patch4_window7_224": dict(img_size=32, patch_size=2, window_size=4, embed_dim=32, depths=(2, 2),
+                                         num_heads=(2, 4), num_classes=10),
+}
+# kernel-name fragments -> op class, tried in this order (profile of one forward; see e2e_profile)
+_ATTN_KEYS = ("flash", "fmha", "attention", "attn", "sdpa", "scaled_dot")
+_GEMM_KEYS = ("gemm", "xmma", "cutlass", "nvjet", "cublas", "scaled_mm", "_mm_", "int_mm", "matmul", "triton_tem",
+              "sm90_", "sm80_", "s16816", "wgmma")
+_NORM_KEYS = ("layer_norm", "gelu", "softmax", "var_mean", "erf", "tanh")
+_QUANT_KEYS = ("clamp", "round", "amax", "abs", "quant", "float8", "scale")
+
+
+def add_e2e_args(p):
+    g = p.add_argument_group("--e2e: deployment throughput (BF16 compiled, torchao, plugin.quant.deploy)")
+    g.add_argument("--e2e", action="store_true", help="whole-model throughput of bf16_compiled, "
+                   "torchao_int8_dynamic, torchao_fp8_dynamic, ours_w8a8, ours_fp8 (all torch.compile + CUDA graph "
+                   "replays), written to docs/results/performance/e2e_<gpu>.json unless --out")
+    g.add_argument("--e2e-models", nargs="+", default=E2E_MODELS)
+    g.add_argument("--e2e-batches", nargs="+", type=int, default=E2E_BATCHES)
+    g.add_argument("--e2e-paths", nargs="+", default=E2E_PATHS, choices=E2E_PATHS)
+    g.add_argument("--e2e-method", default="minmax", help="recipe calibrated for the ours_* paths (W8A8)")
+    g.add_argument("--e2e-min-time", type=float, default=0.5, help="seconds of timed replays per measurement")
+    g.add_argument("--e2e-budget-s", type=float, default=None, help="start no new (model, path) after this many "
+                   "seconds; the rows say what was skipped")
+    g.add_argument("--e2e-profile", nargs="*", default=None, metavar="MODEL:BATCH",
+                   help="time per op class (GEMM, attention, norm/elementwise, quantize) of one forward of each "
+                   "path; default when given without values: vit_base_patch16_224:64")
+    g.add_argument("--e2e-no-compile", action="store_true", help="eager (a CPU smoke test of the harness)")
+
+
+def _gpu_slug(device):
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    for key in ("h200", "h100", "a100", "l40s", "l4", "b200", "a10g"):
+        if key in name:
+            return key
+    return "".join(c for c in name if c.isalnum())[:16] or "gpu"
+
+
+def _torchao_status():
+    try:
+        import torchao  # noqa: F401
+        from torchao.quantization import quantize_  # noqa: F401
+    except Exception as e:  # ImportError, or a torchao that does not load with this torch
+        return f"torchao not available ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    return None
+
+
+def _e2e_build(path, base, calibrated, dtype):
+    """The model of one path (not compiled) and its recipe summary."""
+    if path in ("ours_w8a8", "ours_fp8"):
+        from plugin.quant.deploy import deploy, deploy_report
+        dep = deploy(calibrated, "int8" if path == "ours_w8a8" else "fp8", dtype=dtype)
+        return dep, deploy_report(dep)["summary"]
+    model = copy.deepcopy(base).to(dtype)
+    if path == "bf16_compiled":
+        return model, [{"role": "all", "op": f"timm model in {dtype}", "recipe": "not quantized"}]
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Int8DynamicActivationInt8WeightConfig,
+                                      PerRow, quantize_)
+    if path == "torchao_int8_dynamic":
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        recipe = "torchao Int8DynamicActivationInt8WeightConfig: W int8 per-channel, A int8 per-token dynamic"
+    else:
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        recipe = "torchao Float8DynamicActivationFloat8WeightConfig(PerRow): W/A e4m3 rowwise, A dynamic"
+    return model, [{"role": "Linear", "op": "torchao quantize_", "recipe": recipe},
+                   {"role": "other", "op": f"timm default in {dtype}", "recipe": "not quantized"}]
+
+
+def _e2e_time(fn, x, device, min_time):
+    """images/s of fn(x): warm-up (compiles), then CUDA-graph replays (eager calls where capture fails or off
+    CUDA), timed in three rounds of >= min_time / 3 s each; the median round."""
+    with torch.no_grad():
+        for _ in range(3):
+            fn(x)
+        step, note = (lambda: fn(x)), None
+        if device.type == "cuda":
+            try:
+                step = _capture(lambda: fn(x), device).replay
+            except RuntimeError as e:
+                torch.cuda.synchronize(device)
+                note = "eager (CUDA graph capture failed: " + str(e).splitlines()[0][:150] + ")"
+        _, once = _timed(step, device)
+        reps = max(3, int(min_time / 3 / max(once, 1e-6)))
+        rounds = []
+        for _ in range(3):
+            _, sec = _timed(lambda: [step() for _ in range(reps)], device)
+            rounds.append(sec / reps)
+    rounds.sort()
+    return x.shape[0] / rounds[1], note
+
+
+def _op_class(name):
+    n = name.lower()
+    if any(k in n for k in _ATTN_KEYS):
+        return "attention"
+    if any(k in n for k in _GEMM_KEYS):
+        return "gemm"
+    if any(k in n for k in _NORM_KEYS):
+        return "norm_elementwise"
+    if "memcpy" in n or "memset" in n:
+        return "copy"
+    if any(k in n for k in _QUANT_KEYS):
+        return "quantize"
+    return "norm_elementwise"
+
+
+def e2e_profile(fn, x, device, calls=5):
+    """GPU time per op class of one forward (kernels from torch.profiler over `calls` eager calls of the compiled
+    model), the number of kernels, and the slowest kernels. A LayerNorm / GELU kernel that also writes the 8-bit
+    codes counts as norm_elementwise (its name shows the fused ops: _to_copy, clamp, div)."""
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad():
+        fn(x)
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn(x)
+            _sync(device)
+    classes, kernels = {}, []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None)
+        if t is None:
+            t = getattr(ev, "cuda_time_total", 0)
+        if not t or getattr(ev, "device_type", None) not in (None, torch.autograd.DeviceType.CUDA):
+            continue
+        if ev.key.startswith(("aten::", "cuda", "Torch-Compiled", "CompiledFunction", "## ")):
+            continue
+        c = _op_class(ev.key)
+        ms = t / 1e3 / calls
+        classes[c] = classes.get(c, 0.0) + ms
+        kernels.append({"kernel": ev.key[:160], "class": c, "ms": ms, "count": ev.count // calls})
+    total = sum(classes.values())
+    kernels.sort(key=lambda k: -k["ms"])
+    return {"ms_per_forward": total, "ms": classes,
+            "share": {c: v / total for c, v in classes.items()} if total else {},
+            "kernels_per_forward": sum(k["count"] for k in kernels), "top_kernels": kernels[:25]}
+
+
+def _write_e2e(report, out):
+    from plugin.quant.io import write_json
+    write_json(out, report)
+
+
+def e2e_main(args):
+    from plugin.quant import CalibData, get_recipe, quantize
+    device = torch.device(args.device)
+    dtype = torch.bfloat16
+    out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results",
+                                   "performance", f"e2e_{_gpu_slug(device)}.json")
+    profile_at = set(args.e2e_profile if args.e2e_profile else
+                     (["vit_base_patch16_224:64"] if args.e2e_profile is not None else []))
+    tao_skip = _torchao_status()
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    report = {"command": "python " + " ".join(sys.argv), "device": dev_name, "torch": torch.__version__,
+              "compile": not args.e2e_no_compile, "timing": "torch.compile (inductor default) per path, model and "
+              "batch (static shapes), then CUDA-graph replays; images/s of the median of three timed rounds",
+              "method": f"{args.e2e_method} W8A8, {args.calib_num} random calibration images", "quick": args.quick,
+              "notes": [], "rows": [], "recipes": {}, "profile": {}, "compile_s": {}}
+    if tao_skip:
+        report["notes"].append(f"torchao rows skipped: {tao_skip}")
+    if device.type != "cuda":
+        report["notes"].append("not a GPU: torchao rows skipped, ours_* run torch._int_mm / CPU _scaled_mm")
+    rows = {}
+    for name in args.e2e_models:
+        for b in args.e2e_batches:
+            rows[(name, b)] = {"device": dev_name, "torch": torch.__version__, "model": name, "batch": b,
+                               "img_s": {p: None for p in E2E_PATHS}, "notes": {}}
+    report["rows"] = list(rows.values())
+    t_start = time.perf_counter()
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    for name in args.e2e_models:
+        import timm
+        torch.manual_seed(0)
+        base = timm.create_model(name, pretrained=False,
+                                 **(E2E_QUICK_ARGS.get(name, {}) if args.quick else {})).eval().to(device)
+        shape = input_size(base)
+        calibrated = None
+        if any(p.startswith("ours") for p in args.e2e_paths):
+            gen = torch.Generator(device).manual_seed(1)
+            imgs = torch.randn(args.calib_num, *shape, device=device, generator=gen)
+            calibrated = quantize(copy.deepcopy(base), get_recipe(args.e2e_method, 8, 8),
+                                  CalibData(list(imgs.split(args.calib_batch)), lambda m, b: m(b)), log=lambda *a: None)
+        report["recipes"][name] = {}
+        for path in args.e2e_paths:
+            if args.e2e_budget_s is not None and time.perf_counter() - t_start > args.e2e_budget_s:
+                for b in args.e2e_batches:
+                    rows[(name, b)]["notes"][path] = "skipped: --e2e-budget-s reached"
+                continue
+            if path.startswith("torchao") and (tao_skip or device.type != "cuda"):
+                for b in args.e2e_batches:
+                    rows[(name, b)]["notes"][path] = tao_skip or "torchao rows need CUDA here"
+                continue
+            try:
+                model, recipe = _e2e_build(path, base, calibrated, dtype)
+            except Exception as e:  # a torchao config that does not apply, say: the row says why
+                for b in args.e2e_batches:
+                    rows[(name, b)]["notes"][path] = f"build failed: {type(e).__name__}: {str(e)[:200]}"
+                log(f"[e2e] {name} {path}: build failed: {e}")
+                continue
+            report["recipes"][name][path] = recipe
+            fn = model if args.e2e_no_compile else torch.compile(model, dynamic=False)
+            for b in args.e2e_batches:
+                x = torch.randn(b, *shape, device=device, generator=torch.Generator(device).manual_seed(0)).to(dtype)
+                t0 = time.perf_counter()
+                try:
+                    img_s, note = _e2e_time(fn, x, device, args.e2e_min_time)
+                except Exception as e:
+                    img_s, note = None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                rows[(name, b)]["img_s"][path] = img_s
+                if note:
+                    rows[(name, b)]["notes"][path] = note
+                report["compile_s"][f"{name}:{b}:{path}"] = time.perf_counter() - t0
+                log(f"[e2e] {name} b{b} {path}: {img_s if img_s is None else round(img_s, 1)} img/s "
+                    f"({time.perf_counter() - t0:.1f}s incl. compile){' ' + note if note else ''}")
+                if f"{name}:{b}" in profile_at and img_s is not None:
+                    try:
+                        report["profile"].setdefault(f"{name}:{b}", {})[path] = e2e_profile(fn, x, device)
+                    except Exception as e:
+                        report["profile"].setdefault(f"{name}:{b}", {})[path] = {"error": str(e)[:200]}
+            del model, fn
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            report["total_s"] = time.perf_counter() - t_start
+            _write_e2e(report, out)  # after every (model, path): a run stopped at its time limit keeps its rows
+        del base, calibrated
+    for r in report["rows"]:
+        bf = r["img_s"].get("bf16_compiled")
+        r["speedup_vs_bf16_compiled"] = {p: (v / bf if v and bf else None) for p, v in r["img_s"].items()}
+        if not r["notes"]:
+            del r["notes"]
+    report["total_s"] = time.perf_counter() - t_start
+    _write_e2e(report, out)
+    print_e2e(report)
+    print(f"\nwritten: {out}")
+    return 0
+
+
+def print_e2e(report):
+    print(f"device: {report['device']}  torch {report['torch']}  ({report['timing']})")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"{'model':<30} {'batch':>5} " + " ".join(f"{p:>22}" for p in E2E_PATHS))
+    for r in report["rows"]:
+        bf = r["img_s"].get("bf16_compiled")
+        cells = []
+        for p in E2E_PATHS:
+            v = r["img_s"].get(p)
+            cells.append(f"{'-':>22}" if v is None else
+                         f"{v:>12.1f}" + (f" ({v / bf:>5.2f}x)" if bf else " " * 9) + " ")
+        print(f"{r['model']:<30} {r['batch']:>5} " + " ".join(cells))
+    for key, paths in report.get("profile", {}).items():
+        print(f"\nprofile {key}: GPU ms per forward by op class")
+        for p, prof in paths.items():
+            if "ms" in prof:
+                parts = ", ".join(f"{c} {v:.3f}" for c, v in sorted(prof["ms"].items(), key=lambda kv: -kv[1]))
+                print(f"  {p:<22} total {prof['ms_per_forward']:.3f} ms, {prof['kernels_per_forward']} kernels: {parts}")
+    for model, paths in report.get("recipes", {}).items():
+        for p, summary in paths.items():
+            if p.startswith("ours"):
+                print(f"\nrecipe {model} {p}:")
+                for g in summary:
+                    count = f"{g['count']:>3}x" if g.get("count") is not None else "   -"
+                    print(f"  {count} {g['role']:<12} {g['op']}: {g['recipe']}")
 
 
 if __name__ == "__main__":

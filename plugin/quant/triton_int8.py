@@ -335,6 +335,23 @@ def quant_int8_gemm(x, w8, out_scale, x_scale, x_zero, qmin=-128, qmax=127, x_of
     return _launch(x, w8, out_scale, const, w_zero, bias, out_dtype or x.dtype, quant)
 
 
+def heuristic_config(m, n, k):
+    """A fixed tile config for an (M, N, K) GEMM, no autotuning (deployment: a model with many shapes and batch
+    sizes would otherwise time every candidate for each). From the autotuner's picks on an H100 at ViT-B sizes
+    (docs/performance.md): wide N tiles where N is large, wide K tiles where K is large, 128×128×128 otherwise; small
+    M (a few images) takes 64-row tiles so more programs run."""
+    if m >= 4096:
+        if k >= 2048:
+            bm, bn, bk, warps, stages = 128, 128, 256, 8, 3
+        elif n >= 2048:
+            bm, bn, bk, warps, stages = 128, 256, 128, 8, 3
+        else:
+            bm, bn, bk, warps, stages = 128, 128, 128, 8, 3
+    else:
+        bm, bn, bk, warps, stages = 64, 128, 128, 4, 4
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
+
+
 def tuned_configs():
     """The tile configs the autotuner picked so far: {"M,N,K,flags…": "BLOCK_M: …, num_warps: …"} (for reports)."""
     return {f"{kind}:" + ",".join(map(str, key)): str(cfg)
@@ -342,4 +359,4 @@ def tuned_configs():
             for key, cfg in getattr(kern, "cache", {}).items()}
 
 
-__all__ = ["int8_gemm", "quant_int8_gemm", "quantize_int8", "tuned_configs"]
+__all__ = ["heuristic_config", "int8_gemm", "quant_int8_gemm", "quantize_int8", "tuned_configs"]

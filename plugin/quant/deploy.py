@@ -1,0 +1,395 @@
+"""GPU deployment: a calibrated W8A8 model turned into a BF16 model whose Linear layers run 8-bit GEMMs.
+
+    from plugin.quant.deploy import deploy, deploy_report
+    dep = deploy(calibrated_model, mode="fp8")      # or mode="int8"; a new model, the calibrated one is untouched
+    fast = torch.compile(dep)                        # inductor fuses each activation quantize into its producer
+    print(deploy_report(dep)["summary"])             # the recipe of every site, dropped quantizers included
+
+`mode="int8"` (exact W8A8 codes): every Linear that `plugin.quant.freeze` can freeze (calibrated uniform ≤ 8-bit
+weights per channel or per tensor, calibrated per-tensor uniform ≤ 8-bit input) becomes a `DeployInt8Linear`: the
+input codes come from the calibrated **static** scale and zero point, written in plain torch ops
+(clamp(x / s + z).round() → int8), so under `torch.compile` inductor computes them inside the kernel that produces x
+(LayerNorm, GELU, the attention output copy) and writes one byte per value instead of two. The GEMM is
+`vitq::int8_gemm`, a custom op (opaque to inductor, no graph break) running the Triton kernel of
+`plugin.quant.triton_int8` with the zero-point corrections, per-channel scale and bias in its epilogue; on CPU, or
+without triton, it runs `torch._int_mm` and the same epilogue in torch ops (the codes and the int32 sums are those
+of `Int8Linear`).
+
+`mode="fp8"`: the same layers become `DeployFP8Linear`: weights are the calibrated fake-quant weights (the int8 grid,
+dequantized) stored as FP8 e4m3 with one per-tensor scale; inputs are clipped to the calibrated range [lo, hi] of the
+site's int8 quantizer and stored as e4m3 with the static per-tensor scale max(|lo|, |hi|) / 448 (no per-token absmax
+pass); `torch._scaled_mm` multiplies them with both scales and the bias in cuBLAS's epilogue, BF16 out. This is not
+the int8 grid: the e4m3 rounding (3 mantissa bits) replaces the uniform 8-bit rounding, so its accuracy is measured
+separately (tools/deploy_eval.py).
+
+Everything else runs in `dtype` (BF16), and `deploy_report` lists it:
+- attention (timm ViT/DeiT `Attention`, Swin `WindowAttention`): `F.scaled_dot_product_attention` in BF16 (flash, or
+  the memory-efficient kernel where Swin's relative-position bias / shift mask is an additive mask). The quantizers
+  of the attention matmuls (q, k, post-Softmax, v) are **dropped**: they do not run at inference;
+- Linear / Conv layers that do not qualify (the patch embedding convolution, channel-wise input quantizers, low-rank
+  branches, the classifier of width not divisible by 16 under fp8 is padded instead) keep fake-quant: weights
+  quantized once and stored in BF16, the input quantizer applied as pointwise ops in float32 (fused by inductor);
+- LayerNorm, GELU, softmax, residual adds: BF16 (float32 inside the fused kernels), not quantized, as in the
+  fake-quant model.
+
+Codes and scales keep their dtypes through `model.to(dtype)` (only device moves reach them).
+"""
+import copy
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import UserInputError
+from .freeze import Int8Linear, int8_matmul, why_not_freezable
+from .modules import MatMul, QuantConv2d, QuantLinear
+from .quantizers import UniformQuantizer
+
+MODES = ("int8", "fp8")
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+TILES = ("heuristic", "autotune")
+
+
+class _KeepDtypes:
+    """Buffers and parameters of this module and its children keep their dtypes under `.to(dtype)`, `.half()`…:
+    only device moves reach them (int8 / e4m3 codes and float32 scales must not be cast)."""
+
+    def _apply(self, fn, recurse=True):
+        for mod in self.modules():
+            for store in (mod._buffers, mod._parameters):
+                for key, t in store.items():
+                    if t is None:
+                        continue
+                    moved = fn(t)
+                    if moved.dtype != t.dtype:
+                        moved = t.to(moved.device)
+                    store[key] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
+        return self
+
+
+def _triton_available(t):
+    if not t.is_cuda:
+        return False
+    try:
+        from . import triton_int8  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.library.custom_op("vitq::int8_gemm", mutates_args=())
+def int8_gemm_op(a8: torch.Tensor, w8: torch.Tensor, out_scale: torch.Tensor, const: torch.Tensor,
+                 w_zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], out_dtype: torch.dtype,
+                 tile: str) -> torch.Tensor:
+    """out_scale·(a8 @ w8ᵀ + const − rowsum(a8)·w_zero) + bias, as `Int8Linear` (int8 a8 (M, K), w8 (N, K)).
+
+    CUDA with triton: the Triton GEMM with the epilogue fused (`tile`: "heuristic" fixes the tile config from the
+    shape, "autotune" lets Triton time its candidates on the first call of each shape). Elsewhere: `torch._int_mm`
+    (exact float64 matmul where it is missing) and the epilogue in torch ops."""
+    if _triton_available(a8):
+        from . import triton_int8
+        config = triton_int8.heuristic_config(a8.shape[0], w8.shape[0], a8.shape[1]) if tile == "heuristic" else None
+        return triton_int8.int8_gemm(a8, w8, out_scale, const, w_zero, bias, out_dtype, config=config)
+    acc = int8_matmul(a8, w8) + const
+    if w_zero is not None:
+        acc = acc - a8.sum(1, dtype=torch.int32).unsqueeze(1) * w_zero
+    y = acc.float() * out_scale
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
+
+
+@int8_gemm_op.register_fake
+def _int8_gemm_fake(a8, w8, out_scale, const, w_zero, bias, out_dtype, tile):
+    return a8.new_empty((a8.shape[0], w8.shape[0]), dtype=out_dtype)
+
+
+class DeployInt8Linear(_KeepDtypes, Int8Linear):
+    """`Int8Linear` for deployment: the input quantization in plain torch ops (fused into the producer under
+    torch.compile; one Triton pass when run eagerly on CUDA) and the GEMM through the `vitq::int8_gemm` custom op."""
+
+    tile = "heuristic"
+
+    @classmethod
+    def from_quant_linear(cls, m: QuantLinear, tile="heuristic"):
+        if tile not in TILES:
+            raise ValueError(f"unknown tile choice {tile!r}; expected one of {TILES}")
+        out = Int8Linear.from_quant_linear(m)
+        out.__class__ = cls
+        out.tile = tile
+        return out
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        if x2d.is_cuda and not torch.compiler.is_compiling() and _triton_available(x2d):
+            from . import triton_int8
+            a = triton_int8.quantize_int8(x2d, self.x_scale, self.x_zero, self.x_qmin, self.x_qmax, self.x_offset)
+        else:
+            a = self.quantize_input(x2d.float())
+        y = torch.ops.vitq.int8_gemm(a, self.weight_int8, self.out_scale, self.const,
+                                     self.w_zero if self.w_asymmetric else None, self.bias, x.dtype, self.tile)
+        return y.reshape(*lead, self.out_features)
+
+
+class DeployFP8Linear(_KeepDtypes, nn.Module):
+    """y = (e4m3(clamp(x, lo, hi) / s_x) @ e4m3(w / s_w)ᵀ)·s_x·s_w + b by `torch._scaled_mm`, static per-tensor
+    scales, output in `out_dtype`. Output features are zero-padded to a multiple of 16 (cuBLAS FP8 needs it) and
+    sliced off; the input features must be a multiple of 16."""
+
+    def __init__(self, in_features, out_features, out_dtype=torch.bfloat16, source_weight_bytes=0):
+        super().__init__()
+        if in_features % 16:
+            raise ValueError(f"FP8 GEMM needs in_features divisible by 16, got {in_features}")
+        self.in_features, self.out_features, self.out_dtype = in_features, out_features, out_dtype
+        self.source_weight_bytes = source_weight_bytes
+        n_pad = -(-out_features // 16) * 16
+        self.register_buffer("weight_fp8", torch.zeros(n_pad, in_features, dtype=torch.float8_e4m3fn))
+        self.register_buffer("w_scale", torch.ones((), dtype=torch.float32))
+        self.register_buffer("x_scale", torch.ones((), dtype=torch.float32))
+        self.register_buffer("x_lo", torch.full((), -FP8_MAX))
+        self.register_buffer("x_hi", torch.full((), FP8_MAX))
+        self.register_buffer("bias", None)
+
+    @classmethod
+    def from_quant_linear(cls, m: QuantLinear, out_dtype=torch.bfloat16):
+        reason = why_not_freezable(m)
+        if reason is not None:
+            raise ValueError(f"cannot deploy this layer in FP8: {reason}")
+        n, k = m.weight.shape
+        out = cls(k, n, out_dtype, source_weight_bytes=m.weight.numel() * m.weight.element_size())
+        with torch.no_grad():
+            w = m.weight_quantizer(m.weight.detach().float())  # the calibrated int8 grid, dequantized
+            w_scale = (w.abs().max() / FP8_MAX).clamp_min(1e-12)
+            w8 = torch.zeros(out.weight_fp8.shape, device=w.device)
+            w8[:n] = (w / w_scale).clamp(-FP8_MAX, FP8_MAX)
+            out.weight_fp8 = w8.to(torch.float8_e4m3fn)
+            xq = m.input_quantizer
+            s, z = xq.scale.detach().float().reshape(()), xq.zero_point.detach().float().reshape(())
+            lo, hi = (xq.qmin - z) * s, (xq.qmax - z) * s  # the calibrated clipping range of the int8 grid
+            out.x_lo, out.x_hi = lo.clone(), hi.clone()
+            out.x_scale = (torch.maximum(lo.abs(), hi.abs()) / FP8_MAX).clamp_min(1e-12)
+            out.w_scale = w_scale.reshape(())
+            if m.bias is not None:
+                b = torch.zeros(out.weight_fp8.shape[0], device=w.device)
+                b[:n] = m.bias.detach().float()
+                out.bias = b.to(out_dtype)
+        return out.to(m.weight.device)
+
+    def quantize_input(self, x2d):
+        """e4m3 codes of x clipped to the calibrated range, with the static scale (plain torch ops)."""
+        return (x2d.float().clamp(self.x_lo, self.x_hi) / self.x_scale).to(torch.float8_e4m3fn)
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        a = self.quantize_input(x.reshape(-1, self.in_features))
+        if a.is_cuda:
+            y = torch._scaled_mm(a, self.weight_fp8.t(), self.x_scale, self.w_scale, bias=self.bias,
+                                 out_dtype=self.out_dtype)
+        else:  # CPU: the same product of the e4m3 values in float32 (CPU _scaled_mm, where it exists, is slow)
+            y = (a.float() @ self.weight_fp8.float().t()) * (self.x_scale * self.w_scale)
+            y = (y + self.bias.float() if self.bias is not None else y).to(self.out_dtype)
+        if y.shape[-1] != self.out_features:
+            y = y[:, : self.out_features]
+        return y.reshape(*lead, self.out_features)
+
+    def weight_bytes(self):
+        return self.weight_fp8[: self.out_features].numel() + 4
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, e4m3 W/A, static per-tensor scales"
+
+
+class _Float32Quantizer(_KeepDtypes, nn.Module):
+    """A fake quantizer kept at deployment: applied in float32 (its scales stay float32), result cast back."""
+
+    def __init__(self, quantizer):
+        super().__init__()
+        self.quantizer = quantizer
+
+    def forward(self, x):
+        return self.quantizer(x.float()).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------- attention
+
+def _sdpa_attention_classes():
+    try:
+        from timm.layers import Attention as TimmAttention
+        from timm.models.swin_transformer import WindowAttention
+
+        from ..adapters.timm_vit import QuantTimmAttention, QuantWindowAttention
+    except ImportError:
+        return {}
+
+    class DeployTimmAttention(TimmAttention):
+        """timm Attention through `F.scaled_dot_product_attention` (BF16 flash); no quantizer inside."""
+
+        def forward(self, x, attn_mask=None, is_causal=False, **kwargs):
+            B, N, _ = x.shape
+            gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+            qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            q, k = self.q_norm(q), self.k_norm(k)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+            x = x.transpose(1, 2).reshape(B, N, -1)
+            x = getattr(self, "norm", nn.Identity())(x)
+            if gate is not None:
+                x = x * gate
+            return self.proj_drop(self.proj(x))
+
+    class DeployWindowAttention(WindowAttention):
+        """Swin WindowAttention through SDPA with the relative-position bias (+ shift mask) as an additive mask."""
+
+        def forward(self, x, mask=None):
+            B_, N, _ = x.shape
+            qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            bias = self._get_rel_pos_bias().to(q.dtype)
+            if mask is not None:
+                num_win = mask.shape[0]
+                mask = mask.to(q.dtype).view(1, num_win, 1, N, N).expand(B_ // num_win, -1, self.num_heads, -1, -1)
+                bias = bias + mask.reshape(-1, self.num_heads, N, N)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            x = x.transpose(1, 2).reshape(B_, N, -1)
+            return self.proj_drop(self.proj(x))
+
+    return {QuantTimmAttention: DeployTimmAttention, QuantWindowAttention: DeployWindowAttention}
+
+
+def _describe(q):
+    if q is None:
+        return "float"
+    spec = q.spec
+    text = f"{spec.kind} {spec.bits}-bit {spec.granularity}"
+    if spec.kind == "uniform":
+        text += " sym" if spec.symmetric else " asym"
+    return text + ("" if q.enabled and q._ready else " (not calibrated / disabled)")
+
+
+def _roles(model):
+    from .adapter import find_adapter
+    try:
+        adapter = find_adapter(model)
+    except UserInputError:
+        return {}
+    return {name: role.value for name, role in adapter.roles(model).items()}
+
+
+def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str = "heuristic") -> nn.Module:
+    """A deployment copy of a calibrated fake-quant model (the model itself is not changed); see the module doc.
+
+    mode: "int8" (exact W8A8 codes, Triton / `torch._int_mm` GEMM) or "fp8" (e4m3 `torch._scaled_mm`); dtype: the
+    float dtype of everything else (BF16; float16 works, float32 for CPU checks); tile: the Triton GEMM's tile choice
+    in int8 mode. `deploy_report(result)` gives the recipe of every site."""
+    if mode not in MODES:
+        raise UserInputError(f"unknown deploy mode {mode!r}; expected one of {MODES}")
+    if tile not in TILES:
+        raise UserInputError(f"unknown tile choice {tile!r}; expected one of {TILES}")
+    if not any(isinstance(m, (QuantLinear, QuantConv2d)) for m in model.modules()):
+        raise UserInputError("deploy() needs a quantized model (plugin.quant.quantize first)")
+    from .calibrate import set_submodule
+    roles = _roles(model)
+    model = copy.deepcopy(model)
+    sites = []
+
+    def site(name, op, recipe, role=None):
+        sites.append({"site": name, "role": role or roles.get(name, "other"), "op": op, "recipe": recipe})
+
+    for name, m in list(model.named_modules()):
+        if type(m) is QuantLinear:
+            reason = why_not_freezable(m)
+            w_desc, x_desc = _describe(m.weight_quantizer), _describe(m.input_quantizer)
+            if reason is None and mode == "fp8" and m.in_features % 16:
+                reason = f"in_features {m.in_features} is not a multiple of 16 (FP8 GEMM)"
+            if reason is None:
+                if mode == "int8":
+                    new = DeployInt8Linear.from_quant_linear(m, tile=tile)
+                    site(name, "int8 GEMM (vitq::int8_gemm: Triton on CUDA, torch._int_mm elsewhere; zero-point "
+                         "corrections, scale, bias in the epilogue)",
+                         f"W {w_desc} (int8 codes), A {x_desc} static (codes made in the producer kernel)")
+                else:
+                    new = DeployFP8Linear.from_quant_linear(m, out_dtype=dtype)
+                    site(name, "FP8 e4m3 GEMM (torch._scaled_mm, scales and bias in the epilogue)",
+                         f"W e4m3 per-tensor from the {w_desc} grid, A e4m3 per-tensor static scale, clipped to the "
+                         f"calibrated {x_desc} range (made in the producer kernel)")
+                set_submodule(model, name, new)
+                continue
+            _keep_fake_quant(m)
+            site(name, f"{dtype} Linear, fake-quant kept ({reason})", f"W {w_desc} (stored dequantized), A {x_desc}")
+        elif type(m) is QuantConv2d:
+            w_desc, x_desc = _describe(m.weight_quantizer), _describe(m.input_quantizer)
+            _keep_fake_quant(m)
+            site(name, f"{dtype} Conv2d, fake-quant kept", f"W {w_desc} (stored dequantized), A {x_desc}")
+    swaps = _sdpa_attention_classes()
+    for name, m in list(model.named_modules()):
+        new_cls = swaps.get(type(m))
+        if new_cls is None:
+            continue
+        dropped = []
+        for mm_name, slots in (("matmul_qk", ("q", "k")), ("matmul_av", ("post_softmax", "v"))):
+            mm = getattr(m, mm_name)
+            for slot, label in zip(("a_quantizer", "b_quantizer"), slots):
+                dropped.append(f"{label}: {_describe(getattr(mm, slot))}")
+            delattr(m, mm_name)
+        m.__class__ = new_cls
+        site(name, f"scaled_dot_product_attention in {dtype}",
+             "not quantized at inference; dropped quantizers: " + ", ".join(dropped), role="attention")
+    for name, m in list(model.named_modules()):  # attention of other architectures: fake-quant matmuls kept
+        if isinstance(m, MatMul):
+            for slot in ("a_quantizer", "b_quantizer"):
+                if getattr(m, slot) is not None:
+                    setattr(m, slot, _Float32Quantizer(getattr(m, slot)))
+            site(name, f"explicit matmul in {dtype}, fake-quant kept", role="attention",
+                 recipe=f"A {_describe(_inner(m.a_quantizer))}, B {_describe(_inner(m.b_quantizer))}")
+    model.to(dtype)
+    dtype_name = str(dtype).replace("torch.", "")
+    for s in sites:
+        s["op"] = s["op"].replace(str(dtype), dtype_name)
+    model._vitq_deploy = {"mode": mode, "dtype": dtype_name, "tile": tile, "sites": sites}
+    return model.eval()
+
+
+def _inner(q):
+    return q.quantizer if isinstance(q, _Float32Quantizer) else q
+
+
+def _keep_fake_quant(m):
+    """Quantize the weight once (stored in the module's float dtype) and keep the input quantizer in float32."""
+    with torch.no_grad():
+        if m.weight_quantizer is not None:
+            m.weight = nn.Parameter(m.weight_quantizer(m.weight.detach().float()).to(m.weight.dtype),
+                                    requires_grad=False)
+            m.weight_quantizer = None
+        if m.input_quantizer is not None:
+            m.input_quantizer = _Float32Quantizer(m.input_quantizer)
+
+
+def deploy_report(model: nn.Module) -> dict:
+    """{"mode", "dtype", "sites": [{site, role, op, recipe}], "summary": [{role, op, recipe, count, sites}]}: the
+    recipe of every site of a `deploy`ed model, identical ones grouped (what is not quantized says so)."""
+    info = getattr(model, "_vitq_deploy", None)
+    if info is None:
+        raise UserInputError("not a deployed model (plugin.quant.deploy.deploy)")
+    groups = {}
+    for s in info["sites"]:
+        key = (s["role"], s["op"], s["recipe"])
+        groups.setdefault(key, []).append(s["site"])
+    summary = [{"role": r, "op": o, "recipe": rec, "count": len(names), "sites": names}
+               for (r, o, rec), names in groups.items()]
+    summary.append({"role": "-", "op": f"LayerNorm, GELU, softmax, residual adds, pooling in {info['dtype']}",
+                    "recipe": "not quantized (as in the fake-quant model)", "count": None, "sites": []})
+    return {**{k: v for k, v in info.items() if k != "sites"}, "sites": info["sites"], "summary": summary}
+
+
+def format_recipe(report: dict) -> str:
+    """The grouped recipe as text lines (for logs and reports)."""
+    lines = [f"deployment recipe (mode {report['mode']}, {report['dtype']}):"]
+    for g in report["summary"]:
+        count = f"{g['count']:>3}x" if g["count"] is not None else "   -"
+        lines.append(f"  {count} {g['role']:<12} {g['op']}: {g['recipe']}")
+    return "\n".join(lines)
+
+
+__all__ = ["DeployFP8Linear", "DeployInt8Linear", "deploy", "deploy_report", "format_recipe", "int8_gemm_op"]
