@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--mode", nargs="+", default=["int8", "fp8"], choices=["int8", "fp8"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--stem", default="gemm", choices=["gemm", "conv"], help="patch embedding as a GEMM over patches "
+                   "(default) or the convolution (plugin.quant.deploy.deploy's stem)")
     p.add_argument("--compile", action="store_true", help="torch.compile the deployed models (as benchmarked)")
     p.add_argument("--num-test", type=int, default=None, help="first N test images (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -73,7 +75,7 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     report = {"command": "python " + " ".join(sys.argv), "device": args.device,
               "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "num_test_images": len(eval_set), "compile": args.compile,
+              "torch": torch.__version__, "num_test_images": len(eval_set), "compile": args.compile, "stem": args.stem,
               "dtype": args.dtype, "results": []}
     fp = task.evaluate(fp_model, False)
     report["fp"] = fp
@@ -88,7 +90,7 @@ def main(argv=None):
         entry = {"method": method, "w_bits": args.w_bits, "a_bits": args.a_bits, "fake_quant": fake, "deployed": {}}
         log(f"{method} W{args.w_bits}A{args.a_bits} fake-quant: top1 {fake['top1']:.2f}")
         for mode in args.mode:
-            dep = deploy(model, mode, dtype=dtype)
+            dep = deploy(model, mode, dtype=dtype, stem=args.stem)
             rep = deploy_report(dep)
             runner = CastInput(dep, dtype)
             if args.compile:

@@ -277,16 +277,72 @@ def _roles(model):
     return {name: role.value for name, role in adapter.roles(model).items()}
 
 
-def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str = "heuristic") -> nn.Module:
+class PatchGemm(nn.Module):
+    """A convolution with stride = kernel size, no padding, dilation or groups (a ViT / Swin patch embedding) as a
+    reshape of the input into patches and one matmul; NCHW in and out, like the convolution.
+
+    Why: in a BF16 torch.compile'd ViT-B at batch 64 on an H100 the stem convolution ran as a cuDNN kernel plus two
+    layout transforms, 0.56 ms of 5.81 ms per forward (docs/performance.md, profile of bf16_compiled); as a matmul it
+    is a 12544 × 768 × 768 GEMM. The input quantizer (image pixels) stays fake-quant, fused into the patch copy."""
+
+    def __init__(self, in_chans, out_chans, patch, bias=True):
+        super().__init__()
+        self.in_chans, self.out_chans, self.patch = in_chans, out_chans, tuple(patch)
+        self.weight = nn.Parameter(torch.zeros(out_chans, in_chans * self.patch[0] * self.patch[1]),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_chans), requires_grad=False) if bias else None
+        self.input_quantizer = None
+
+    @staticmethod
+    def applies(conv):
+        if isinstance(conv.padding, str) or any(p != 0 for p in conv.padding):
+            return False
+        return (tuple(conv.stride) == tuple(conv.kernel_size) and tuple(conv.dilation) == (1, 1)
+                and conv.groups == 1)
+
+    @classmethod
+    def from_conv(cls, conv):
+        out = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(conv.weight.detach().reshape(conv.out_channels, -1))
+            if conv.bias is not None:
+                out.bias.copy_(conv.bias.detach())
+        out.input_quantizer = conv.input_quantizer
+        return out.to(conv.weight.device)
+
+    def forward(self, x):
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        b, c, h, w = x.shape
+        ph, pw = self.patch
+        hp, wp = h // ph, w // pw
+        if hp * ph != h or wp * pw != w:  # a ragged border: the convolution drops it
+            x = x[:, :, : hp * ph, : wp * pw]
+        patches = x.reshape(b, c, hp, ph, wp, pw).permute(0, 2, 4, 1, 3, 5).reshape(b * hp * wp, c * ph * pw)
+        y = F.linear(patches, self.weight, self.bias)
+        return y.reshape(b, hp, wp, self.out_chans).permute(0, 3, 1, 2)
+
+    def extra_repr(self):
+        return f"{self.in_chans}, {self.out_chans}, patch={self.patch}"
+
+
+STEMS = ("gemm", "conv")
+
+
+def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str = "heuristic",
+           stem: str = "gemm") -> nn.Module:
     """A deployment copy of a calibrated fake-quant model (the model itself is not changed); see the module doc.
 
     mode: "int8" (exact W8A8 codes, Triton / `torch._int_mm` GEMM) or "fp8" (e4m3 `torch._scaled_mm`); dtype: the
     float dtype of everything else (BF16; float16 works, float32 for CPU checks); tile: the Triton GEMM's tile choice
-    in int8 mode. `deploy_report(result)` gives the recipe of every site."""
+    in int8 mode; stem: "gemm" runs a patch-embedding convolution whose stride equals its kernel as a reshape +
+    matmul (`PatchGemm`), "conv" keeps the convolution. `deploy_report(result)` gives the recipe of every site."""
     if mode not in MODES:
         raise UserInputError(f"unknown deploy mode {mode!r}; expected one of {MODES}")
     if tile not in TILES:
         raise UserInputError(f"unknown tile choice {tile!r}; expected one of {TILES}")
+    if stem not in STEMS:
+        raise UserInputError(f"unknown stem choice {stem!r}; expected one of {STEMS}")
     if not any(isinstance(m, (QuantLinear, QuantConv2d)) for m in model.modules()):
         raise UserInputError("deploy() needs a quantized model (plugin.quant.quantize first)")
     from .calibrate import set_submodule
@@ -321,6 +377,11 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
         elif type(m) is QuantConv2d:
             w_desc, x_desc = _describe(m.weight_quantizer), _describe(m.input_quantizer)
             _keep_fake_quant(m)
+            if stem == "gemm" and PatchGemm.applies(m):
+                set_submodule(model, name, PatchGemm.from_conv(m))
+                site(name, f"{dtype} GEMM over non-overlapping patches (the stride = kernel convolution as a "
+                     "reshape + matmul), fake-quant kept", f"W {w_desc} (stored dequantized), A {x_desc}")
+                continue
             site(name, f"{dtype} Conv2d, fake-quant kept", f"W {w_desc} (stored dequantized), A {x_desc}")
     swaps = _sdpa_attention_classes()
     for name, m in list(model.named_modules()):
@@ -347,7 +408,7 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
     dtype_name = str(dtype).replace("torch.", "")
     for s in sites:
         s["op"] = s["op"].replace(str(dtype), dtype_name)
-    model._vitq_deploy = {"mode": mode, "dtype": dtype_name, "tile": tile, "sites": sites}
+    model._vitq_deploy = {"mode": mode, "dtype": dtype_name, "tile": tile, "stem": stem, "sites": sites}
     return model.eval()
 
 
@@ -392,4 +453,4 @@ def format_recipe(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DeployFP8Linear", "DeployInt8Linear", "deploy", "deploy_report", "format_recipe", "int8_gemm_op"]
+__all__ = ["DeployFP8Linear", "DeployInt8Linear", "PatchGemm", "deploy", "deploy_report", "format_recipe", "int8_gemm_op"]
