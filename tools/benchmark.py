@@ -3,6 +3,7 @@
 
     python tools/benchmark.py --device cuda --out results/bench.json
     python tools/benchmark.py --device cpu --quick --out /tmp/bench.json     # tiny sizes, a smoke run
+    python tools/benchmark.py --e2e --e2e-profile    # deployment: BF16 compiled vs torchao vs plugin.quant.deploy
 
 For each model (timm, random weights: speed does not depend on them): calibration wall time per method; evaluation
 throughput (images/s) of the float model, the fake-quant model and the frozen INT8 model (`plugin.quant.freeze`);
@@ -11,6 +12,11 @@ against `torch._int_mm`, against the whole `Int8Linear` (input quantization + in
 with triton installed, against the Triton kernels of `plugin.quant.triton_int8` (int8 GEMM with the epilogue fused;
 the same quantizing a bf16 input while loading it). Ratios are taken between figures of the same run. See
 docs/performance.md.
+
+--e2e (issue 14): whole-model images/s of bf16_compiled, torchao_int8_dynamic, torchao_fp8_dynamic (torchao is
+optional: skipped with a note where absent), ours_w8a8 and ours_fp8 (plugin.quant.deploy) on ViT-B/16, DeiT-S and
+Swin-T at batch 64, 8, 1; every path torch.compile'd and timed as CUDA-graph replays; rows written to
+docs/results/performance/e2e_<gpu>.json with the recipe of each site; --e2e-profile adds GPU time per op class.
 """
 import argparse
 import copy
