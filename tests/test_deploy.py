@@ -110,10 +110,10 @@ def test_fp8_layer_matches_its_definition():
 
 
 def test_deploy_rejects_float_models_and_bad_modes():
-    from plugin.errors import UserInputError
-    with pytest.raises(UserInputError):
+    from plugin.quant.errors import ConfigError
+    with pytest.raises(ConfigError):
         deploy(build("vit"), "int8")
-    with pytest.raises(UserInputError):
+    with pytest.raises(ConfigError):
         deploy(quantized("vit", "minmax", 8, 8), "int4")
 
 

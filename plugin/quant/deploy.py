@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UserInputError
+from .errors import ConfigError
 from .freeze import Int8Linear, int8_matmul, why_not_freezable
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .quantizers import UniformQuantizer
@@ -272,7 +272,7 @@ def _roles(model):
     from .adapter import find_adapter
     try:
         adapter = find_adapter(model)
-    except UserInputError:
+    except ConfigError:
         return {}
     return {name: role.value for name, role in adapter.roles(model).items()}
 
@@ -338,14 +338,14 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
     in int8 mode; stem: "gemm" runs a patch-embedding convolution whose stride equals its kernel as a reshape +
     matmul (`PatchGemm`), "conv" keeps the convolution. `deploy_report(result)` gives the recipe of every site."""
     if mode not in MODES:
-        raise UserInputError(f"unknown deploy mode {mode!r}; expected one of {MODES}")
+        raise ConfigError(f"unknown deploy mode {mode!r}; expected one of {MODES}")
     if tile not in TILES:
-        raise UserInputError(f"unknown tile choice {tile!r}; expected one of {TILES}")
+        raise ConfigError(f"unknown tile choice {tile!r}; expected one of {TILES}")
     if stem not in STEMS:
-        raise UserInputError(f"unknown stem choice {stem!r}; expected one of {STEMS}")
+        raise ConfigError(f"unknown stem choice {stem!r}; expected one of {STEMS}")
     if not any(isinstance(m, (QuantLinear, QuantConv2d)) for m in model.modules()):
-        raise UserInputError("deploy() needs a quantized model (plugin.quant.quantize first)")
-    from .calibrate import set_submodule
+        raise ConfigError("deploy() needs a quantized model (plugin.quant.quantize first)")
+    from .attach import set_submodule
     roles = _roles(model)
     model = copy.deepcopy(model)
     sites = []
@@ -432,7 +432,7 @@ def deploy_report(model: nn.Module) -> dict:
     recipe of every site of a `deploy`ed model, identical ones grouped (what is not quantized says so)."""
     info = getattr(model, "_vitq_deploy", None)
     if info is None:
-        raise UserInputError("not a deployed model (plugin.quant.deploy.deploy)")
+        raise ConfigError("not a deployed model (plugin.quant.deploy.deploy)")
     groups = {}
     for s in info["sites"]:
         key = (s["role"], s["op"], s["recipe"])
