@@ -171,3 +171,14 @@ def test_stem_choice_is_reported(stem):
     assert ("GEMM over non-overlapping patches" in patch["op"]) == (stem == "gemm")
     with torch.no_grad():
         assert _rel(dep(images(4, 2)), fq(images(4, 2))) < 0.06
+
+
+def test_float_layers_are_listed():
+    from plugin.quant import get_recipe, quantize
+    from timm_toys import calib_data
+    recipe = get_recipe("minmax", 8, 8)
+    recipe.float_roles = ("head",)
+    fq = quantize(build("vit"), recipe, calib_data(), log=lambda *a: None)
+    rep = deploy_report(deploy(fq, "int8", dtype=torch.float32))
+    head = [s for s in rep["sites"] if s["site"] == "head"]
+    assert head and "not quantized" in head[0]["recipe"]

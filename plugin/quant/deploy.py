@@ -383,6 +383,8 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
                      "reshape + matmul), fake-quant kept", f"W {w_desc} (stored dequantized), A {x_desc}")
                 continue
             site(name, f"{dtype} Conv2d, fake-quant kept", f"W {w_desc} (stored dequantized), A {x_desc}")
+        elif type(m) in (nn.Linear, nn.Conv2d):
+            site(name, f"{dtype} {type(m).__name__}", "not quantized (the recipe keeps it float)")
     swaps = _sdpa_attention_classes()
     for name, m in list(model.named_modules()):
         new_cls = swaps.get(type(m))
