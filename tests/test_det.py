@@ -361,6 +361,58 @@ def test_ptq_test_cli_end_to_end(tiny, tmp_path):
     for metrics in (report["fp"], report["results"][0]["metrics"]):
         assert "bbox_mAP" in metrics and "segm_mAP" in metrics
     assert "segm_mAP" in proc.stdout
+    agreement, metrics = report["results"][0]["agreement"], report["results"][0]["metrics"]
+    assert agreement["float_score_thr"] == 0.3
+    for kind in ("bbox", "segm"):
+        assert 0.0 <= agreement[f"{kind}_mAP_agreement"] <= agreement[f"{kind}_mAP_50_agreement"] <= 100.0
+        change = agreement[f"{kind}_mAP_change"]  # CocoMetric rounds each mAP to 0.1
+        assert change["diff"] == pytest.approx(metrics[f"{kind}_mAP"] - report["fp"][f"{kind}_mAP"], abs=0.11)
+        assert change["ci95"][0] <= change["diff"] <= change["ci95"][1] and change["resamples"] == 1000
+    assert "bbox_mAP_agreement" in (out / "report.md").read_text()
+
+
+def test_agreement_of_the_float_detector_with_itself_and_a_damaged_copy(task_and_model):
+    task, model = task_and_model
+    task.evaluate(model, progress=False)
+    fp = task.last_outputs
+    assert sorted(fp["preds"]) == [100, 101] and fp["iou_types"] == ["bbox", "segm"]
+    assert all(len(p["masks"]) == len(p["labels"]) > 0 for p in fp["preds"].values())
+    task.agreement_score_thr = 0.0  # the random-init tiny detector's scores are low: keep every float prediction
+    same = task.agreement(fp, fp)
+    for kind in ("bbox", "segm"):
+        assert same[f"{kind}_mAP_agreement"] == same[f"{kind}_mAP_50_agreement"] == 100.0
+        assert same[f"{kind}_mAP_change"] == {"diff": 0.0, "ci95": [0.0, 0.0], "tie": True, "resamples": 1000}
+    damaged = {"preds": {}}
+    for img_id, p in fp["preds"].items():  # every box moved by a quarter of its size; the second image predicts none
+        keep = slice(None) if img_id == 100 else slice(0, 0)
+        shift = (p["bboxes"][:, 2:] - p["bboxes"][:, :2]) / 4
+        damaged["preds"][img_id] = dict(p, bboxes=(p["bboxes"] + np.concatenate([shift, shift], 1))[keep],
+                                        scores=p["scores"][keep], labels=p["labels"][keep], masks=p["masks"][keep])
+    worse = task.agreement(fp, damaged)
+    assert worse["bbox_mAP_agreement"] < 100.0 and worse["segm_mAP_agreement"] < 100.0
+    assert task.agreement(fp, damaged) == worse  # the same seeded resamples
+
+
+def test_agreement_options_are_checked(tiny):
+    from plugin.config import load_config
+    from plugin.errors import UserInputError
+    from plugin.tasks.detection import DetectionTask
+    cfg_path, ckpt, work_dir = tiny
+    for bad, words in (({"score_thr": 1.5}, "score_thr"), ({"resamples": 0}, "resamples"), ({"thr": 0.3}, "unknown")):
+        cfg = load_config(cfg_path)
+        cfg.agreement = bad
+        with pytest.raises(UserInputError, match=words):
+            DetectionTask(cfg, ckpt, work_dir=work_dir)
+
+
+def test_no_fp_says_agreement_is_unavailable(tiny, tmp_path):
+    cfg_path, ckpt, _ = tiny
+    out = tmp_path / "out"
+    assert ptq_test.main([cfg_path, ckpt, "--bits", "4", "--method", "minmax", "--calib-num", "1", "--out", str(out),
+                          "--device", "cpu", "--work-dir", str(tmp_path / "wd"), "--quiet", "--no-fp"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "agreement" not in report["results"][0] and "--no-fp" in report["agreement_unavailable"]
+    assert "Agreement with the full-precision model: unavailable (--no-fp" in (out / "report.md").read_text()
 
 
 def test_import_without_mmdet_warns_once():

@@ -67,7 +67,8 @@ def parse_args(argv=None):
                    "one subfolder per method and bit widths (default OUT/ckpt)")
     p.add_argument("--resume", action="store_true",
                    help="continue each calibration after the last finished unit in --checkpoint-dir")
-    p.add_argument("--no-fp", action="store_true", help="skip the full-precision evaluation")
+    p.add_argument("--no-fp", action="store_true",
+                   help="skip the full-precision evaluation (and with it the agreement with the float model)")
     p.add_argument("--freeze", action="store_true",
                    help="also evaluate through the integer path (plugin.quant.freeze: int8 weights and activations, "
                         "torch._int_mm) after the fake-quant evaluation; layers that do not qualify stay fake-quant")
@@ -194,6 +195,19 @@ def prepare_out_dir(out_dir):
     return created
 
 
+def agreement_cells(agreement):
+    """(agreement measures, changes with their intervals) of one result's `agreement` as Markdown cell text; a
+    change whose 95 % interval holds 0 is marked (tie); an undefined measure (None) reads n/a."""
+    scalars = ", ".join(f"{k} {'n/a' if v is None else format(v, '.4g')}" for k, v in agreement.items()
+                        if not isinstance(v, dict))
+    changes = []
+    for k, c in agreement.items():
+        if isinstance(c, dict):
+            ci = "[n/a]" if c.get("ci95") is None else f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+            changes.append(f"{k} {c['diff']:+.2f} {ci}{' (tie)' if c.get('tie') else ''}")
+    return scalars, ", ".join(changes)
+
+
 def markdown_report(report):
     metrics = report["fp"] if report.get("fp") else report["results"][0]["metrics"]
     metric_names = [k for k in metrics if not k.startswith("num_")]  # counts (num_images, num_shapes) are no metric
@@ -223,11 +237,10 @@ def markdown_report(report):
                   "95 % interval; a tie when it holds 0):", "",
                   "| method | W/A | agreement | change vs full precision (points) |", "|---|---|---|---|"]
         for r in agreements:
-            scalars = ", ".join(f"{k} {v:.4g}" for k, v in r["agreement"].items() if not isinstance(v, dict))
-            changes = ", ".join(f"{k} {c['diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
-                                f"{' (tie)' if c['tie'] else ''}" for k, c in r["agreement"].items()
-                                if isinstance(c, dict))
+            scalars, changes = agreement_cells(r["agreement"])
             lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | {scalars} | {changes} |")
+    elif report.get("agreement_unavailable"):
+        lines += ["", f"Agreement with the full-precision model: unavailable ({report['agreement_unavailable']})."]
     onnx_rows = [r for r in report["results"] if r.get("onnx")]
     for r in onnx_rows:
         sites = r["onnx"]["float_sites"]
@@ -334,6 +347,9 @@ def run(args):
             report["fp"] = task.evaluate(fp_model, not args.quiet, desc="eval full precision")
             log(f"full precision: {json.dumps(report['fp'])}")
         fp_outputs = getattr(task, "last_outputs", None) if report["fp"] else None
+        if args.no_fp and task.agreement is not None:
+            report["agreement_unavailable"] = "--no-fp: agreement compares with the full-precision evaluation's outputs"
+            log(f"agreement with the float model: unavailable ({report['agreement_unavailable']})")
         fp32_onnx_bytes = None
         if args.export_onnx:
             fp32_onnx_bytes = export_float_onnx(fp_model, task.example_input(fp_model),

@@ -61,7 +61,9 @@ class Task:
         raise NotImplementedError
 
     # Tasks that keep per-sample outputs of their last evaluation in `self.last_outputs` define
-    # `agreement(fp_outputs, q_outputs) -> dict` (classification does); tools/ptq_test.py reports it as `agreement`.
+    # `agreement(fp_outputs, q_outputs) -> dict` (classification, point clouds and detection do); tools/ptq_test.py
+    # reports it as `agreement`. Scalars are agreement measures; dicts are changes of the task metric with a
+    # paired-bootstrap interval (plugin/tasks/agreement.py: `diff`, `ci95`, `tie`, `resamples`).
     agreement = None
 
     # Tasks whose model takes one tensor define `example_input(model) -> tensor` (one batch, on self.device):

@@ -14,7 +14,12 @@ broadcast makes all ranks evaluate exactly rank 0's quantized model).
 
 Options (config keys, overridable with ``--cfg-options``): ``keep_heads_float=True`` keeps the neck, RPN and RoI heads
 in float (only the backbone is quantized): shorthand for the per-module override ``(HEADS_FLOAT_PATTERN, None)``
-(``quant = dict(overrides=[...])`` in the config takes any rule, plugin.quant.overrides).
+(``quant = dict(overrides=[...])`` in the config takes any rule, plugin.quant.overrides);
+``agreement=dict(score_thr=0.3, resamples=1000)``: the float model's predictions kept as ground truth of the agreement
+mAP, and the bootstrap resamples of the mAP-change intervals (plugin/tasks/det_agreement.py).
+
+Every evaluation also keeps the predictions per image (``last_outputs``), as CocoMetric sees them, for agreement with
+the float model: the float evaluation's predictions are the reference, so no second float pass runs.
 """
 import contextlib
 import copy
@@ -30,6 +35,10 @@ from .base import Task, register_task
 # every module outside the backbone: the neck, RPN and RoI heads
 HEADS_FLOAT_PATTERN = r"re:(?!backbone\.).*"
 DATASET_WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset")
+# Agreement with the float model: its predictions with score >= AGREEMENT_SCORE_THR are the ground truth of the
+# agreement mAP (0.3: mmdet's score threshold for showing detections); intervals from AGREEMENT_RESAMPLES resamples.
+AGREEMENT_SCORE_THR = 0.3
+AGREEMENT_RESAMPLES = 1000
 
 
 def _require_mmdet():
@@ -150,6 +159,7 @@ class DetectionTask(Task):
             raise UserInputError("the detection task needs the config loaded by mmengine (pip install -e '.[det]')")
         self.unsafe_load = unsafe_load
         self.keep_heads_float = bool(cfg.get("keep_heads_float", False))  # applied as a recipe override
+        self.agreement_score_thr, self.agreement_resamples = _agreement_options(cfg)
         self.runner = None
         self._calib_set = None
 
@@ -243,11 +253,13 @@ class DetectionTask(Task):
             _set_log_level(self.runner.logger, logging.WARNING)
         self.runner.logger.info(f"[{desc}] {len(self.runner.test_dataloader.dataset)} images")
         self.runner.model = model  # the test loop runs runner.model.test_step; any model of this config fits
+        collector = _attach_collector(self.runner.test_loop.evaluator)
         try:  # quiet: also pycocotools' prints
             with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
                 metrics = self.runner.test()
         finally:
             _set_log_level(self.runner.logger, level)
+        self.last_outputs = self._outputs(collector)
         out = {}
         for key, value in metrics.items():
             name = key.split("/", 1)[-1]
@@ -256,6 +268,50 @@ class DetectionTask(Task):
         if not any(k.endswith("_mAP") for k in out):
             out.update(self._zero_metrics())
         out["num_images"] = len(self.runner.test_dataloader.dataset)
+        return out
+
+    def _outputs(self, collector):
+        """Per-image predictions of the evaluation just run, with what scoring them against the real annotations
+        needs from the CocoMetric (its COCO object, label -> category ids, image ids, IoU thresholds). None on ranks
+        other than 0 (mmengine gathers the results there)."""
+        from mmdet.evaluation import CocoMetric
+        if collector.collected is None:
+            return None
+        preds = {r.pop("img_id"): r for r in collector.collected}
+        out = {"preds": preds, "coco": None}
+        coco = next((m for m in self.runner.test_loop.evaluator.metrics if isinstance(m, CocoMetric)), None)
+        if coco is not None and getattr(coco, "_coco_api", None) is not None and coco.cat_ids is not None \
+                and coco.img_ids is not None:
+            out.update(coco=coco._coco_api, cat_ids=list(coco.cat_ids), img_ids=list(coco.img_ids),
+                       iou_thrs=np.asarray(coco.iou_thrs, dtype=np.float64),
+                       iou_types=[k for k in ("bbox", "segm") if k in coco.metrics])
+        return out
+
+    def agreement(self, fp_outputs, q_outputs):
+        """Box and mask mAP / AP50 of the quantized predictions against the float predictions with score >=
+        `agreement_score_thr` (`<kind>_mAP_agreement`, `<kind>_mAP_50_agreement`, percent), and the quantized-minus-
+        float change of mAP against the real annotations with a paired-bootstrap 95 % interval over the images
+        (`<kind>_mAP_change`). Float-side work (its matches and resampled mAPs) is cached in `fp_outputs`."""
+        from .det_agreement import MatchTable, agreement_map, map_change
+        fp_preds, q_preds = fp_outputs["preds"], q_outputs["preds"]
+        with_masks = all("masks" in p for p in list(fp_preds.values()) + list(q_preds.values()))
+        kinds = fp_outputs.get("iou_types") or ["bbox", "segm"]
+        kinds = [k for k in kinds if k == "bbox" or with_masks]
+        out = {"float_score_thr": self.agreement_score_thr}
+        with _as_user_error("cannot score the agreement with the float model"):
+            for kind in kinds:
+                m, m50 = agreement_map(fp_preds, q_preds, kind, self.agreement_score_thr)
+                out[f"{kind}_mAP_agreement"], out[f"{kind}_mAP_50_agreement"] = m, m50
+            if fp_outputs.get("coco") is None:  # no CocoMetric with annotations: agreement only
+                return out
+            cache = fp_outputs.setdefault("_cache", {})
+            for kind in kinds:
+                args = (fp_outputs["coco"], kind, fp_outputs["cat_ids"], fp_outputs["img_ids"], fp_outputs["iou_thrs"])
+                if kind not in cache:
+                    cache[kind] = [MatchTable(args[0], fp_preds, *args[1:]), None]
+                change, cache[kind][1] = map_change(cache[kind][0], MatchTable(args[0], q_preds, *args[1:]),
+                                                    self.agreement_resamples, seed=0, fp_resampled=cache[kind][1])
+                out[f"{kind}_mAP_change"] = change
         return out
 
     def _zero_metrics(self):
@@ -274,6 +330,63 @@ class DetectionTask(Task):
         return {"task": "detection", "config": self.cfg.filename, "detector": model_cfg.get("type"),
                 "backbone": model_cfg.get("backbone", {}).get("type"), "mmdet": mmdet.__version__,
                 "keep_heads_float": self.keep_heads_float}
+
+
+def _agreement_options(cfg):
+    """(score threshold, resamples) from the config's `agreement` dict; a bad value is a UserInputError."""
+    section = cfg.get("agreement", None) or {}
+    if not hasattr(section, "get"):
+        raise UserInputError(f"detection config: `agreement` must be a dict, got {section!r}")
+    unknown = sorted(set(section) - {"score_thr", "resamples"})
+    if unknown:
+        raise UserInputError(f"detection config: unknown `agreement` key(s) {unknown}; known: resamples, score_thr")
+    thr, resamples = section.get("score_thr", AGREEMENT_SCORE_THR), section.get("resamples", AGREEMENT_RESAMPLES)
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 <= thr <= 1.0:
+        raise UserInputError(f"detection config: `agreement.score_thr` must be a number in [0, 1], got {thr!r}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise UserInputError(f"detection config: `agreement.resamples` must be an integer >= 1, got {resamples!r}")
+    return float(thr), resamples
+
+
+class PredictionCollector:
+    """An evaluator member beside CocoMetric that keeps each image's predictions (boxes, scores, labels, masks as
+    RLE) and returns no metric. `collected` holds them after the evaluation, gathered on rank 0 (None elsewhere)."""
+
+    def __init__(self):
+        self.results, self.collected, self.dataset_meta = [], None, None
+
+    def process(self, data_batch, data_samples):
+        from pycocotools import mask as mask_utils
+        for sample in data_samples:
+            pred = sample["pred_instances"]
+            kept = {"img_id": sample["img_id"], "height": int(sample["ori_shape"][0]),
+                    "width": int(sample["ori_shape"][1])}
+            for key in ("bboxes", "scores", "labels", "mask_scores"):
+                if key in pred:
+                    kept[key] = pred[key].detach().cpu().numpy()
+            if "masks" in pred:
+                masks = pred["masks"]
+                if hasattr(masks, "detach"):
+                    masks = masks.detach().cpu().numpy().astype(np.uint8)
+                    masks = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+                kept["masks"] = list(masks)
+            self.results.append(kept)
+
+    def evaluate(self, size):
+        from mmengine.dist import collect_results
+        self.collected = collect_results(self.results, size, "cpu")
+        self.results = []
+        return {}
+
+
+def _attach_collector(evaluator):
+    """The evaluator's PredictionCollector, added on first use (the evaluator lives as long as the runner)."""
+    collector = next((m for m in evaluator.metrics if isinstance(m, PredictionCollector)), None)
+    if collector is None:
+        collector = PredictionCollector()
+        evaluator.metrics.append(collector)
+    collector.collected = None
+    return collector
 
 
 def run_test_step(model, batch):
