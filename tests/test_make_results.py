@@ -67,3 +67,31 @@ def test_a_seed_run_twice_counts_once(tmp_path):
     runs = [_run(tmp_path, f"r{i}", "vit", "top1", {"top1": 90.0}, [("repq", 3, {"top1": 70.0}, 2.0)]) for i in (0, 1)]
     assert make_results.main(runs + ["--out", str(tmp_path / "page")]) == 0
     assert "| repq | 70.00 | 2.0 |" in (tmp_path / "page" / "results.md").read_text()
+
+
+def test_agreement_table_ranks_runs_and_marks_ties(tmp_path):
+    fp = {"bbox_mAP": 8.6, "segm_mAP": 5.1}
+
+    def change(diff, lo, hi):
+        return {"diff": diff, "ci95": [lo, hi], "tie": lo <= 0 <= hi, "resamples": 1000}
+    a = _run(tmp_path, "det", "det", "bbox_mAP", fp, [("repq", 4, {"bbox_mAP": 8.9, "segm_mAP": 4.9}, 3.5),
+                                                      ("minmax", 4, {"bbox_mAP": 7.0, "segm_mAP": 4.0}, 0.8)])
+    report = json.loads(open(os.path.join(a, "report.json")).read())
+    report["results"][0]["agreement"] = {"float_score_thr": 0.3, "bbox_mAP_agreement": 61.0,
+                                         "segm_mAP_agreement": None, "bbox_mAP_change": change(0.3, -0.4, 1.0)}
+    report["results"][1]["agreement"] = {"float_score_thr": 0.3, "bbox_mAP_agreement": 75.5,
+                                         "segm_mAP_agreement": 50.0, "bbox_mAP_change": change(-1.6, -2.5, -0.7)}
+    open(os.path.join(a, "report.json"), "w").write(json.dumps(report))
+    assert make_results.main([a, "--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "results.md").read_text()
+    assert "ranked by bbox_mAP_agreement" in md and "float_score_thr 0.3 in every row" in md
+    assert "| method | W/A | seed | bbox_mAP_agreement | segm_mAP_agreement | bbox_mAP_change |" in md
+    minmax = md.index("| minmax | W4A4 | 0 | 75.5 | 50 | -1.60 [-2.50, -0.70] |")
+    repq = md.index("| repq | W4A4 | 0 | 61 | - | +0.30 [-0.40, +1.00] (tie) |")
+    assert minmax < repq  # higher agreement first
+
+
+def test_no_agreement_no_table(tmp_path):
+    a = _run(tmp_path, "base", "vit", "top1", {"top1": 90.0}, [("repq", 4, {"top1": 80.0}, 1.0)])
+    assert make_results.main([a, "--out", str(tmp_path / "page")]) == 0
+    assert "Agreement" not in (tmp_path / "page" / "results.md").read_text()

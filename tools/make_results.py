@@ -6,7 +6,9 @@
 Each RUN_DIR holds a report.json written by tools/ptq_test.py (and, optionally, command.txt with the command that
 produced it, shown beside the table). Writes OUT/results.md, OUT/results.json (the reports, merged) and
 OUT/<name>_bits.png. Runs of one config with different `--seed` values are merged into one cell per method and bit
-width: the mean ± sample standard deviation over the seeds, with the number of seeds when there are several.
+width: the mean ± sample standard deviation over the seeds, with the number of seeds when there are several. Reports
+with `agreement` (tools/ptq_test.py) also get an agreement table: one row per run, ranked by agreement with the float
+model, each change of the task metric with its paired-bootstrap 95 % interval and (tie) where the interval holds 0.
 """
 import argparse
 import json
@@ -48,6 +50,48 @@ def table(report):
             vals.append(" / ".join(seed_cell([r["metrics"][k] for r in runs]) for k in shown))
             times.append(f"{statistics.mean(r['calib_time_s'] for r in runs):.1f}")
         lines.append(f"| {m} | " + " | ".join(vals) + f" | {' / '.join(times)} |")
+    return "\n".join(lines)
+
+
+def agreement_table(report):
+    """Agreement with the float model, one row per run (method, bits, seed), ranked within each bit width by the
+    first `*_agreement` measure (higher first). Changes of the task metric show the paired-bootstrap 95 % interval,
+    marked (tie) when it holds 0. A measure equal in every row (a setting such as detection's float_score_thr) is
+    named once above the table instead of a column. None when no run has agreement."""
+    runs = [r for r in report["results"] if r.get("agreement")]
+    if not runs:
+        return None
+    keys = list(dict.fromkeys(k for r in runs for k in r["agreement"]))
+    scalars = [k for k in keys if not any(isinstance(r["agreement"].get(k), dict) for r in runs)]
+    changes = [k for k in keys if k not in scalars]
+    constant = [k for k in scalars if len({json.dumps(r["agreement"].get(k)) for r in runs}) == 1 and len(runs) > 1]
+    scalars = [k for k in scalars if k not in constant]
+    rank = next((k for k in scalars if k.endswith("_agreement")), scalars[0] if scalars else None)
+
+    def order(r):
+        value = r["agreement"].get(rank) if rank else None
+        return (r["w_bits"], r["a_bits"], value is None, -(value or 0.0))
+    lines = ["Agreement with the full-precision model" + (f", ranked by {rank}" if rank else "")
+             + "; changes vs full precision in points with their paired-bootstrap 95 % interval over the evaluation "
+             "samples, (tie) when it holds 0" + "".join(f"; {k} {runs[0]['agreement'][k]} in every row"
+                                                        for k in constant) + ":", "",
+             "| method | W/A | seed | " + " | ".join(scalars + changes) + " |",
+             "|" + "---|" * (3 + len(scalars) + len(changes))]
+    for r in sorted(runs, key=order):
+        a = r["agreement"]
+        cells = ["-" if a.get(k) is None else f"{a[k]:.4g}" if isinstance(a[k], (int, float)) else str(a[k])
+                 for k in scalars]
+        for k in changes:
+            c = a.get(k)
+            if not c:
+                cells.append("-")
+            elif c.get("ci95") is None:
+                cells.append(f"{c['diff']:+.2f}")
+            else:
+                cells.append(f"{c['diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+                             + (" (tie)" if c.get("tie") else ""))
+        lines.append(f"| {r['method']} | W{r['w_bits']}A{r['a_bits']} | {r.get('seed', 0)} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -118,7 +162,11 @@ def main(argv=None):
         commands = [c for c in report["commands"] if c]
         if commands:
             parts += ["Produced by:", "", "```bash", *commands, "```", ""]
-        parts += [table(report), "", f"![{name}]({png})", ""]
+        parts += [table(report), ""]
+        agreement = agreement_table(report)
+        if agreement:
+            parts += [agreement, ""]
+        parts += [f"![{name}]({png})", ""]
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(merged, f, indent=2, sort_keys=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:

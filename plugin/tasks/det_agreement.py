@@ -132,63 +132,75 @@ class MatchTable:
             ev.evaluate()
         self.rec_thrs = np.asarray(ev.params.recThrs, dtype=np.float64)
         n_img = len(self.img_ids)
-        self.classes = []  # per class: image index, tp / fp (T, D) of detections in score order, real gts per image
-        for k in range(len(ev.params.catIds)):
-            evals = ev.evalImgs[k * n_img:(k + 1) * n_img]
-            img, scores, tp, fp = [], [], [], []
-            n_gt = np.zeros(n_img, dtype=np.int64)
-            for i, e in enumerate(evals):
+        self.num_classes = len(ev.params.catIds)
+        n_gt = np.zeros((n_img, self.num_classes))  # real (not ignored) annotations per image and class
+        img, cls, tp, fp = [], [], [], []  # per detection, classes one after another, each in score order
+        for k in range(self.num_classes):
+            k_img, k_scores, k_tp, k_fp = [], [], [], []
+            for i, e in enumerate(ev.evalImgs[k * n_img:(k + 1) * n_img]):
                 if e is None:
                     continue
-                n_gt[i] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+                n_gt[i, k] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
                 d = min(len(e["dtScores"]), MAX_DETS)
-                if d == 0:
-                    continue
                 matched, ignored = e["dtMatches"][:, :d] > 0, e["dtIgnore"][:, :d].astype(bool)
-                img.append(np.full(d, i))
-                scores.append(np.asarray(e["dtScores"][:d], dtype=np.float64))
-                tp.append(matched & ~ignored)
-                fp.append(~matched & ~ignored)
-            if scores:
-                order = np.argsort(-np.concatenate(scores), kind="mergesort")  # as COCOeval.accumulate sorts
-                img = np.concatenate(img)[order]
-                tp, fp = np.concatenate(tp, axis=1)[:, order], np.concatenate(fp, axis=1)[:, order]
-            else:
-                img, tp = np.zeros(0, dtype=np.int64), np.zeros((len(ev.params.iouThrs), 0), bool)
-                fp = tp
-            self.classes.append((torch.from_numpy(img), torch.from_numpy(tp.astype(np.float64)),
-                                 torch.from_numpy(fp.astype(np.float64)), torch.from_numpy(n_gt.astype(np.float64))))
+                k_img.append(np.full(d, i))
+                k_scores.append(np.asarray(e["dtScores"][:d], dtype=np.float64))
+                k_tp.append(matched & ~ignored)
+                k_fp.append(~matched & ~ignored)
+            if not k_scores:
+                continue
+            order = np.argsort(-np.concatenate(k_scores), kind="mergesort")  # as COCOeval.accumulate sorts
+            k_tp, k_fp = np.concatenate(k_tp, axis=1)[:, order], np.concatenate(k_fp, axis=1)[:, order]
+            hits = np.flatnonzero(k_tp.any(0))
+            keep = order[:hits[-1] + 1] if len(hits) else order[:0]  # false positives after the last hit change no AP
+            img.append(np.concatenate(k_img)[keep])
+            cls.append(np.full(len(keep), k))
+            tp.append(k_tp[:, :len(keep)])
+            fp.append(k_fp[:, :len(keep)])
+        t_count = len(ev.params.iouThrs)
+        self.img = torch.from_numpy(np.concatenate(img) if img else np.zeros(0, np.int64))
+        self.cls = torch.from_numpy(np.concatenate(cls) if cls else np.zeros(0, np.int64))
+        self.tp = torch.from_numpy(np.concatenate(tp, 1) if tp else np.zeros((t_count, 0), bool)).double()
+        self.fp = torch.from_numpy(np.concatenate(fp, 1) if fp else np.zeros((t_count, 0), bool)).double()
+        self.n_gt = torch.from_numpy(n_gt)
+        counts = torch.bincount(self.cls, minlength=self.num_classes)
+        # index of the last detection before each class's run (-1: none), to restart the running counts per class
+        self.before = (counts.cumsum(0) - counts - 1)[self.cls]
 
     def weighted_map(self, weights, budget=1 << 22):
         """COCO mAP in percent (area 'all', 100 detections) for each row of `weights` ((B, num images) counts:
-        how often each image is taken); NaN for a row whose images hold no annotation of any class."""
+        how often each image is taken); NaN for a row whose images hold no annotation of any class.
+
+        COCO's interpolated precision at recall threshold r is the highest precision at any detection whose recall
+        reaches r; so each detection's precision goes (max-reduced) into a bin counting down the thresholds its
+        recall reaches, and a running max over the bins gives the precision at every threshold (in reverse order,
+        which the mean over thresholds does not see)."""
         weights = torch.as_tensor(weights, dtype=torch.float64)
-        if weights.dim() == 1:
-            weights = weights[None]
+        weights = weights[None] if weights.dim() == 1 else weights
         rec = torch.from_numpy(self.rec_thrs)
-        total = torch.zeros(len(weights), dtype=torch.float64)
-        valid = torch.zeros(len(weights), dtype=torch.float64)
-        for img, tp, fp, n_gt in self.classes:
-            t_count, d = tp.shape
-            npig = weights @ n_gt  # (B,)
-            present = npig > 0
-            if not present.any():
-                continue
-            ap = torch.zeros(len(weights), dtype=torch.float64)
-            if d:
-                step = max(1, budget // max(1, t_count * d))
-                for s in range(0, len(weights), step):
-                    w = weights[s:s + step, img][:, None, :]  # (b, 1, D) weight of each detection
-                    tps, fps = (w * tp).cumsum(2), (w * fp).cumsum(2)  # integer-valued: exact in float64
-                    n = npig[s:s + step, None, None]
-                    recall = tps / n.clamp(min=1)
-                    precision = tps / (fps + tps + np.spacing(1))
-                    envelope = precision.flip(2).cummax(2).values.flip(2)  # COCO's interpolated precision
-                    pos = torch.searchsorted(recall.contiguous(), rec.expand(*recall.shape[:2], -1).contiguous())
-                    q = envelope.gather(2, pos.clamp(max=d - 1)).masked_fill(pos >= d, 0.0)
-                    ap[s:s + step] = q.mean((1, 2))
-            total += torch.where(present, ap, 0.0)
-            valid += present.double()
+        n_bins, (t_count, n_det), n_cls = len(rec) + 1, self.tp.shape, self.num_classes
+        npig = weights @ self.n_gt  # (B, K) annotations each resample holds per class
+        present = npig > 0
+        ap = torch.zeros(len(weights), n_cls, dtype=torch.float64)
+        cells = t_count * n_cls
+        slot = torch.arange(t_count)[:, None] * n_cls + self.cls  # (T, D) (IoU, class) cell of each detection
+        first = self.before < 0
+        step = max(1, budget // max(1, t_count * n_det))
+        for s in range(0, len(weights) if n_det else 0, step):
+            w = weights[s:s + step, self.img][:, None, :]  # (b, 1, D) weight of each detection
+            tps, fps = (w * self.tp).cumsum(2), (w * self.fp).cumsum(2)  # integer-valued: exact in float64
+            before = self.before.clamp(min=0).expand(*tps.shape[:2], -1)
+            tps = tps - tps.gather(2, before).masked_fill(first, 0.0)  # running counts restart per class
+            fps = fps - fps.gather(2, before).masked_fill(first, 0.0)
+            recall = tps / npig[s:s + step, None, self.cls].clamp(min=1)
+            precision = tps / (fps + tps + np.spacing(1))
+            missed = torch.bucketize(recall, rec, right=True).neg_().add_(n_bins - 1)  # thresholds not reached
+            best = torch.zeros(len(w), n_bins * cells, dtype=torch.float64)  # (bin, IoU, class), bins outermost
+            best.scatter_reduce_(1, (missed * cells + slot).flatten(1), precision.flatten(1), "amax")
+            interp = np.maximum.accumulate(best.view(len(w), n_bins, cells).numpy(), axis=1)[:, :-1]
+            ap[s:s + step] = torch.from_numpy(interp.reshape(len(w), -1, t_count, n_cls).mean((1, 2)))
+        valid = present.sum(1)
+        total = torch.where(present, ap, 0.0).sum(1)
         return torch.where(valid > 0, total / valid.clamp(min=1), float("nan")) * 100.0
 
 
