@@ -138,7 +138,8 @@ def test_unit_weights_reproduce_cocoeval(data, iou_type):
 def test_resample_weights_equal_renamed_image_copies(data):
     gt, preds = data
     table = MatchTable(gt, preds, "bbox", CAT_IDS, gt.getImgIds())
-    counts = np.random.default_rng(5).multinomial(len(table.img_ids), np.full(len(table.img_ids), 1 / len(table.img_ids)))
+    n = len(table.img_ids)
+    counts = np.random.default_rng(5).multinomial(n, np.full(n, 1 / n))
     assert counts.max() > 1 and (counts == 0).any()
     images, anns, copies = [], [], {}
     for img_id, c in zip(table.img_ids, counts):  # each drawn image c times, under new ids

@@ -257,3 +257,13 @@ def test_help_lists_the_methods(capsys):
         ptq_test.parse_args(["--help"])
     out = capsys.readouterr().out
     assert "default repq" in out and all(m in out for m in ("minmax", "ptq4vit", "repq_strict", "isvit", "aiqvit"))
+
+
+def test_markdown_agreement_reads_undefined_as_na_and_marks_ties():
+    change = {"diff": 0.3, "ci95": [-0.4, 1.0], "tie": True, "resamples": 1000}
+    report = {"config": "c.py", "checkpoint": "m.pth", "task": "detection", "device": "cpu", "seed": 0,
+              "fp": {"bbox_mAP": 8.6}, "results": [
+                  {"method": "repq", "w_bits": 4, "a_bits": 4, "metrics": {"bbox_mAP": 8.9}, "calib_time_s": 1.0,
+                   "calib_num": 1, "agreement": {"bbox_mAP_agreement": None, "bbox_mAP_change": change}}]}
+    md = ptq_test.markdown_report(report)
+    assert "| repq | 4/4 | bbox_mAP_agreement n/a | bbox_mAP_change +0.30 [-0.40, +1.00] (tie) |" in md

@@ -157,24 +157,31 @@ class MatchTable:
             cls.append(np.full(len(keep), k))
             tp.append(k_tp[:, :len(keep)])
             fp.append(k_fp[:, :len(keep)])
+        # Position 0 is a detection of weight 0 (running counts 0); then the classes, one after another.
         t_count = len(ev.params.iouThrs)
-        self.img = torch.from_numpy(np.concatenate(img) if img else np.zeros(0, np.int64))
-        self.cls = torch.from_numpy(np.concatenate(cls) if cls else np.zeros(0, np.int64))
-        self.tp = torch.from_numpy(np.concatenate(tp, 1) if tp else np.zeros((t_count, 0), bool)).double()
-        self.fp = torch.from_numpy(np.concatenate(fp, 1) if fp else np.zeros((t_count, 0), bool)).double()
+        self.img = torch.from_numpy(np.concatenate([[0]] + img).astype(np.int64))
+        cls = np.concatenate([[0]] + cls).astype(np.int64)
+        tp = np.concatenate([np.zeros((t_count, 1), bool)] + tp, 1)
+        fp = np.concatenate([np.zeros((t_count, 1), bool)] + fp, 1)
+        self.tp, self.scored = torch.from_numpy(tp).double(), torch.from_numpy(tp | fp).double()
         self.n_gt = torch.from_numpy(n_gt)
-        counts = torch.bincount(self.cls, minlength=self.num_classes)
-        # index of the last detection before each class's run (-1: none), to restart the running counts per class
-        self.before = (counts.cumsum(0) - counts - 1)[self.cls]
+        counts = np.bincount(cls[1:], minlength=self.num_classes)
+        before = 1 + np.cumsum(counts) - counts - 1  # per class: the position before its first detection
+        # Only detections that are true positives at some IoU can hold COCO's interpolated precision (a false
+        # positive has the recall of the hit before it, and less precision): the others just count.
+        self.hits = np.flatnonzero(tp.any(0))
+        self.hit_cls = torch.from_numpy(cls[self.hits])
+        self.hit_before = torch.from_numpy(before[cls[self.hits]])
+        self.hits = torch.from_numpy(self.hits)
 
     def weighted_map(self, weights, budget=1 << 22):
         """COCO mAP in percent (area 'all', 100 detections) for each row of `weights` ((B, num images) counts:
         how often each image is taken); NaN for a row whose images hold no annotation of any class.
 
         COCO's interpolated precision at recall threshold r is the highest precision at any detection whose recall
-        reaches r; so each detection's precision goes (max-reduced) into a bin counting down the thresholds its
-        recall reaches, and a running max over the bins gives the precision at every threshold (in reverse order,
-        which the mean over thresholds does not see)."""
+        reaches r; so each hit's precision goes (max-reduced) into a bin counting down the thresholds its recall
+        reaches, and a running max over the bins gives the precision at every threshold (in reverse order, which
+        the mean over thresholds does not see)."""
         weights = torch.as_tensor(weights, dtype=torch.float64)
         weights = weights[None] if weights.dim() == 1 else weights
         rec = torch.from_numpy(self.rec_thrs)
@@ -183,17 +190,16 @@ class MatchTable:
         present = npig > 0
         ap = torch.zeros(len(weights), n_cls, dtype=torch.float64)
         cells = t_count * n_cls
-        slot = torch.arange(t_count)[:, None] * n_cls + self.cls  # (T, D) (IoU, class) cell of each detection
-        first = self.before < 0
-        step = max(1, budget // max(1, t_count * n_det))
-        for s in range(0, len(weights) if n_det else 0, step):
+        slot = torch.arange(t_count)[:, None] * n_cls + self.hit_cls  # (T, H) (IoU, class) cell of each hit
+        step = max(1, budget // (t_count * n_det))
+        for s in range(0, len(weights) if len(self.hits) else 0, step):
             w = weights[s:s + step, self.img][:, None, :]  # (b, 1, D) weight of each detection
-            tps, fps = (w * self.tp).cumsum(2), (w * self.fp).cumsum(2)  # integer-valued: exact in float64
-            before = self.before.clamp(min=0).expand(*tps.shape[:2], -1)
-            tps = tps - tps.gather(2, before).masked_fill(first, 0.0)  # running counts restart per class
-            fps = fps - fps.gather(2, before).masked_fill(first, 0.0)
-            recall = tps / npig[s:s + step, None, self.cls].clamp(min=1)
-            precision = tps / (fps + tps + np.spacing(1))
+            # running counts over all classes (integer-valued: exact in float64), restarted per class at the hits
+            tps, scored = (w * self.tp).cumsum(2), (w * self.scored).cumsum(2)
+            tp_hits = tps.index_select(2, self.hits) - tps.index_select(2, self.hit_before)
+            scored_hits = scored.index_select(2, self.hits) - scored.index_select(2, self.hit_before)
+            precision = tp_hits / (scored_hits + np.spacing(1))
+            recall = tp_hits / npig[s:s + step, None, self.hit_cls].clamp(min=1)
             missed = torch.bucketize(recall, rec, right=True).neg_().add_(n_bins - 1)  # thresholds not reached
             best = torch.zeros(len(w), n_bins * cells, dtype=torch.float64)  # (bin, IoU, class), bins outermost
             best.scatter_reduce_(1, (missed * cells + slot).flatten(1), precision.flatten(1), "amax")

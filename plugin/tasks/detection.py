@@ -304,14 +304,16 @@ class DetectionTask(Task):
                 out[f"{kind}_mAP_agreement"], out[f"{kind}_mAP_50_agreement"] = m, m50
             if fp_outputs.get("coco") is None:  # no CocoMetric with annotations: agreement only
                 return out
-            cache = fp_outputs.setdefault("_cache", {})
+            coco, cat_ids, img_ids, iou_thrs = (fp_outputs[k] for k in ("coco", "cat_ids", "img_ids", "iou_thrs"))
+            cache = fp_outputs.setdefault("_cache", {})  # (resamples, kind) -> float matches, resampled float mAPs
             for kind in kinds:
-                args = (fp_outputs["coco"], kind, fp_outputs["cat_ids"], fp_outputs["img_ids"], fp_outputs["iou_thrs"])
-                if kind not in cache:
-                    cache[kind] = [MatchTable(args[0], fp_preds, *args[1:]), None]
-                change, cache[kind][1] = map_change(cache[kind][0], MatchTable(args[0], q_preds, *args[1:]),
-                                                    self.agreement_resamples, seed=0, fp_resampled=cache[kind][1])
-                out[f"{kind}_mAP_change"] = change
+                key = (self.agreement_resamples, kind)
+                fp_table, fp_resampled = cache.get(key) or (MatchTable(coco, fp_preds, kind, cat_ids, img_ids,
+                                                                       iou_thrs), None)
+                q_table = MatchTable(coco, q_preds, kind, cat_ids, img_ids, iou_thrs)
+                out[f"{kind}_mAP_change"], fp_resampled = map_change(fp_table, q_table, self.agreement_resamples,
+                                                                     seed=0, fp_resampled=fp_resampled)
+                cache[key] = (fp_table, fp_resampled)
         return out
 
     def _zero_metrics(self):
