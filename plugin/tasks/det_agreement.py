@@ -157,7 +157,7 @@ class MatchTable:
             cls.append(np.full(len(keep), k))
             tp.append(k_tp[:, :len(keep)])
             fp.append(k_fp[:, :len(keep)])
-        # Position 0 is a detection of weight 0 (running counts 0); then the classes, one after another.
+        # Position 0 is a placeholder that counts nothing (running counts 0 before every class); then the classes.
         t_count = len(ev.params.iouThrs)
         self.img = torch.from_numpy(np.concatenate([[0]] + img).astype(np.int64))
         cls = np.concatenate([[0]] + cls).astype(np.int64)
@@ -166,7 +166,7 @@ class MatchTable:
         self.tp, self.scored = torch.from_numpy(tp).double(), torch.from_numpy(tp | fp).double()
         self.n_gt = torch.from_numpy(n_gt)
         counts = np.bincount(cls[1:], minlength=self.num_classes)
-        before = 1 + np.cumsum(counts) - counts - 1  # per class: the position before its first detection
+        before = np.cumsum(counts) - counts  # per class: the position before its first one (placeholder shift)
         # Only detections that are true positives at some IoU can hold COCO's interpolated precision (a false
         # positive has the recall of the hit before it, and less precision): the others just count.
         self.hits = np.flatnonzero(tp.any(0))

@@ -361,8 +361,8 @@ class PredictionCollector:
         from pycocotools import mask as mask_utils
         for sample in data_samples:
             pred = sample["pred_instances"]
-            kept = {"img_id": sample["img_id"], "height": int(sample["ori_shape"][0]),
-                    "width": int(sample["ori_shape"][1])}
+            height, width = sample.get("ori_shape", (0, 0))[:2]  # CocoMetric needs it too; masks carry their own
+            kept = {"img_id": sample["img_id"], "height": int(height), "width": int(width)}
             for key in ("bboxes", "scores", "labels", "mask_scores"):
                 if key in pred:
                     kept[key] = pred[key].detach().cpu().numpy()
