@@ -157,54 +157,66 @@ class MatchTable:
             cls.append(np.full(len(keep), k))
             tp.append(k_tp[:, :len(keep)])
             fp.append(k_fp[:, :len(keep)])
-        # Position 0 is a placeholder that counts nothing (running counts 0 before every class); then the classes.
         t_count = len(ev.params.iouThrs)
-        self.img = torch.from_numpy(np.concatenate([[0]] + img).astype(np.int64))
-        cls = np.concatenate([[0]] + cls).astype(np.int64)
-        tp = np.concatenate([np.zeros((t_count, 1), bool)] + tp, 1)
-        fp = np.concatenate([np.zeros((t_count, 1), bool)] + fp, 1)
-        self.tp, self.scored = torch.from_numpy(tp).double(), torch.from_numpy(tp | fp).double()
+        cls = np.concatenate(cls).astype(np.int64) if cls else np.zeros(0, np.int64)
+        img = np.concatenate(img).astype(np.int64) if img else np.zeros(0, np.int64)
+        tp = np.concatenate(tp, 1) if tp else np.zeros((t_count, 0), bool)
+        scored = tp | (np.concatenate(fp, 1) if fp else tp)
+        # Detections are counted by IoU threshold only where that matters: "false" ones (a false positive at every
+        # threshold; most of them) just add to the running count of scored detections, the same at every threshold.
+        false = ~tp.any(0) & scored.all(0)
+        kept = np.flatnonzero(~false)  # hits, and the rare detections ignored (on a crowd region) at some threshold
+        per_class = np.bincount(cls, minlength=self.num_classes)
+        class_start = np.cumsum(per_class) - per_class
+        false_before = np.cumsum(np.concatenate([[0], false]))  # false detections before each position
+        kept_before = np.cumsum(np.concatenate([[0], ~false]))  # kept detections before each position
+        start = class_start[cls[kept]]  # position of the first detection of each kept one's class
+        # Index 0 of the kept arrays is a placeholder counting nothing; kept detection m sits at m + 1.
+        self.kept_img = torch.from_numpy(np.concatenate([[0], img[kept]]))
+        self.kept_tp = torch.from_numpy(np.concatenate([np.zeros((t_count, 1), bool), tp[:, kept]], 1)).double()
+        self.kept_scored = torch.from_numpy(np.concatenate([np.zeros((t_count, 1), bool), scored[:, kept]], 1)).double()
+        self.kept_cls = torch.from_numpy(cls[kept])
+        self.kept_false = torch.from_numpy(false_before[kept])  # false detections before it
+        self.start_kept = torch.from_numpy(kept_before[start])  # kept detections of earlier classes (placeholder: 0)
+        self.start_false = torch.from_numpy(false_before[start])  # false detections of earlier classes
+        self.false_img = torch.from_numpy(img[false])
         self.n_gt = torch.from_numpy(n_gt)
-        counts = np.bincount(cls[1:], minlength=self.num_classes)
-        before = np.cumsum(counts) - counts  # per class: the position before its first one (placeholder shift)
-        # Only detections that are true positives at some IoU can hold COCO's interpolated precision (a false
-        # positive has the recall of the hit before it, and less precision): the others just count.
-        self.hits = np.flatnonzero(tp.any(0))
-        self.hit_cls = torch.from_numpy(cls[self.hits])
-        self.hit_before = torch.from_numpy(before[cls[self.hits]])
-        self.hits = torch.from_numpy(self.hits)
 
     def weighted_map(self, weights, budget=1 << 22):
         """COCO mAP in percent (area 'all', 100 detections) for each row of `weights` ((B, num images) counts:
         how often each image is taken); NaN for a row whose images hold no annotation of any class.
 
         COCO's interpolated precision at recall threshold r is the highest precision at any detection whose recall
-        reaches r; so each hit's precision goes (max-reduced) into a bin counting down the thresholds its recall
-        reaches, and a running max over the bins gives the precision at every threshold (in reverse order, which
-        the mean over thresholds does not see)."""
+        reaches r (only hits matter: a false positive has the recall of the hit before it, and less precision); so
+        each detection's precision goes (max-reduced) into a bin counting down the thresholds its recall reaches,
+        and a running max over the bins gives the precision at every threshold (in reverse order, which the mean
+        over thresholds does not see). Running counts are integer-valued, so exact in float64."""
         weights = torch.as_tensor(weights, dtype=torch.float64)
         weights = weights[None] if weights.dim() == 1 else weights
         rec = torch.from_numpy(self.rec_thrs)
-        n_bins, (t_count, n_det), n_cls = len(rec) + 1, self.tp.shape, self.num_classes
+        n_bins, (t_count, n_kept), n_cls = len(rec) + 1, self.kept_tp.shape, self.num_classes
         npig = weights @ self.n_gt  # (B, K) annotations each resample holds per class
         present = npig > 0
         ap = torch.zeros(len(weights), n_cls, dtype=torch.float64)
         cells = t_count * n_cls
-        slot = torch.arange(t_count)[:, None] * n_cls + self.hit_cls  # (T, H) (IoU, class) cell of each hit
-        step = max(1, budget // (t_count * n_det))
-        for s in range(0, len(weights) if len(self.hits) else 0, step):
-            w = weights[s:s + step, self.img][:, None, :]  # (b, 1, D) weight of each detection
-            # running counts over all classes (integer-valued: exact in float64), restarted per class at the hits
-            tps, scored = (w * self.tp).cumsum(2), (w * self.scored).cumsum(2)
-            tp_hits = tps.index_select(2, self.hits) - tps.index_select(2, self.hit_before)
-            scored_hits = scored.index_select(2, self.hits) - scored.index_select(2, self.hit_before)
-            precision = tp_hits / (scored_hits + np.spacing(1))
-            recall = tp_hits / npig[s:s + step, None, self.hit_cls].clamp(min=1)
+        slot = torch.arange(t_count)[:, None] * n_cls + self.kept_cls  # (T, kept) (IoU, class) cell of each one
+        step = max(1, budget // (t_count * n_kept + len(self.false_img)))
+        kept = torch.arange(1, n_kept)
+        for s in range(0, len(weights) if n_kept > 1 else 0, step):
+            rows = weights[s:s + step]
+            falses = torch.nn.functional.pad(rows[:, self.false_img].cumsum(1), (1, 0))  # (b, F + 1)
+            w = rows[:, self.kept_img][:, None, :]  # (b, 1, kept + 1)
+            tps, scored = (w * self.kept_tp).cumsum(2), (w * self.kept_scored).cumsum(2)  # over the kept ones
+            tp_here = tps.index_select(2, kept) - tps.index_select(2, self.start_kept)  # restarted per class
+            scored_here = (scored.index_select(2, kept) - scored.index_select(2, self.start_kept)
+                           + (falses.index_select(1, self.kept_false) - falses.index_select(1, self.start_false))[:, None])
+            precision = tp_here / (scored_here + np.spacing(1))
+            recall = tp_here / npig[s:s + step, None, self.kept_cls].clamp(min=1)
             missed = torch.bucketize(recall, rec, right=True).neg_().add_(n_bins - 1)  # thresholds not reached
-            best = torch.zeros(len(w), n_bins * cells, dtype=torch.float64)  # (bin, IoU, class), bins outermost
+            best = torch.zeros(len(rows), n_bins * cells, dtype=torch.float64)  # (bin, IoU, class), bins outermost
             best.scatter_reduce_(1, (missed * cells + slot).flatten(1), precision.flatten(1), "amax")
-            interp = np.maximum.accumulate(best.view(len(w), n_bins, cells).numpy(), axis=1)[:, :-1]
-            ap[s:s + step] = torch.from_numpy(interp.reshape(len(w), -1, t_count, n_cls).mean((1, 2)))
+            interp = np.maximum.accumulate(best.view(len(rows), n_bins, cells).numpy(), axis=1)[:, :-1]
+            ap[s:s + step] = torch.from_numpy(interp.reshape(len(rows), -1, t_count, n_cls).mean((1, 2)))
         valid = present.sum(1)
         total = torch.where(present, ap, 0.0).sum(1)
         return torch.where(valid > 0, total / valid.clamp(min=1), float("nan")) * 100.0
