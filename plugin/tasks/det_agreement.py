@@ -208,8 +208,8 @@ class MatchTable:
             w = rows[:, self.kept_img][:, None, :]  # (b, 1, kept + 1)
             tps, scored = (w * self.kept_tp).cumsum(2), (w * self.kept_scored).cumsum(2)  # over the kept ones
             tp_here = tps.index_select(2, kept) - tps.index_select(2, self.start_kept)  # restarted per class
-            scored_here = (scored.index_select(2, kept) - scored.index_select(2, self.start_kept)
-                           + (falses.index_select(1, self.kept_false) - falses.index_select(1, self.start_false))[:, None])
+            false_here = falses.index_select(1, self.kept_false) - falses.index_select(1, self.start_false)
+            scored_here = scored.index_select(2, kept) - scored.index_select(2, self.start_kept) + false_here[:, None]
             precision = tp_here / (scored_here + np.spacing(1))
             recall = tp_here / npig[s:s + step, None, self.kept_cls].clamp(min=1)
             missed = torch.bucketize(recall, rec, right=True).neg_().add_(n_bins - 1)  # thresholds not reached
