@@ -111,6 +111,31 @@ def test_moved_and_missed_detections_agree_less(data, iou_type):
         q[img_id] = _pred(boxes[1:], p["labels"][1:], p["scores"][1:])  # every image loses its first detection
     m, m50 = agreement_map(fp, q, iou_type, 0.3)
     assert 0.0 < m < m50 < 100.0
+    # the same with COCOeval's default parameters on json-style ground truth and loadRes detections
+    images = [{"id": i, "height": H, "width": W} for i in fp]
+    truth = [dict(a, id=n + 1) for n, a in enumerate(_as_json(fp, iou_type, thr=0.3))]
+    for a in truth:
+        a.update(iscrowd=0, area=float(mask_utils.area(a["segmentation"])) if iou_type == "segm"
+                 else a["bbox"][2] * a["bbox"][3])
+    gt = _coco(images, truth, [{"id": c, "name": str(c)} for c in (0, 1)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(_as_json(q, iou_type)), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert (m, m50) == pytest.approx((ev.stats[0] * 100, ev.stats[1] * 100), abs=1e-9)
+
+
+def _as_json(preds, iou_type, thr=None):
+    out = []
+    for img_id, p in preds.items():
+        for b, s, l, m in zip(p["bboxes"], p["scores"], p["labels"], p["masks"]):
+            if thr is None or s >= thr:
+                out.append({"image_id": img_id, "category_id": int(l), "score": float(s),
+                            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+                           if iou_type == "bbox" else
+                           {"image_id": img_id, "category_id": int(l), "score": float(s), "segmentation": m})
+    return out
 
 
 def test_images_without_float_predictions_follow_coco_semantics(data):

@@ -101,6 +101,7 @@ def agreement_map(fp_preds, q_preds, iou_type, score_thr):
     images = _images(fp_preds, image_ids)
     gt, dt = _coco(images, gt_anns, categories), _coco(images, dt_anns, categories)
     ev = COCOeval(gt, dt, iou_type)
+    ev.params.areaRng, ev.params.areaRngLbl = [[0, 1e10]], ["all"]  # mAP and AP50 only: area 'all'
     with _quiet():
         ev.evaluate()
         ev.accumulate()
