@@ -13,6 +13,7 @@ from plugin.quant.mosf import mad_outliers, mosf_fold, mosf_scale
 from plugin.quant.quantizers import UniformQuantizer
 from plugin.quant.reparam import fold_channelwise
 from timm_toys import build, images
+from recon_helpers import context_for, run_pass
 
 
 def quiet(_):
@@ -149,7 +150,7 @@ def channelwise_vit():
 
 def stage2(model, calib, rule):
     model = copy.deepcopy(model)
-    ctx = recon.context_for(model, calib, log=quiet)
+    ctx = context_for(model, calib, log=quiet)
     for s in ctx.sites:  # SOS reparameterises while the weights are float
         if getattr(s.module, "weight_quantizer", None) is not None:
             s.module.weight_quantizer.enabled = False
@@ -174,9 +175,9 @@ def test_sos_unknown_rule_fails_before_any_forward(channelwise_vit):
 
     def no_forward(*_):
         raise AssertionError("a forward ran")
-    ctx = recon.context_for(copy.deepcopy(model), CalibData(calib.batches, no_forward), log=quiet)
+    ctx = context_for(copy.deepcopy(model), CalibData(calib.batches, no_forward), log=quiet)
     with pytest.raises(ConfigError, match="rule"):
-        recon.run_pass(ctx, dict(type="sos", rule="median_of_nothing", iters=1))
+        run_pass(ctx, dict(type="sos", rule="median_of_nothing", iters=1))
 
 
 # ----------------------------------------------------------------------------------------- tools/mosf_check.py
@@ -203,7 +204,7 @@ def test_dopq_sos_with_mosf_fold_reloads(channelwise_vit, tmp_path):
     _, calib, model = channelwise_vit
     model = copy.deepcopy(model)
     logs = []
-    recon.run_pass(recon.context_for(model, calib, log=logs.append), dict(type="sos", rule="mosf", iters=2,
+    run_pass(context_for(model, calib, log=logs.append), dict(type="sos", rule="mosf", iters=2,
                                                                          batch_size=4))
     assert any("stage 2: 5 channel-wise post-LN quantizers reparameterised to layer-wise (mosf)" in s for s in logs)
     save_quantized(model, str(tmp_path / "dopq"))

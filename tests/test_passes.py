@@ -9,9 +9,8 @@ import pytest
 import plugin  # noqa: F401  (registers the passes)
 from plugin.quant import PASSES, Recipe, get_recipe
 from plugin.quant.errors import ConfigError
-from plugin.quant.lowrank import LowRankConfig
 from plugin.quant.passes import PassConfig, pass_config
-from plugin.quant.recon import ReconConfig, SosConfig
+from plugin.quant.recon import LowRankConfig, ReconConfig, SosConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

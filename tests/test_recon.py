@@ -17,6 +17,8 @@ from plugin.quant import CalibData, QuantLinear, QuantSpec, get_recipe, io, load
 from plugin.quant import attach_quantizers, save_quantized  # noqa: E402
 from plugin.quant import lowrank as lr  # noqa: E402
 from plugin.quant import recon  # noqa: E402
+from plugin.quant.recon import cache as recon_cache  # noqa: E402
+from recon_helpers import context_for, run_pass  # noqa: E402
 from plugin.quant.quantizers import UniformQuantizer  # noqa: E402
 
 
@@ -63,8 +65,8 @@ def block_errors(model, fp, x):
 
 def with_pass(base, calib, spec, logs=None):
     model = copy.deepcopy(base)
-    ctx = recon.context_for(model, calib, log=(logs.append if logs is not None else quiet))
-    recon.run_pass(ctx, spec)
+    ctx = context_for(model, calib, log=(logs.append if logs is not None else quiet))
+    run_pass(ctx, spec)
     return model
 
 
@@ -135,7 +137,7 @@ def test_targets_realigned_where_shapes_depend_on_the_model(setup):
         inputs = {0: ((x3,), {}), 1: ((x6,), {})}
         # batch 0: the float model gave the unit 6 rows (boxes), the quantized one 3
         captured = {0: ([x6.shape], [torch.zeros(6, 256)]), 1: ([x6.shape], right)}
-        targets, n = recon._realign_targets(recon.Unit("blocks.0.mlp.fc1", fc1, []), recon.FloatReference(model),
+        targets, n = recon_cache.realign_targets(recon.Unit("blocks.0.mlp.fc1", fc1, []), recon.FloatReference(model),
                                             inputs, captured, [0, 1])
         assert n == 1 and targets[1] is right
         assert torch.allclose(targets[0][0], fp.blocks[0].mlp.fc1(x3), atol=1e-6)
@@ -147,14 +149,14 @@ def test_model_dependent_units_fit_the_float_unit_on_their_own_inputs(setup, mon
     quantized model's inputs: their float-model outputs are never captured."""
     fp, calib, base = setup
     model = copy.deepcopy(base)
-    ctx = recon.context_for(model, calib, log=quiet)
+    ctx = context_for(model, calib, log=quiet)
     monkeypatch.setattr(type(ctx.adapter), "model_dependent_inputs", lambda self, m: ["blocks.1"])
     captured, capture = [], recon.capture_outputs
-    monkeypatch.setattr(recon, "capture_outputs", lambda c, unit: captured.append(unit.name) or capture(c, unit))
+    monkeypatch.setattr(recon.engine, "capture_outputs", lambda c, unit: captured.append(unit.name) or capture(c, unit))
     logs = []
     ctx.log = logs.append
     cfg = recon.ReconConfig(iters=10, batch_size=8, layers=False)
-    report = recon.reconstruct(ctx, cfg)
+    report = recon.reconstruct(ctx, recon.BlockRecon(cfg))
     assert captured == ["blocks.0"]
     assert any("blocks.1: its inputs depend on the model's own predictions" in line for line in logs), logs
     assert not any("blocks.0: its inputs depend" in line for line in logs)
@@ -184,8 +186,8 @@ def test_rollback_on_nan(setup):
 
     model.blocks[0].mlp.fc2.register_forward_hook(poison)
     logs = []
-    ctx = recon.context_for(model, calib, log=logs.append)
-    recon.run_pass(ctx, dict(type="block_recon", iters=12, batch_size=8, layers=False))
+    ctx = context_for(model, calib, log=logs.append)
+    run_pass(ctx, dict(type="block_recon", iters=12, batch_size=8, layers=False))
     assert any("blocks.0: rolled back (loss became NaN/inf" in line for line in logs), logs
     for k, v in model.blocks[0].state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -315,7 +317,7 @@ def test_sos_stage2_reparam_is_exact(setup, isvit_like):
     fp, calib, _ = setup
     x = fixed_input(calib)
     model = copy.deepcopy(isvit_like)
-    ctx = recon.context_for(model, calib, log=quiet)
+    ctx = context_for(model, calib, log=quiet)
     for s in ctx.sites:  # SOS reparameterises while the weights are float
         if getattr(s.module, "weight_quantizer", None) is not None:
             s.module.weight_quantizer.enabled = False

@@ -15,6 +15,7 @@ import plugin  # noqa: F401
 from plugin.config import load_config
 from plugin.quant.errors import CheckpointError
 from plugin.quant import get_recipe, quantize, recon, save_quantized
+from plugin.quant.recon import engine
 from plugin.tasks.base import get_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,14 +68,14 @@ class Killed(Exception):
 
 def _interrupt_after(monkeypatch, units):
     """Make reconstruct_unit raise after `units` units have finished (a crash in the middle of the pass)."""
-    real, count = recon.reconstruct_unit, [0]
+    real, count = engine.reconstruct_unit, [0]
 
     def wrapped(*args, **kwargs):
         if count[0] == units:
             raise Killed
         count[0] += 1
         return real(*args, **kwargs)
-    monkeypatch.setattr(recon, "reconstruct_unit", wrapped)
+    monkeypatch.setattr(engine, "reconstruct_unit", wrapped)
 
 
 UNINTERRUPTED = {}
@@ -96,8 +97,8 @@ def test_resume_equals_uninterrupted(embedded, tmp_path, monkeypatch, name, stop
     meta = json.load(open(ckpt / "calib.json"))
     assert meta["step"] == stop_at - 1 and os.path.isfile(ckpt / meta["file"])
     visited = []
-    real = recon.reconstruct_unit
-    monkeypatch.setattr(recon, "reconstruct_unit", lambda *a, **k: visited.append(a[1].name) or real(*a, **k))
+    real = engine.reconstruct_unit
+    monkeypatch.setattr(engine, "reconstruct_unit", lambda *a, **k: visited.append(a[1].name) or real(*a, **k))
     resumed = quantize(copy.deepcopy(fp), short(name), calib, log=quiet, seed=3, checkpoint_dir=str(ckpt),
                        resume=True)
     a, b = full.state_dict(), resumed.state_dict()
@@ -152,9 +153,8 @@ def test_resume_refuses_other_recipe_or_model(embedded, tmp_path):
 def test_rollback_recorded(embedded, monkeypatch):
     """A unit whose loss becomes NaN is rolled back to its state before the optimisation and reported."""
     fp, calib = embedded
-    real_mse = recon._mse
-    monkeypatch.setattr(recon, "_mse", lambda out, tgt: real_mse(out, tgt) * float("nan")
-                        if torch.is_grad_enabled() else real_mse(out, tgt))
+    real_loss = recon.BlockRecon.loss
+    monkeypatch.setattr(recon.BlockRecon, "loss", lambda self, out, tgt: real_loss(self, out, tgt) * float("nan"))
     recipe = get_recipe("repq", 4, 4)
     recipe.passes = [dict(type="block_recon", iters=ITERS, batch_size=8, layers=False)]
     before = quantize(copy.deepcopy(fp), get_recipe("repq", 4, 4), calib, log=quiet, seed=3)
@@ -174,6 +174,7 @@ sys.path.insert(0, {tools!r})
 import torch; torch.set_num_threads(1)
 import plugin
 from plugin.quant import recon
+from plugin.quant.recon import engine
 recon.SETTINGS["small"] = dict(low_bit_iters={iters}, high_bit_iters={iters}, batch_size=8)
 import ptq_test
 from plugin.tasks.classification import ClassificationTask
@@ -186,14 +187,14 @@ def evaluate(self, *a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_eval(self, *a, **k)
 ClassificationTask.evaluate = evaluate
-real_unit = recon.reconstruct_unit
+real_unit = engine.reconstruct_unit
 units = [0]
 def unit(*a, **k):
     if kill_at == "unit" and units[0] == 2:    # after two units (and their checkpoints) finished
         os.kill(os.getpid(), signal.SIGKILL)
     units[0] += 1
     return real_unit(*a, **k)
-recon.reconstruct_unit = unit
+engine.reconstruct_unit = unit
 sys.exit(ptq_test.main(sys.argv[1:]))
 """
 

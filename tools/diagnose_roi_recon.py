@@ -36,14 +36,15 @@ def main(argv=None):
     import plugin  # noqa: F401
     from plugin.adapters.mmdet_swin import MMDetSwinAdapter
     from plugin.config import load_config
-    from plugin.quant import get_recipe, quantize, recon
+    from plugin.quant import get_recipe, quantize
+    from plugin.quant.recon import engine
     from plugin.tasks.base import get_task
 
     if args.targets == "float":
         MMDetSwinAdapter.model_dependent_inputs = lambda self, model: []
-    all_units = recon.reconstruction_units
-    recon.reconstruction_units = lambda ctx, layers=True: [u for u in all_units(ctx, layers)
-                                                           if u.name.startswith("roi_head")]
+    all_units = engine.reconstruction_units
+    engine.reconstruction_units = lambda ctx, layers=True: [u for u in all_units(ctx, layers)
+                                                            if u.name.startswith("roi_head")]
     task = get_task("detection")(load_config(args.config), args.checkpoint, device=args.device,
                                  work_dir=args.work_dir)
     fp = task.build_model()

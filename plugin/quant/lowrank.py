@@ -1,7 +1,8 @@
 """Architecture-informed low-rank compensation of AIQViT (Jiang et al., AAAI 2025, arXiv 2502.04628, Sec. 3.2).
 
 Every quantized Linear of a reconstruction unit gets a learnable low-rank branch ΔW = A·B (A: out×r, zero at start,
-B: r×in, random), trained by block reconstruction (plugin.quant.recon) to absorb the weight-quantization error.
+B: r×in, random), trained by block reconstruction to absorb the weight-quantization error (the `lowrank` pass,
+plugin.quant.recon.lowrank). This file holds the branches: the layer, attaching, merging and reloading them.
 
 Where the branch sits (`placement`):
 - "pre" (default): Ŵ = Q(W + A·B). The branch moves weights across rounding boundaries (like learned rounding), and
@@ -14,34 +15,20 @@ Where the branch sits (`placement`):
 
 The rank of each layer is chosen by a DARTS-style differentiable search (Liu et al., ICLR 2019) over candidate ranks
 r_1 < … < r_K: the branches share their factors (the rank-r_k branch is the first r_k columns of A and rows of B) and
-are mixed with p = softmax(α) as ΔW = A·diag(m)·B, m_j = Σ_{k: r_k > j} p_k. The architecture logits α are updated
-(first-order DARTS) on a held-out fifth of the cached unit inputs, the factors on the rest; after `search_frac` of the
-iterations each layer keeps the rank of argmax α — with A's columns scaled by m so the kept branch equals the mixture
-without its dropped components — and training continues at that rank. `rank_penalty` adds
-λ·(start error)·E_p[r·(in + out)/(in·out)] (expected relative parameter overhead) to the architecture loss; 0 by
-default, since merged branches cost nothing at inference.
+are mixed with p = softmax(α) as ΔW = A·diag(m)·B, m_j = Σ_{k: r_k > j} p_k. After the search each layer keeps the
+rank of argmax α (`LowRankBranch.discretize`), with A's columns scaled by m so the kept branch equals the mixture
+without its dropped components.
 
 Kept branches are submodules (`<linear>.lowrank.A`, `.B`, `.post`) of a LowRankQuantLinear, a QuantLinear subclass
 swapped in by class (no per-instance forward); `restore_branches(model, state)` rebuilds them from a saved state dict
 before loading.
 """
-from dataclasses import dataclass
-from typing import Optional, Tuple
-
 import torch
 import torch.nn as nn
 
 from .errors import ConfigError
+from .io import register_load_hook
 from .modules import QuantLinear
-from .passes import is_int, is_number, register_pass
-from .recon import ReconConfig, reconstruct
-from .seed_quantizers import interval_report
-from .spec import Role
-
-try:  # load_quantized rebuilds kept branches through this hook where io.py offers one
-    from .io import register_load_hook
-except ImportError:
-    register_load_hook = None
 
 
 class LowRankBranch(nn.Module):
@@ -170,6 +157,7 @@ def merge_branches(model):
     return len(found)
 
 
+@register_load_hook  # load_quantized and resumed calibrations rebuild kept branches before loading
 def restore_branches(model, state):
     """Re-create the low-rank branches recorded in a state dict (`<linear>.lowrank.A` keys), before loading it."""
     for key in state:
@@ -184,10 +172,6 @@ def restore_branches(model, state):
         attach_branch(linear, [rank], post=post)
 
 
-if register_load_hook is not None:
-    register_load_hook(restore_branches)
-
-
 def overhead(model):
     """(extra parameters, extra MACs per token, parameters of the quantized Linears with branches)."""
     extra = base = 0
@@ -197,145 +181,5 @@ def overhead(model):
     return extra, extra, base
 
 
-class LowRankSearch:
-    """The reconstruction extension: attaches branches to a unit's quantized Linears, runs the rank search, trains."""
-
-    def __init__(self, ranks, search, search_frac, arch_lr, rank_penalty, post, lr, roles, init_std):
-        self.ranks = tuple(ranks) if search else (max(ranks),)
-        self.search_frac, self.arch_lr, self.rank_penalty = search_frac, arch_lr, rank_penalty
-        self.post, self.lr, self.roles, self.init_std = post, lr, roles, init_std
-        self.current = []      # (site name, QuantLinear, branch) of the unit being reconstructed
-        self.chosen = {}       # site name -> rank
-
-    def attach(self, unit, generator):
-        self.current = []
-        for site in unit.sites:
-            m = site.module
-            if not isinstance(m, QuantLinear) or m.weight_quantizer is None or isinstance(m, LowRankQuantLinear):
-                continue
-            if self.roles is not None and site.role not in self.roles:
-                continue
-            self.current.append((site.name, m, attach_branch(m, self.ranks, self.post, generator, self.init_std)))
-        return bool(self.current)
-
-    def phases(self, iters):
-        if not any(b.searching for _, _, b in self.current):
-            return [(iters, False)]
-        search = max(1, min(iters, round(iters * self.search_frac)))
-        return [(search, True), (iters - search, False)]
-
-    def param_groups(self):
-        return [{"params": [t for _, _, b in self.current for t in (b.A, b.B)], "lr": self.lr}]
-
-    def arch_params(self):
-        return [b.arch_logits for _, _, b in self.current if b.searching]
-
-    def penalty(self, start_error):
-        if not self.rank_penalty:
-            return 0.0
-        return self.rank_penalty * start_error * sum(b.expected_overhead() for _, _, b in self.current if b.searching)
-
-    def discretize(self, unit, log):
-        picks = []
-        for name, _, b in self.current:
-            probs = torch.softmax(b.arch_logits.detach(), 0).tolist() if b.searching else None
-            r = b.discretize()
-            picks.append(f"{name[len(unit.name) + 1:] or name}={r}" + (f" (p={max(probs):.2f})" if probs else ""))
-        log(f"[lowrank] {unit.name}: ranks from {list(self.ranks)}: {', '.join(picks)}")
-
-    def resumed(self, model):
-        """A resumed run restored the branches of the units it skipped: record their ranks."""
-        for name, m in branches(model):
-            self.chosen[name] = m.lowrank.rank
-
-    def finish(self, unit):
-        for name, _, b in self.current:
-            self.chosen[name] = b.rank
-        self.current = []
-
-    def detach(self, unit):
-        for _, module, _ in self.current:
-            detach_branch(module)
-        self.current = []
-
-
-def _log_intervals(ctx, when):
-    """Log each focused interval [b1, b2] (dfq_interval) by layer: AIQViT reports them wider in shallow layers."""
-    for name, (b1, b2) in interval_report(ctx.model).items():
-        if isinstance(b1, float):
-            ctx.log(f"[dfq_interval] {when} {name}: [{b1:.4g}, {b2:.4g}] width {b2 - b1:.4g}")
-        else:
-            ctx.log(f"[dfq_interval] {when} {name}: mean width {sum(b2) / len(b2) - sum(b1) / len(b1):.4g}")
-
-
-@register_pass("lowrank")
-@dataclass
-class LowRankConfig(ReconConfig):
-    """AIQViT low-rank compensation, trained by block reconstruction (options of ReconConfig apply; `learn` defaults
-    to the activation and weight scales, the branches are always learned).
-
-    rank_candidates: ranks the search chooses from (search=False: the largest, min(r, in, out) per layer).
-    search_frac, arch_lr, rank_penalty: share of the iterations spent searching, step size of the architecture
-        logits, weight of the parameter-overhead term (see the module docstring).
-    placement: "pre" (Q(W + A·B)) or "post" (Q(W) + A·B); merge: fold "pre" branches into the weights afterwards.
-    branch_lr, init_std: step size of the branch factors, standard deviation of B at start (default in^-1/2).
-    roles: only Linears of these roles get branches (default all).
-    """
-    curriculum: bool = True
-    rank_candidates: Tuple[int, ...] = (4, 8, 16, 32)
-    search: bool = True
-    search_frac: float = 0.3
-    arch_lr: float = 1e-2
-    rank_penalty: float = 0.0
-    placement: str = "pre"
-    merge: bool = True
-    branch_lr: float = 1e-3
-    roles: Optional[Tuple[Role, ...]] = None
-    init_std: Optional[float] = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.placement not in ("pre", "post"):
-            raise ConfigError(f"lowrank: placement must be 'pre' (Q(W + AB)) or 'post' (Q(W) + AB), "
-                              f"got {self.placement!r}")
-        for name in ("merge", "search"):
-            self.require(isinstance(getattr(self, name), bool), name, "True or False")
-        if self.merge and self.placement == "post":
-            raise ConfigError("lowrank: merge=True needs placement='pre'; a Q(W) + AB branch must be kept")
-        ranks = self.rank_candidates
-        self.require(isinstance(ranks, (list, tuple)) and ranks and all(is_int(r) and r >= 1 for r in ranks),
-                     "rank_candidates", "positive integers")
-        self.rank_candidates = tuple(ranks)
-        self.require(is_number(self.search_frac) and 0 <= self.search_frac <= 1, "search_frac", "in [0, 1]")
-        for name in ("arch_lr", "rank_penalty", "branch_lr"):
-            self.require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a non-negative number")
-        self.require(self.init_std is None or is_number(self.init_std) and self.init_std > 0, "init_std",
-                     "a positive number or None")
-        if self.roles is not None:
-            try:
-                self.roles = tuple(Role(r) for r in self.roles)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"lowrank: roles must be role names ({', '.join(r.value for r in Role)}), "
-                                  f"got {self.roles!r}") from exc
-
-    def run(self, ctx):
-        ext = LowRankSearch(self.rank_candidates, self.search, self.search_frac, self.arch_lr, self.rank_penalty,
-                            self.placement == "post", self.branch_lr,
-                            None if self.roles is None else set(self.roles), self.init_std)
-        _log_intervals(ctx, "calibrated")
-        reconstruct(ctx, self.resolved(ctx.recipe), extension=ext)
-        _log_intervals(ctx, "learned")
-        ctx.model._vitq_lowrank_ranks = dict(ext.chosen)
-        extra, macs, base = overhead(ctx.model)
-        if self.merge:
-            n = merge_branches(ctx.model)
-            ctx.log(f"[lowrank] merged {n} branches into their weights (Q(W + A·B)): no inference overhead")
-        elif extra:
-            ctx.log(f"[lowrank] kept {len(branches(ctx.model))} {self.placement}-quantization branches: +{extra} "
-                    f"parameters (+{100.0 * extra / base:.2f}% of those Linears), +{macs} MACs per token "
-                    f"(+{100.0 * macs / base:.2f}%)")
-        return ext.chosen
-
-
-__all__ = ["LowRankBranch", "LowRankConfig", "LowRankQuantLinear", "LowRankSearch", "attach_branch", "branches",
-           "detach_branch", "merge_branch", "merge_branches", "overhead", "restore_branches"]
+__all__ = ["LowRankBranch", "LowRankQuantLinear", "attach_branch", "branches", "detach_branch", "merge_branch",
+           "merge_branches", "overhead", "restore_branches"]

@@ -28,7 +28,7 @@ the measurement is in docs/methods.md.
 """
 import torch
 
-from .recon import register_channel_fold
+from .recon.sos import register_channel_fold
 from .reparam import fold_scales, register_reparam_rule
 
 MAD_THRESHOLD = 3.0
