@@ -8,7 +8,7 @@ import torch
 
 import plugin.quant.seed_quantizers  # noqa: F401  (registers "dfq_interval")
 import plugin.quant.seed_recipes  # noqa: F401  (registers the recipes)
-from plugin.quant import Observation, QuantSpec, build_quantizer, get_recipe
+from plugin.quant import Observation, QuantSpec, build_quantizer, get_recipe, state
 from plugin.quant.quantizers import QUANTIZERS
 from plugin.quant.seed_quantizers import FocusedIntervalQuantizer, interval_report
 
@@ -44,7 +44,7 @@ def test_2b_evenly_spaced_levels_inside_the_interval(bits):
 
 def test_gradients_reach_both_bounds():
     q = interval(3, 0.2, 0.8)
-    q.bounds = torch.nn.Parameter(q._buffers.pop("bounds"))  # what the reconstruction engine does (recon.Learnables)
+    q.make_trainable(["bounds"])  # what the reconstruction engine does (recon.Learnables)
     # Clamped values follow their bound one for one: below b1 only b1 gets a gradient, above b2 only b2.
     q(torch.tensor([-0.5, 0.1])).sum().backward()
     torch.testing.assert_close(q.bounds.grad.flatten(), torch.tensor([2.0, 0.0]))
@@ -95,7 +95,7 @@ def test_variants_run_on_a_tiny_vit(name, rank):
     recipe.passes = [dict(p, iters=2, batch_size=4) for p in recipe.passes]
     logs = []
     qmodel = quantize(copy.deepcopy(model), recipe, CalibData([x[:4], x[4:]], lambda m, b: m(b)), log=logs.append)
-    ranks = qmodel._vitq_lowrank_ranks
+    ranks = state(qmodel).ranks
     linears = {n: m for n, m in qmodel.named_modules() if n in ranks}
     assert len(linears) == 5  # qkv, proj, fc1, fc2 and the head
     if rank is None:  # the rank search picks among the candidates (those above min(in, out) dropped)

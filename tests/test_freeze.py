@@ -54,10 +54,8 @@ def quant_linear(k, n, w_spec, x_spec, seed=0, bias=True):
 
 
 def set_params(q, scale, zero):
-    q._set(scale=torch.as_tensor(scale, dtype=torch.float32).reshape(-1),
-           zero_point=torch.as_tensor(zero, dtype=torch.float32).reshape(-1))
-    q.initialized.fill_(True)
-    q._ready = True
+    q.set_params(scale=torch.as_tensor(scale, dtype=torch.float32).reshape(-1),
+                 zero_point=torch.as_tensor(zero, dtype=torch.float32).reshape(-1))
 
 
 # --- one layer -----------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_save_load_gives_identical_outputs(arch, recipe, tmp_path):
     assert ref_state.keys() == new_state.keys()
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
     assert {n for n, _ in iter_quantizers(loaded)} == {n for n, _ in iter_quantizers(model)}
-    assert all(q._ready for _, q in iter_quantizers(loaded))
+    assert all(q.ready for _, q in iter_quantizers(loaded))
     # a reloaded model saves again to the same tensors
     path2 = str(tmp_path / "again")
     save_quantized(loaded, path2)
@@ -251,3 +251,34 @@ def test_non_finite_activation_inside_the_model_raises_calibration_error():
 def test_empty_calibration_set_raises_calibration_error():
     with pytest.raises(CalibrationError):
         CalibData(batches=[], forward=lambda model, batch: model(batch))
+
+
+def test_frozen_model_saves_and_loads(tmp_path):
+    """A frozen model (Int8Linear layers) saves as it is and loads back frozen, with the same outputs."""
+    from plugin.quant import freeze, frozen_summary, state
+    model = freeze(quantized("vit", "minmax", 8, 8))
+    summary = frozen_summary(model)
+    assert summary["frozen"] > 0 and state(model).frozen
+    path = str(tmp_path / "frozen")
+    save_quantized(model, path)
+    assert set(read_meta(path)["frozen"]) == {n for n, m in model.named_modules() if type(m).__name__ == "Int8Linear"}
+    loaded = load_quantized(build("vit", seed=123), path)
+    assert state(loaded).frozen and frozen_summary(loaded) == summary
+    x = images(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_quant_state_survives_save_and_load(saved_vit, tmp_path):
+    """The QuantState (recipe, adapter, per-unit records) is what the CLI and save/load read; a reload carries it."""
+    from plugin.quant import QuantState, state
+    model, path = saved_vit
+    loaded = load_quantized(build("vit", seed=123), path)
+    assert isinstance(state(loaded), QuantState) and not state(loaded).frozen
+    assert state(loaded).recipe.to_dict() == state(model).recipe.to_dict()
+    assert state(loaded).adapter == state(model).adapter
+    assert state(build("vit")) is None
+    with pytest.raises(ConfigError, match="needs a model returned by quantize"):
+        save_quantized(build("vit"), str(tmp_path / "float"))

@@ -64,14 +64,14 @@ def test_every_site_is_swapped_and_calibrated(arch_models):
             assert isinstance(qmod, QuantConv2d if isinstance(m, nn.Conv2d) else QuantLinear), name
             for slot in ("input_quantizer", "weight_quantizer"):
                 q = getattr(qmod, slot)
-                assert isinstance(q, Quantizer) and q._ready and bool(q.initialized), f"{name}.{slot}"
+                assert isinstance(q, Quantizer) and q.ready and bool(q.initialized), f"{name}.{slot}"
         if isinstance(m, ATTENTION):
             for mm in ("matmul_qk", "matmul_av"):
                 qmod = qm.get_submodule(f"{name}.{mm}")
                 assert isinstance(qmod, MatMul)
                 for slot in ("a_quantizer", "b_quantizer"):
                     q = getattr(qmod, slot)
-                    assert isinstance(q, Quantizer) and q._ready, f"{name}.{mm}.{slot}"
+                    assert isinstance(q, Quantizer) and q.ready, f"{name}.{mm}.{slot}"
 
 
 def test_every_quantized_module_runs_in_forward(arch_models):

@@ -11,10 +11,9 @@ import torch.nn.functional as F
 timm = pytest.importorskip("timm")
 
 import plugin.adapters  # noqa: E402,F401
-from plugin.adapters import find_adapter  # noqa: E402
 from plugin.quant.errors import ConfigError  # noqa: E402
-from plugin.quant import CalibData, QuantLinear, QuantSpec, get_recipe, io, load_quantized, quantize  # noqa: E402
-from plugin.quant import attach_quantizers, save_quantized  # noqa: E402
+from plugin.quant import CalibData, QuantLinear, QuantSpec, get_recipe, load_quantized, quantize  # noqa: E402
+from plugin.quant import save_quantized, state  # noqa: E402
 from plugin.quant import lowrank as lr  # noqa: E402
 from plugin.quant import recon  # noqa: E402
 from plugin.quant.recon import cache as recon_cache  # noqa: E402
@@ -204,7 +203,7 @@ def test_lowrank_search_merge_and_reload(setup, tmp_path):
     found = lr.branches(model)
     assert len(found) == 9  # 4 Linears in each of 2 blocks + the head
     assert all(m.lowrank.rank in ranks and not m.lowrank.searching for _, m in found)
-    assert set(model._vitq_lowrank_ranks.values()) <= set(ranks)
+    assert set(state(model).ranks.values()) <= set(ranks)
     assert block_errors(model, fp, x)[-1] < block_errors(base, fp, x)[-1]
 
     with torch.no_grad():
@@ -228,17 +227,7 @@ def test_kept_branches_reload(setup, tmp_path):
     assert lr.branches(model)
     path = str(tmp_path / "kept")
     save_quantized(model, path)
-    if hasattr(io, "LOAD_HOOKS"):
-        loaded = load_quantized(tiny_vit(), path)
-    else:  # load_quantized's steps plus the branch rebuild it is to call (plugin.quant.lowrank.restore_branches)
-        from safetensors.torch import load_file
-        loaded = tiny_vit()
-        adapter = find_adapter(loaded, model._vitq_adapter)
-        adapter.prepare(loaded)
-        attach_quantizers(loaded, model._vitq_recipe, adapter)
-        state = load_file(path + ".safetensors")
-        lr.restore_branches(loaded, state)
-        loaded.load_state_dict(state)
+    loaded = load_quantized(tiny_vit(), path)  # rebuilds the branches first (load hook lr.restore_branches)
     assert [(n, m.lowrank.rank) for n, m in lr.branches(loaded)] == [(n, m.lowrank.rank) for n, m in lr.branches(model)]
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))

@@ -14,7 +14,7 @@ import torch
 import plugin  # noqa: F401
 from plugin.config import load_config
 from plugin.quant.errors import CheckpointError
-from plugin.quant import get_recipe, quantize, recon, save_quantized
+from plugin.quant import get_recipe, quantize, recon, save_quantized, state
 from plugin.quant.recon import engine
 from plugin.tasks.base import get_task
 
@@ -105,9 +105,10 @@ def test_resume_equals_uninterrupted(embedded, tmp_path, monkeypatch, name, stop
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(visited) > 0 and json.load(open(ckpt / "calib.json"))["step"] == stop_at - 1 + len(visited)
-    assert resumed._vitq_rollbacks == full._vitq_rollbacks
+    assert state(resumed).rollbacks == state(full).rollbacks
+    assert state(resumed).units == state(full).units and len(state(full).units) > stop_at
     if name == "aiqvit":
-        assert resumed._vitq_lowrank_ranks == full._vitq_lowrank_ranks
+        assert state(resumed).ranks == state(full).ranks
 
 
 def test_resume_accepts_the_same_recipe_in_an_older_json_form(embedded, tmp_path):
@@ -159,8 +160,10 @@ def test_rollback_recorded(embedded, monkeypatch):
     recipe.passes = [dict(type="block_recon", iters=ITERS, batch_size=8, layers=False)]
     before = quantize(copy.deepcopy(fp), get_recipe("repq", 4, 4), calib, log=quiet, seed=3)
     model = quantize(copy.deepcopy(fp), recipe, calib, log=quiet, seed=3)
-    assert [r["unit"] for r in model._vitq_rollbacks] == [f"blocks.{i}" for i in range(4)]
-    assert all("NaN/inf" in r["reason"] and r["pass"] == "block_recon" for r in model._vitq_rollbacks)
+    rollbacks = state(model).rollbacks
+    assert [r["unit"] for r in rollbacks] == [f"blocks.{i}" for i in range(4)]
+    assert all("NaN/inf" in r["reason"] and r["pass"] == "block_recon" for r in rollbacks)
+    assert [u["status"] for u in state(model).units] == [r["reason"] for r in rollbacks]
     a, b = before.state_dict(), model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # every block is back at its state before reconstruction
 

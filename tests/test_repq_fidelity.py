@@ -87,7 +87,7 @@ def _ready_when_observed(recipe, monkeypatch):
     original = Observer.record
 
     def spy(self, x):
-        seen.setdefault(self.site_name, {n for n, q in model.named_modules() if isinstance(q, Quantizer) and q._ready})
+        seen.setdefault(self.site_name, {n for n, q in model.named_modules() if isinstance(q, Quantizer) and q.ready})
         return original(self, x)
 
     monkeypatch.setattr(Observer, "record", spy)

@@ -37,10 +37,7 @@ def calibrated(kind, bits, x=None, granularity="tensor", channel_axis=-1, **opti
 
 def with_params(kind, bits, **params):
     q = build_quantizer(QuantSpec(bits, kind=kind))
-    q._set(**{k: torch.tensor([float(v)]) for k, v in params.items()})
-    q.initialized.fill_(True)
-    q._ready = True
-    return q
+    return q.set_params(**{k: torch.tensor([float(v)]) for k, v in params.items()})
 
 
 # ------------------------------------------------------------------------------------------------- levels by hand
@@ -158,9 +155,9 @@ def test_per_head_granularity(kind):
 def test_state_dict_round_trip(kind, granularity, axis):
     q, x = calibrated(kind, 4, granularity=granularity, channel_axis=axis)
     fresh = build_quantizer(q.spec, axis)
-    assert not fresh._ready
+    assert not fresh.ready
     fresh.load_state_dict(q.state_dict())
-    assert fresh._ready
+    assert fresh.ready
     torch.testing.assert_close(fresh(x), q(x), atol=0, rtol=0)
 
 
@@ -171,14 +168,11 @@ def test_straight_through_gradient(kind):
     (q(x) * torch.randn_like(x)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     # The buffers reconstruction may train get a gradient too once they are parameters.
-    for name in type(q).learnable_buffers:
-        buf = q._buffers.pop(name)
-        p = torch.nn.Parameter(buf.clone())
-        setattr(q, name, p)
+    for name in q.range_names():
+        p, = q.make_trainable([name])
         (q(x.detach()) * torch.randn_like(x)).sum().backward()
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
-        del q._parameters[name]
-        q.register_buffer(name, p.detach())
+        q.make_fixed([name])
 
 
 # Not dfq_interval: its grid is uniform with a floor b1, so it can tie with the uniform grid but has no reason to beat it.

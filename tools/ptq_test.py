@@ -279,7 +279,7 @@ def run(args):
     import plugin  # noqa: F401  (registers tasks, adapters, methods)
     from plugin.config import load_config
     from plugin.errors import UserInputError
-    from plugin.quant import freeze, frozen_summary, quantize, save_quantized
+    from plugin.quant import freeze, frozen_summary, quantize, save_quantized, state
     from plugin.quant.calibrate import check_passes
     from plugin.quant.freeze import set_int8_backend
     from plugin.quant.io import package_versions
@@ -377,7 +377,7 @@ def run(args):
                 log(f"{method} W{w_bits}A{a_bits}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")
                 entry = {"method": method, "w_bits": w_bits, "a_bits": a_bits, "metrics": metrics,
                          "calib_time_s": calib_time, "calib_num": num, "recipe": recipe.to_dict(),
-                         "rolled_back": list(getattr(model, "_vitq_rollbacks", []))}
+                         "rolled_back": list(state(model).rollbacks)}
                 if task.agreement is not None and fp_outputs is not None:  # before --freeze evaluates again
                     entry["agreement"] = task.agreement(fp_outputs, task.last_outputs)
                 if ckpt_dir:

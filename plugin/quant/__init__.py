@@ -6,6 +6,7 @@ from .errors import CalibrationError, CheckpointError, ConfigError, QuantError
 from .io import load_quantized, read_meta, save_quantized
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .passes import PASSES, PassConfig, register_pass
+from .quant_state import QuantState, state
 from .quantizers import QUANTIZERS, Observation, Quantizer, build_quantizer, register_quantizer
 from .recipe import RECIPES, Recipe, get_recipe, register_recipe
 from .registry import Registry
@@ -16,9 +17,9 @@ __all__ = [
     "ADAPTERS", "Adapter", "find_adapter", "register_adapter",
     "CalibData", "CalibrationError", "CheckpointError", "ConfigError", "QuantError", "Registry",
     "MatMul", "Observation", "PASSES", "PassConfig", "QUANTIZERS", "QuantConv2d", "QuantLinear", "QuantSpec",
-    "Quantizer", "RECIPES", "Recipe", "Role", "attach_quantizers", "build_quantizer", "get_recipe", "iter_quantizers",
-    "load_quantized", "quantize", "read_meta", "register_pass", "register_quantizer", "register_recipe",
-    "register_reparam_rule", "save_quantized", "set_quant_enabled",
+    "QuantState", "Quantizer", "RECIPES", "Recipe", "Role", "attach_quantizers", "build_quantizer", "get_recipe",
+    "iter_quantizers", "load_quantized", "quantize", "read_meta", "register_pass", "register_quantizer",
+    "register_recipe", "register_reparam_rule", "save_quantized", "set_quant_enabled", "state",
 ]
 
 from . import lowrank, mosf, recon, seed_quantizers, seed_recipes  # noqa: F401,E402  (seed quantizers, "mosf", passes, recipes)

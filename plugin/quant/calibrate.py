@@ -20,6 +20,7 @@ import torch.nn as nn
 from .attach import Site, attach_quantizers, set_submodule  # noqa: F401  (Site, set_submodule: re-exported)
 from .errors import CalibrationError, CheckpointError, ConfigError
 from .passes import check_passes
+from .quant_state import QuantState, attach_state
 from .quantizers import Observation
 from .reparam import REPARAM_RULES, reparameterize_group  # noqa: F401  (REPARAM_RULES: re-exported)
 
@@ -73,9 +74,11 @@ class StopForward(Exception):
 
 
 class CalibContext:
-    """Everything a pass needs: the model, recipe, data, adapter and the quantized sites."""
+    """Everything a pass needs: the model, recipe, data, adapter and the quantized sites, and the QuantState that the
+    passes fill in (`state`: the model's own one when given, else a new one that quantize() attaches at the end)."""
 
-    def __init__(self, model, recipe, calib, adapter, sites, log, max_elems=2 ** 20, seed=0, checkpoint=None):
+    def __init__(self, model, recipe, calib, adapter, sites, log, max_elems=2 ** 20, seed=0, checkpoint=None,
+                 state=None):
         self.model, self.recipe, self.calib, self.adapter, self.sites = model, recipe, calib, adapter, sites
         self.log, self.max_elems, self.seed = log, max_elems, seed
         self.by_name = {s.name: s for s in sites}
@@ -83,8 +86,9 @@ class CalibContext:
         self.checkpoint = checkpoint
         self.pass_index, self.pass_kind = None, None
         self.batch_index = None  # the calibration batch run_calib is running
-        # units a guard rolled back: [{"pass", "unit", "reason"}], reported by the CLI
-        self.rollbacks = list(checkpoint.rollbacks) if checkpoint is not None else []
+        self.state = state if state is not None else QuantState(recipe, adapter.name)
+        if checkpoint is not None:  # a resumed run carries on the units' records of the run it continues
+            self.state.rollbacks, self.state.units = checkpoint.rollbacks, checkpoint.units
 
     def run_calib(self, stop_after: Optional[nn.Module] = None, desc=None):
         """Run every calibration batch (no grad); stop each forward right after `stop_after` ran, if given."""
@@ -167,7 +171,7 @@ def calibrate_group(ctx, members, stop_after=None):
         for slot, q in site.quantizers():
             if slot == "weight_quantizer":
                 q.calibrate_tensor(site.module.weight)
-            elif not q._ready:
+            elif not q.ready:
                 obs = observations.get((site.name, slot))
                 if obs is None:
                     raise CalibrationError(f"{site.name} was never reached by the calibration data")
@@ -179,8 +183,8 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode).
 
     With `checkpoint_dir`, the reconstruction passes write a checkpoint there after each finished unit; with `resume`
-    as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). The units a guard
-    rolled back are listed in `model._vitq_rollbacks`."""
+    as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). What the run left
+    (recipe, adapter, per-unit errors, rollbacks, ranks) is the model's QuantState: `plugin.quant.state(model)`."""
     from .adapter import Adapter, find_adapter
     if resume and not checkpoint_dir:
         raise ConfigError("resume needs a checkpoint directory")
@@ -216,10 +220,7 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         log(f"[calibrate {recipe.name}] pass {p.kind} done, {time.time() - t1:.1f}s")
     if checkpoint is not None and checkpoint.resume_step is not None:
         raise CheckpointError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
-    model._vitq_recipe = recipe
-    model._vitq_adapter = adapter.name
-    model._vitq_rollbacks = list(ctx.rollbacks)
-    return model
+    return attach_state(model, ctx.state)
 
 
 def iter_quantizers(model):

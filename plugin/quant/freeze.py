@@ -32,16 +32,17 @@ to Σ a·b; the corrections use the unpadded sums). Where `torch._int_mm` fails 
 falls back to a float64 matmul of the codes, which is exact (|Σ a·b| < 2^53).
 
 A frozen model is for inference only: its frozen layers no longer hold quantizers (`set_quant_enabled` does not reach
-them) and `save_quantized`/`load_quantized` do not know `Int8Linear` — save the calibrated model before freezing,
-load it, then freeze again.
+them). `freeze` marks the model's QuantState frozen; `save_quantized`/`load_quantized` save and rebuild its
+`Int8Linear` layers.
 """
 import os
 
 import torch
 import torch.nn as nn
 
-from .calibrate import set_submodule
+from .attach import set_submodule
 from .modules import QuantLinear
+from .quant_state import state
 from .quantizers import UniformQuantizer
 
 _INT_MM_BROKEN = set()  # device types on which torch._int_mm raised; the exact float64 product is used there
@@ -110,7 +111,7 @@ def int8_matmul(a, w):
 
 
 def _uniform(q):
-    return type(q) is UniformQuantizer and q.enabled and q._ready and q.bits <= 8
+    return type(q) is UniformQuantizer and q.enabled and q.ready and q.bits <= 8
 
 
 def why_not_freezable(module):
@@ -225,6 +226,8 @@ def freeze(model: nn.Module) -> nn.Module:
     targets = [(name, m) for name, m in model.named_modules() if why_not_freezable(m) is None]
     for name, m in targets:
         set_submodule(model, name, Int8Linear.from_quant_linear(m))
+    if state(model) is not None:
+        state(model).frozen = True
     return model
 
 

@@ -1,8 +1,11 @@
 """Save and reload a calibrated model: safetensors for tensors, JSON for the recipe, adapter and versions.
 
 Nothing here needs pickle. `load_quantized(fp_model, path)` rebuilds the quantized structure on a freshly built float
-model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters).
+model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters). A frozen
+model (plugin.quant.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor arguments,
+and loading rebuilds them in place of the quantized Linears before the tensors load.
 """
+import inspect
 import json
 import os
 import platform
@@ -12,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ConfigError
+from .quant_state import QuantState, attach_state, require_state
 from .registry import Registry
 
 FORMAT = "vitq-quantized"
@@ -73,16 +77,45 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
     Returns the two file paths."""
     path = model_prefix(path)
     from safetensors.torch import save_file
-    recipe = getattr(model, "_vitq_recipe", None)
-    if recipe is None:
-        raise ConfigError("save_quantized needs a model returned by quantize()")
+    qstate = require_state(model, "save_quantized")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe": recipe.to_dict(),
-            "adapter": model._vitq_adapter, "versions": package_versions(), **(extra_meta or {})}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe": qstate.recipe.to_dict(),
+            "adapter": qstate.adapter, "versions": package_versions(),
+            "state": {"rollbacks": qstate.rollbacks, "units": qstate.units, "ranks": qstate.ranks},
+            **(extra_meta or {})}
+    frozen = _frozen_layers(model)
+    if frozen or qstate.frozen:
+        meta["frozen"] = frozen
     tensors_path, meta_path = path + ".safetensors", path + ".json"
     _atomic_write(tensors_path, lambda p: save_file(state, p, metadata={"format": FORMAT}))
     write_json(meta_path, meta)
     return tensors_path, meta_path
+
+
+def _frozen_layers(model):
+    """{name: constructor arguments} of the model's Int8Linear layers (each argument is an attribute of its name)."""
+    from .freeze import Int8Linear
+    args = [a for a in inspect.signature(Int8Linear.__init__).parameters if a != "self"]
+    return {name: {a: getattr(m, a) for a in args} for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+
+
+def _rebuild_frozen(model, frozen, state, where):
+    """Put an Int8Linear of the saved arguments in place of each frozen layer (a quantized Linear after the rebuild),
+    on that layer's device, with a bias buffer where the state has one."""
+    from .attach import set_submodule
+    from .freeze import Int8Linear
+    if not isinstance(frozen, dict):
+        raise CheckpointError(f"{where}: 'frozen' must map layer names to Int8Linear arguments")
+    for name, kwargs in frozen.items():
+        try:
+            old = model.get_submodule(name)
+            layer = Int8Linear(**kwargs)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: cannot rebuild frozen layer {name!r}: {exc}") from exc
+        if f"{name}.bias" in state:
+            layer.bias = torch.empty_like(state[f"{name}.bias"])
+        device = next((t.device for t in old.parameters()), None)
+        set_submodule(model, name, layer.to(device) if device is not None else layer)
 
 
 def model_prefix(path: str) -> str:
@@ -137,6 +170,8 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     attach_quantizers(fp_model, recipe, adapter)
     for hook in LOAD_HOOKS.values():
         hook(fp_model, state)
+    if "frozen" in meta:
+        _rebuild_frozen(fp_model, meta["frozen"], state, f"{path}.json")
     for name, module in fp_model.named_modules():
         key = f"{name}.bias" if name else "bias"
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and getattr(module, "bias", None) is None \
@@ -150,5 +185,7 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     if missing or unexpected:
         raise CheckpointError(f"{path}.safetensors does not match the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    fp_model._vitq_recipe, fp_model._vitq_adapter = recipe, adapter.name
-    return fp_model
+    saved = meta.get("state") if isinstance(meta.get("state"), dict) else {}
+    return attach_state(fp_model, QuantState(recipe, adapter.name, rollbacks=list(saved.get("rollbacks", [])),
+                                             units=list(saved.get("units", [])), ranks=dict(saved.get("ranks", {})),
+                                             frozen="frozen" in meta))

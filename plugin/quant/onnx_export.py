@@ -125,7 +125,7 @@ def uniform_reason(q):
 
 
 def _active(q):
-    return isinstance(q, Quantizer) and q.enabled and q._ready
+    return isinstance(q, Quantizer) and q.enabled and q.ready
 
 
 def _per_axis(q, x_dim_axis):

@@ -65,6 +65,8 @@ def _broadcast(param, x, channel_axis):
 class Quantizer(nn.Module):
     """Base class. Subclasses define `_calibrate(obs)` and `quantize(x)`."""
     kind = "base"
+    # Names of the range buffers reconstruction may train (`range_names`); None: "scale" where there is one.
+    learnable_buffers = None
 
     def __init__(self, spec: QuantSpec, channel_axis: int = -1):
         super().__init__()
@@ -78,6 +80,32 @@ class Quantizer(nn.Module):
     @property
     def bits(self):
         return self.spec.bits
+
+    @property
+    def ready(self):
+        """Calibrated (or loaded from a calibrated state): forward quantizes while enabled."""
+        return self._ready
+
+    def range_names(self):
+        """The range buffers reconstruction may train (a new kind declares `learnable_buffers`)."""
+        if self.learnable_buffers is not None:
+            return tuple(self.learnable_buffers)
+        return ("scale",) if "scale" in self._buffers else ()
+
+    def make_trainable(self, names):
+        """Turn the buffers `names` into nn.Parameters of the same values (for reconstruction); returns them.
+        `make_fixed(names)` turns them back."""
+        params = []
+        for name in names:
+            p = nn.Parameter(self._buffers.pop(name).detach().clone())
+            self.register_parameter(name, p)
+            params.append(p)
+        return params
+
+    def make_fixed(self, names):
+        """Turn the parameters `names` (from `make_trainable`) back into buffers, with their learned values."""
+        for name in names:
+            self.register_buffer(name, self._parameters.pop(name).detach())
 
     @property
     def per_channel(self):
@@ -312,6 +340,7 @@ class TwinUniformQuantizer(Quantizer):
     Δ2 comes from the maximum (shrunk by an MSE search), m from an MSE search over 0 … 10. PTQ4ViT searches with a
     Hessian-guided output metric; here the search is on the activation's own quantization error.
     """
+    learnable_buffers = ("delta1", "delta2")
 
     def __init__(self, spec, channel_axis=-1):
         super().__init__(spec, channel_axis)

@@ -3,8 +3,9 @@
 The reconstruction passes (block_recon, sos, lowrank) visit units one by one; every unit they visit gets a step number
 (counted over the whole `quantize` call). After each finished unit the whole model state is written to
 `DIR/calib-<step>.safetensors`, then `DIR/calib.json` (recipe, model and calibration-data fingerprints, seed, pass index,
-unit index and name, step, the rollbacks so far) is replaced to point at it; both writes are atomic (temporary file,
-then rename), and the JSON is written last, so a kill at any moment leaves the previous complete checkpoint in force.
+unit index and name, step, the per-unit errors and rollbacks so far) is replaced to point at it; both writes are
+atomic (temporary file, then rename), and the JSON is written last, so a kill at any moment leaves the previous complete
+checkpoint in force.
 
 Resuming replays the same `quantize` call: the basic calibration and the passes run as before, but every unit up to
 the checkpoint's step is skipped, and the saved state is loaded in place of the last one. Work done between units
@@ -125,7 +126,13 @@ class CalibCheckpoint:
 
     @property
     def rollbacks(self):
+        """The rollbacks recorded up to the checkpoint a resumed run continues from (QuantState.rollbacks)."""
         return list(self.resume_meta.get("rollbacks", [])) if self.resume_meta else []
+
+    @property
+    def units(self):
+        """The per-unit errors recorded up to that checkpoint (QuantState.units)."""
+        return list(self.resume_meta.get("units", [])) if self.resume_meta else []
 
     def next_unit(self):
         """(step, skip): this unit's step number and whether a resumed run already has it."""
@@ -156,14 +163,14 @@ class CalibCheckpoint:
                                   f"{self.resume_step + 1}: {str(exc).splitlines()[-1].strip()}") from exc
         self.resume_step = None  # from here on, units run and write checkpoints again
 
-    def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, rollbacks):
+    def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, state):
         from safetensors.torch import save_file
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         name = f"calib-{step:05d}.safetensors"
         _atomic_write(os.path.join(self.dir, name), lambda p: save_file(state, p, metadata={"format": FORMAT}))
         meta = dict(format=FORMAT, format_version=FORMAT_VERSION, **self.identity, step=step, file=name,
                     pass_index=pass_index, **{"pass": pass_kind}, unit_index=unit_index, unit=unit_name,
-                    rollbacks=list(rollbacks))
+                    rollbacks=list(state.rollbacks), units=list(state.units))
         write_json(self.meta_path, meta, indent=1)
         for old in os.listdir(self.dir):  # earlier states are superseded once the JSON points at the new one
             if old.startswith("calib-") and old.endswith(".safetensors") and old != name:

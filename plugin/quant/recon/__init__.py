@@ -10,7 +10,7 @@
 A new method subclasses `ReconMethod` (or `BlockRecon`) and registers a pass config whose `run(ctx)` calls
 `reconstruct(ctx, method)`.
 """
-from .block_recon import LEARNABLE, SETTINGS, BlockRecon, Learnables, ReconConfig, default_iters, scale_names
+from .block_recon import LEARNABLE, SETTINGS, BlockRecon, Learnables, ReconConfig, default_iters
 from .cache import Sampler, Unit, UnitCache, capture_inputs, capture_outputs, item_errors, reconstruction_units
 from .engine import ReconMethod, reconstruct, reconstruct_unit
 from .lowrank import LowRank, LowRankConfig
@@ -20,4 +20,4 @@ from .sos import CHANNEL_FOLDS, SosConfig, register_channel_fold, reparameterize
 __all__ = ["BlockRecon", "CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "Learnables", "LowRank", "LowRankConfig",
            "ReconConfig", "ReconMethod", "SETTINGS", "Sampler", "SosConfig", "Unit", "UnitCache", "capture_inputs",
            "capture_outputs", "default_iters", "float_reference", "item_errors", "reconstruct", "reconstruct_unit",
-           "reconstruction_units", "register_channel_fold", "reparameterize_channelwise", "scale_names"]
+           "reconstruction_units", "register_channel_fold", "reparameterize_channelwise"]

@@ -16,7 +16,6 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..passes import PassConfig, is_int, is_number, register_pass
-from ..quantizers import TwinUniformQuantizer, UniformQuantizer, _LogQuantizer
 from .engine import ReconMethod, reconstruct
 
 LEARNABLE = ("act_scale", "weight_scale", "weight", "bias")
@@ -112,18 +111,6 @@ class ReconConfig(PassConfig):
 # What a unit learns
 
 
-def scale_names(q):
-    """Names of a quantizer's learnable range buffers. A new quantizer kind declares `learnable_buffers`."""
-    names = getattr(type(q), "learnable_buffers", None)
-    if names is not None:
-        return tuple(names)
-    if isinstance(q, TwinUniformQuantizer):
-        return ("delta1", "delta2")
-    if isinstance(q, (UniformQuantizer, _LogQuantizer)) or "scale" in q._buffers:
-        return ("scale",)
-    return ()
-
-
 class Learnables:
     """Freezes every parameter of a unit, then makes trainable what the config asks for: quantizer scale buffers
     become nn.Parameters, weights and biases of the unit's quantized modules get requires_grad. `release()` writes
@@ -138,15 +125,13 @@ class Learnables:
         for site in unit.sites:
             for slot, q in site.quantizers():
                 kind = "weight_scale" if slot == "weight_quantizer" else "act_scale"
-                if kind not in cfg.learn or not q.enabled or not q._ready:
+                if kind not in cfg.learn or not q.enabled or not q.ready:
                     continue
-                for name in scale_names(q):
-                    buf = q._buffers.pop(name)
-                    p = nn.Parameter(buf.detach().clone())
-                    q.register_parameter(name, p)
+                for name in q.range_names():
+                    p, = q.make_trainable([name])
                     self.converted.append((q, name))
                     self.scales.append(p)
-                    lr = cfg.scale_lr * float(buf.abs().mean().clamp_min(1e-12))
+                    lr = cfg.scale_lr * float(p.detach().abs().mean().clamp_min(1e-12))
                     self.groups.append({"params": [p], "lr": lr})
             for attr in ("weight", "bias"):
                 p = getattr(site.module, attr, None)
@@ -164,8 +149,7 @@ class Learnables:
 
     def release(self):
         for q, name in self.converted:
-            p = q._parameters.pop(name)
-            q.register_buffer(name, p.detach())
+            q.make_fixed([name])
         self.converted = []
         for p, flag in self.flags:
             p.requires_grad_(flag)
@@ -195,4 +179,4 @@ class BlockRecon(ReconMethod):
         self.learnables.release()
 
 
-__all__ = ["BlockRecon", "LEARNABLE", "Learnables", "ReconConfig", "SETTINGS", "default_iters", "scale_names"]
+__all__ = ["BlockRecon", "LEARNABLE", "Learnables", "ReconConfig", "SETTINGS", "default_iters"]

@@ -40,8 +40,9 @@ class ReconMethod(ABC):
       `arch_lr`; `end_phase` after each;
     - how to step: `loss(output, targets)` per step, `after_step()` after each optimizer step, and, when searching,
       `loss + arch_penalty(start error)` on held-out items for the architecture step;
-    - what to save and restore: `keep(unit)` on success, `restore(unit, saved)` on a rollback or an error, `detach(unit)`
-      when the unit is skipped after `attach`; `resumed(model)` when a resumed run restored units it skips.
+    - what to save and restore: `keep(unit)` on success, `restore(unit, saved)` on a rollback or an error,
+      `detach(unit)` when the unit is skipped after `attach`; `resumed(model)` when a resumed run restored units it
+      skips.
     """
     arch_lr = 0.0
 
@@ -289,12 +290,13 @@ def reconstruct(ctx, method, reference=None):
                 method.resumed(ctx.model)
                 ctx.log(f"[{cfg.tag}] resumed after unit {i + 1}/{len(units)} {unit.name}")
             continue
-        report[unit.name] = result = reconstruct_unit(ctx, unit, method, reference, i, len(units))
-        if result[2] not in ("ok", "skipped"):
-            ctx.rollbacks.append({"pass": cfg.tag, "pass_index": ctx.pass_index, "unit": unit.name,
-                                  "reason": result[2]})
+        report[unit.name] = before, after, status = reconstruct_unit(ctx, unit, method, reference, i, len(units))
+        where = {"pass": cfg.tag, "pass_index": ctx.pass_index, "unit": unit.name}
+        ctx.state.units.append(dict(where, before=before, after=after, status=status))
+        if status not in ("ok", "skipped"):
+            ctx.state.rollbacks.append(dict(where, reason=status))
         if ckpt is not None:
-            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, unit.name, ctx.rollbacks)
+            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, unit.name, ctx.state)
     rolled = [n for n, (_, _, s) in report.items() if s not in ("ok", "skipped")]
     gains = [(b, a) for b, a, s in report.values() if s == "ok"]
     if gains:

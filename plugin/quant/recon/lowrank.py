@@ -161,7 +161,7 @@ class LowRankConfig(ReconConfig):
         _log_intervals(ctx, "calibrated")
         reconstruct(ctx, method)
         _log_intervals(ctx, "learned")
-        ctx.model._vitq_lowrank_ranks = dict(method.chosen)
+        ctx.state.ranks = dict(method.chosen)
         extra, macs, base = overhead(ctx.model)
         if self.merge:
             n = merge_branches(ctx.model)

@@ -27,7 +27,7 @@ def _post_ln_pairs(ctx):
     for norm_name, consumer_names in ctx.adapter.norm_consumers(ctx.model):
         sites = [ctx.by_name[c] for c in consumer_names if c in ctx.by_name]
         qs = [s.module.input_quantizer for s in sites]
-        if not sites or any(q is None or not isinstance(q, UniformQuantizer) or q.spec.symmetric or not q._ready
+        if not sites or any(q is None or not isinstance(q, UniformQuantizer) or q.spec.symmetric or not q.ready
                             or q.scale.numel() == 1 for q in qs):
             continue
         if len({q.scale.numel() for q in qs}) != 1:
