@@ -163,14 +163,14 @@ class CalibCheckpoint:
                                   f"{self.resume_step + 1}: {str(exc).splitlines()[-1].strip()}") from exc
         self.resume_step = None  # from here on, units run and write checkpoints again
 
-    def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, state):
+    def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, qstate):
         from safetensors.torch import save_file
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         name = f"calib-{step:05d}.safetensors"
         _atomic_write(os.path.join(self.dir, name), lambda p: save_file(state, p, metadata={"format": FORMAT}))
         meta = dict(format=FORMAT, format_version=FORMAT_VERSION, **self.identity, step=step, file=name,
                     pass_index=pass_index, **{"pass": pass_kind}, unit_index=unit_index, unit=unit_name,
-                    rollbacks=list(state.rollbacks), units=list(state.units))
+                    rollbacks=list(qstate.rollbacks), units=list(qstate.units))
         write_json(self.meta_path, meta, indent=1)
         for old in os.listdir(self.dir):  # earlier states are superseded once the JSON points at the new one
             if old.startswith("calib-") and old.endswith(".safetensors") and old != name:
