@@ -165,6 +165,9 @@ CORRUPTIONS = {
     "future_recipe_version": _edit_meta(lambda m: m["recipe"].update(version=99)),
     "bits_out_of_range": _edit_meta(lambda m: m["recipe"]["weight"].update(bits=12)),
     "unknown_quantizer_kind": _edit_meta(lambda m: m["recipe"]["act"].update(kind="nope")),
+    "malformed_state": _edit_meta(lambda m: m.update(state={"ranks": 5})),
+    "malformed_frozen": _edit_meta(lambda m: m.update(frozen=["blocks.0.mlp.fc1"])),
+    "frozen_layer_unknown": _edit_meta(lambda m: m.update(frozen={"blocks.9.fc": {"in_features": 4}})),
 }
 BUGGY_CORRUPTIONS = {
     # json.load gives a list, then `meta.get` raises AttributeError (plugin/quant/io.py read_meta)

@@ -185,7 +185,10 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
     if missing or unexpected:
         raise CheckpointError(f"{path}.safetensors does not match the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    saved = meta.get("state") if isinstance(meta.get("state"), dict) else {}
-    return attach_state(fp_model, QuantState(recipe, adapter.name, rollbacks=list(saved.get("rollbacks", [])),
-                                             units=list(saved.get("units", [])), ranks=dict(saved.get("ranks", {})),
-                                             frozen="frozen" in meta))
+    saved = meta.get("state", {})
+    try:  # the records of the run (absent from files written before QuantState)
+        records = dict(rollbacks=list(saved.get("rollbacks", [])), units=list(saved.get("units", [])),
+                       ranks=dict(saved.get("ranks", {})))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}.json holds a malformed 'state': {exc}") from exc
+    return attach_state(fp_model, QuantState(recipe, adapter.name, frozen="frozen" in meta, **records))
