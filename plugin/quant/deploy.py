@@ -265,7 +265,7 @@ def _describe(q):
     text = f"{spec.kind} {spec.bits}-bit {spec.granularity}"
     if spec.kind == "uniform":
         text += " sym" if spec.symmetric else " asym"
-    return text + ("" if q.enabled and q._ready else " (not calibrated / disabled)")
+    return text + ("" if q.enabled and q.ready else " (not calibrated / disabled)")
 
 
 def _roles(model):
