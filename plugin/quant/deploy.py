@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from .errors import ConfigError
 from .freeze import Int8Linear, int8_matmul, why_not_freezable
 from .modules import MatMul, QuantConv2d, QuantLinear
+from .quant_state import QuantState, attach_state, state
 from .quantizers import UniformQuantizer
 
 MODES = ("int8", "fp8")
@@ -410,7 +411,11 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
     dtype_name = str(dtype).replace("torch.", "")
     for s in sites:
         s["op"] = s["op"].replace(str(dtype), dtype_name)
-    model._vitq_deploy = {"mode": mode, "dtype": dtype_name, "tile": tile, "stem": stem, "sites": sites}
+    st = state(model)
+    if st is None:  # a model quantized by hand (modules only): the deployment record needs a state to live in
+        st = QuantState(recipe=None, adapter="")
+        attach_state(model, st)
+    st.deployed = {"mode": mode, "dtype": dtype_name, "tile": tile, "stem": stem, "sites": sites}
     return model.eval()
 
 
@@ -432,7 +437,7 @@ def _keep_fake_quant(m):
 def deploy_report(model: nn.Module) -> dict:
     """{"mode", "dtype", "sites": [{site, role, op, recipe}], "summary": [{role, op, recipe, count, sites}]}: the
     recipe of every site of a `deploy`ed model, identical ones grouped (what is not quantized says so)."""
-    info = getattr(model, "_vitq_deploy", None)
+    info = state(model).deployed if state(model) is not None else None
     if info is None:
         raise ConfigError("not a deployed model (plugin.quant.deploy.deploy)")
     groups = {}

@@ -20,13 +20,15 @@ class QuantState:
     rollbacks: units a reconstruction guard rolled back, [{"pass", "pass_index", "unit", "reason"}].
     units: every unit a reconstruction pass visited, [{"pass", "pass_index", "unit", "before", "after", "status"}]
         (mean squared error to the float target before and after; None where the unit was skipped).
-    ranks: low-rank pass, {Linear name: rank kept}. frozen: `freeze` turned qualifying layers into Int8Linear."""
+    ranks: low-rank pass, {Linear name: rank kept}. frozen: `freeze` turned qualifying layers into Int8Linear.
+    deployed: on a `plugin.quant.deploy.deploy` copy, {"mode", "dtype", "tile", "stem", "sites"} (else None)."""
     recipe: Any
     adapter: str
     rollbacks: List[dict] = field(default_factory=list)
     units: List[dict] = field(default_factory=list)
     ranks: Dict[str, int] = field(default_factory=dict)
     frozen: bool = False
+    deployed: Optional[dict] = None
 
 
 def state(model: nn.Module) -> Optional[QuantState]:
