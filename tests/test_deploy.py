@@ -182,3 +182,21 @@ def test_float_layers_are_listed():
     rep = deploy_report(deploy(fq, "int8", dtype=torch.float32))
     head = [s for s in rep["sites"] if s["site"] == "head"]
     assert head and "not quantized" in head[0]["recipe"]
+
+
+@pytest.mark.parametrize("arch", ["vit", "swin"])
+def test_adapter_sdpa_attention_computes_the_float_attention(arch):
+    """The attention classes an adapter hands to deploy() compute what the float model's attention computes."""
+    from plugin.quant.adapter import find_adapter
+    model = build(arch)
+    ref = model(images(2))
+    adapter = find_adapter(model)
+    adapter.prepare(model)
+    swaps = adapter.deploy_attention()
+    swapped = 0
+    for m in model.modules():
+        if type(m) in swaps:
+            m.__class__ = swaps[type(m)]
+            swapped += 1
+    assert swapped > 0
+    torch.testing.assert_close(model(images(2)), ref, rtol=1e-5, atol=1e-5)

@@ -69,6 +69,12 @@ class Adapter:
     def blocks(self, model) -> List[str]:
         return []
 
+    def deploy_attention(self) -> Dict[type, type]:
+        """{quantizable attention class (after `prepare`): the class `plugin.quant.deploy` swaps in, which computes the
+        same attention without explicit matmuls (e.g. through F.scaled_dot_product_attention)}. None by default: the
+        attention then stays fake-quant at deployment."""
+        return {}
+
     def model_dependent_inputs(self, model) -> List[str]:
         """Names of submodules whose inputs depend on the model's own predictions (a detector's RoI heads get the
         features of the boxes it proposed): reconstruction cannot pair their inputs in the quantized model with

@@ -215,48 +215,13 @@ class _Float32Quantizer(_KeepDtypes, nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------- attention
 
-def _sdpa_attention_classes():
+def _sdpa_attention_classes(model):
+    """{quantizable attention class: its SDPA deployment class}, from the model's adapter (none without one)."""
+    from .adapter import find_adapter
     try:
-        from timm.layers import Attention as TimmAttention
-        from timm.models.swin_transformer import WindowAttention
-
-        from ..adapters.timm_vit import QuantTimmAttention, QuantWindowAttention
-    except ImportError:
+        return find_adapter(model).deploy_attention()
+    except ConfigError:
         return {}
-
-    class DeployTimmAttention(TimmAttention):
-        """timm Attention through `F.scaled_dot_product_attention` (BF16 flash); no quantizer inside."""
-
-        def forward(self, x, attn_mask=None, is_causal=False, **kwargs):
-            B, N, _ = x.shape
-            gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
-            qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            q, k = self.q_norm(q), self.k_norm(k)
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-            x = x.transpose(1, 2).reshape(B, N, -1)
-            x = getattr(self, "norm", nn.Identity())(x)
-            if gate is not None:
-                x = x * gate
-            return self.proj_drop(self.proj(x))
-
-    class DeployWindowAttention(WindowAttention):
-        """Swin WindowAttention through SDPA with the relative-position bias (+ shift mask) as an additive mask."""
-
-        def forward(self, x, mask=None):
-            B_, N, _ = x.shape
-            qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            bias = self._get_rel_pos_bias().to(q.dtype)
-            if mask is not None:
-                num_win = mask.shape[0]
-                mask = mask.to(q.dtype).view(1, num_win, 1, N, N).expand(B_ // num_win, -1, self.num_heads, -1, -1)
-                bias = bias + mask.reshape(-1, self.num_heads, N, N)
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-            x = x.transpose(1, 2).reshape(B_, N, -1)
-            return self.proj_drop(self.proj(x))
-
-    return {QuantTimmAttention: DeployTimmAttention, QuantWindowAttention: DeployWindowAttention}
 
 
 def _describe(q):
@@ -386,7 +351,7 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
             site(name, f"{dtype} Conv2d, fake-quant kept", f"W {w_desc} (stored dequantized), A {x_desc}")
         elif type(m) in (nn.Linear, nn.Conv2d):
             site(name, f"{dtype} {type(m).__name__}", "not quantized (the recipe keeps it float)")
-    swaps = _sdpa_attention_classes()
+    swaps = _sdpa_attention_classes(model)
     for name, m in list(model.named_modules()):
         new_cls = swaps.get(type(m))
         if new_cls is None:
