@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
+from .errors import CalibrationError, ConfigError
 from .spec import QUANTIZERS, QuantSpec
 
 
@@ -202,7 +202,8 @@ class UniformQuantizer(Quantizer):
     Ranges from min-max, percentiles (`options: lo_pct, hi_pct`), an MSE grid search over shrunken min-max ranges
     (`options: grid` candidates, `norm` p of the Lp error), or `quantile`: RepQ-ViT's search, which takes the
     [1 − p, p] quantiles for p in `options: pcts` (default 0.999, 0.9999, 0.99999) and keeps the one with the least
-    squared error. That search uses the range as found (it need not hold 0; the zero point may then lie outside the
+    squared error. `options: groups=G` (channel granularity, min-max only) shares one range among each of G equal
+    slices of channels: PTQ4ViT's per-q/k/v-slice weight scale of a fused qkv Linear. That search uses the range as found (it need not hold 0; the zero point may then lie outside the
     code range), as RepQ-ViT's code does: a post-LayerNorm channel that never crosses zero keeps its whole grid.
     """
 
@@ -210,6 +211,13 @@ class UniformQuantizer(Quantizer):
         super().__init__(spec, channel_axis)
         self.register_buffer("scale", torch.ones(1))
         self.register_buffer("zero_point", torch.zeros(1))
+        self.groups = spec.opts.get("groups")
+        if self.groups is not None:
+            if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
+                raise ConfigError(f"uniform: groups must be a positive integer, got {self.groups!r}")
+            if spec.granularity != "channel" or spec.search != "minmax":
+                raise ConfigError("uniform: groups (one range per equal slice of channels) needs granularity "
+                                  f"'channel' and search 'minmax', got {spec.granularity!r} and {spec.search!r}")
         if spec.symmetric:
             self.qmin, self.qmax = -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
         else:
@@ -238,6 +246,12 @@ class UniformQuantizer(Quantizer):
     def _calibrate(self, obs):
         lo, hi, samples = self._reduce_stats(obs)
         search, opts = self.spec.search, self.spec.opts
+        if self.groups is not None:  # one range per slice (e.g. the q, k and v rows of a fused qkv weight)
+            if lo.numel() % self.groups:
+                raise CalibrationError(f"uniform: {lo.numel()} channels do not split into {self.groups} equal groups")
+            size = lo.numel() // self.groups
+            lo = lo.view(self.groups, size).amin(1).repeat_interleave(size)
+            hi = hi.view(self.groups, size).amax(1).repeat_interleave(size)
         if search == "percentile":
             flat = _quantile_rows(samples)
             lo = torch.quantile(flat, opts.get("lo_pct", 0.0001), dim=0)

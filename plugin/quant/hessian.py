@@ -1,0 +1,259 @@
+"""PTQ4ViT's Hessian-guided scale search (Yuan et al., ECCV 2022, Sec. 3.3) as a pass: `hessian_search`.
+
+After basic calibration has set every quantizer from min-max statistics, each quantized module's scales are searched
+again on that module's **output**: a candidate is scored by `Σ (g ⊙ (y − ŷ))²`, where `y` is the float output of the
+module, `ŷ` its output with the candidate (and the module's other quantizers at their current values) and `g` the
+gradient of the task loss with respect to `y` (`metric="hessian"`, the diagonal approximation of the Hessian by
+squared gradients); `metric="mse"` drops `g`. Everything is measured on the float model: inputs, outputs and
+gradients of every module come from one forward and backward pass with all quantizers off (PTQ4ViT's "parallel"
+calibration: no layer sees another layer's quantization error).
+
+Per module, `rounds` alternating rounds search the weight scale, then the input scale (for attention matmuls: the left
+operand, then the right one), each over fixed candidates relative to the min-max value it started from:
+- uniform quantizers: `scale · (α + i·(β − α)/n)` for `i = 0 … n` (`eq_alpha`, `eq_beta`, `eq_n`; the zero point is
+  kept). Per-channel or per-head scales pick their candidate per channel/head/slice when the module's output splits
+  that way (a weight row only touches its own output channel, a head of q only its own head of q·kᵀ); otherwise all
+  channels share the picked factor;
+- `twin_uniform` in sign mode (post-GELU): the negative step stays at (observed minimum)/2^(b−1), the positive step is
+  searched like a uniform scale from `max/(2^(b−1) − 0.5)`;
+- `twin_uniform` in magnitude mode (post-Softmax): the large-value range is fixed to `[0, 1]` (probabilities), and the
+  split between the two ranges is searched among `2^−i`, `i = 0 … split_candidates − 1`.
+Other quantizer kinds are left as basic calibration set them.
+
+The gradient (`grad`): "label" back-propagates the cross-entropy of the model's output against the float model's own
+top-1 predictions when the output is one tensor of class scores (…, classes); "random" back-propagates a random
+projection of every output tensor (`E[(Jᵀr)²] = diag(JᵀJ)`, the Gauss–Newton diagonal of an output-matching loss),
+which works for any output (detection, segmentation); "label" falls back to it when the output is not one tensor.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import CalibrationError
+from .modules import MatMul, QuantConv2d, QuantLinear
+from .passes import PassConfig, is_int, is_number, register_pass
+from .quantizers import TwinUniformQuantizer, UniformQuantizer, _broadcast
+
+METRICS = ("hessian", "mse")
+GRADS = ("label", "random")
+
+
+def _float_tensors(out):
+    if torch.is_tensor(out):
+        if out.is_floating_point():
+            yield out
+    elif isinstance(out, dict):
+        for v in out.values():
+            yield from _float_tensors(v)
+    elif isinstance(out, (list, tuple)):
+        for v in out:
+            yield from _float_tensors(v)
+
+
+def _loss(out, grad, gen):
+    tensors = [t for t in _float_tensors(out) if t.requires_grad]
+    if not tensors:
+        raise CalibrationError("hessian_search: the model output does not depend on any quantized module")
+    if grad == "label" and len(tensors) == 1 and tensors[0].dim() >= 2 and tensors[0].shape[-1] > 1:
+        logits = tensors[0].flatten(0, -2)
+        return F.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+    return sum((t * torch.randn(t.shape, generator=gen).to(t)).sum() for t in tensors)
+
+
+class _Capture:
+    """Float inputs, outputs and output gradients of a set of sites over every calibration batch."""
+
+    def __init__(self, members):
+        self.members = members
+        self.inputs = {s.name: [] for s in members}
+        self.outputs = {s.name: [] for s in members}
+        self.grads = {s.name: [] for s in members}
+        self._live = []
+
+    def _hook(self, site):
+        def hook(mod, args, out):
+            self.inputs[site.name].append(tuple(a.detach() for a in args))
+            if not out.requires_grad:  # nothing upstream needs a gradient: start the graph here
+                out = out.detach().requires_grad_()
+            self.outputs[site.name].append(out.detach())
+            self._live.append((site.name, out))
+            return out
+        return hook
+
+    def run(self, ctx, grad, need_grad, gen):
+        handles = [s.module.register_forward_hook(self._hook(s)) for s in self.members]
+        try:
+            for batch in ctx.calib.batches:
+                self._live = []
+                with torch.enable_grad():
+                    out = ctx.calib.forward(ctx.model, batch)
+                    if need_grad:
+                        names = [n for n, _ in self._live]
+                        grads = torch.autograd.grad(_loss(out, grad, gen), [t for _, t in self._live],
+                                                    allow_unused=True)
+                        for name, t, g in zip(names, self._live, grads):
+                            self.grads[name].append(torch.zeros_like(t[1]) if g is None else g.detach())
+                self._live = []
+        finally:
+            for h in handles:
+                h.remove()
+
+    def get(self, name):
+        ins = self.inputs[name]
+        if not ins:
+            raise CalibrationError(f"hessian_search: {name} was never reached by the calibration data")
+        inputs = tuple(torch.cat(parts) for parts in zip(*ins))
+        out = torch.cat(self.outputs[name])
+        grad = torch.cat(self.grads[name]) if self.grads[name] else None
+        return inputs, out, grad
+
+
+class _Slot:
+    """The search of one quantizer: candidate parameter sets, and how the module's output error splits into its
+    groups (one error per group of channels that owns its own scale)."""
+
+    def __init__(self, q, candidates, out_axis):
+        self.q, self.candidates, self.out_axis = q, candidates, out_axis
+        n = next(iter(candidates[0].values())).numel()
+        self.n = n
+        self.groups = getattr(q, "groups", None) or n
+
+    def group_error(self, err):
+        """Per-group error (groups,) of an elementwise error tensor, or (1,) when the output does not split."""
+        if self.groups > 1 and self.out_axis is not None:
+            axis = self.out_axis % err.dim()
+            if err.shape[axis] % self.groups == 0:
+                per = err.movedim(axis, 0).reshape(err.shape[axis], -1).sum(1)
+                return per.view(self.groups, -1).sum(1)
+        return err.sum().reshape(1)
+
+    def set(self, i):
+        self.q._set(**self.candidates[i])
+
+    def set_best(self, best):
+        """best: (groups,) or (1,) candidate indices; each parameter takes its group's candidate."""
+        params = {}
+        for name in self.candidates[0]:
+            stack = torch.stack([c[name].reshape(-1) for c in self.candidates])  # (k, n)
+            idx = best if best.numel() == stack.shape[1] else best.repeat_interleave(stack.shape[1] // best.numel())
+            if idx.numel() != stack.shape[1]:
+                idx = best[:1].expand(stack.shape[1])
+            params[name] = stack.gather(0, idx.view(1, -1)).view_as(self.candidates[0][name])
+        self.q._set(**params)
+
+
+def _fracs(cfg):
+    return [cfg.eq_alpha + i * (cfg.eq_beta - cfg.eq_alpha) / cfg.eq_n for i in range(cfg.eq_n + 1)]
+
+
+def _slot(q, data, out_axis, cfg, softmax):
+    """The candidates of quantizer `q` whose input is `data`, or None for kinds the search leaves alone."""
+    if q is None or not q.enabled:
+        return None
+    if isinstance(q, UniformQuantizer):
+        s0, z = q.scale.clone(), q.zero_point.clone()
+        return _Slot(q, [dict(scale=s0 * f, zero_point=z) for f in _fracs(cfg)], out_axis)
+    if isinstance(q, TwinUniformQuantizer) and q.delta1.numel() == 1:
+        top = q.half - 1
+        if q.mode == "sign":
+            d1 = (-data.min()).clamp_min(1e-8).reshape(1) / q.half
+            s0 = data.max().clamp_min(1e-8).reshape(1) / (q.half - 0.5)
+            return _Slot(q, [dict(delta1=d1, delta2=s0 * f) for f in _fracs(cfg)], None)
+        hi = torch.ones(1) if softmax else data.max().clamp_min(1e-8).reshape(1).cpu()
+        d2 = (hi / max(top, 1)).to(data.device)
+        return _Slot(q, [dict(delta1=d2 * 2.0 ** -i, delta2=d2) for i in range(cfg.split_candidates)], None)
+    return None
+
+
+def _search_site(site, inputs, y, g, cfg):
+    m = site.module
+    if isinstance(m, MatMul):
+        a, b = inputs
+        softmax = site.role.value == "matmul_av"
+        slots = [(_slot(m.a_quantizer, a, 1 if m.a_quantizer is not None and m.a_quantizer.per_channel else None,
+                        cfg, softmax), "a"),
+                 (_slot(m.b_quantizer, b, 1 if m.b_quantizer is not None and m.b_quantizer.per_channel else None,
+                        cfg, False), "b")]
+
+        def output():
+            qa = m.a_quantizer(a) if m.a_quantizer is not None else a
+            qb = m.b_quantizer(b) if m.b_quantizer is not None else b
+            return qa @ qb
+    elif isinstance(m, (QuantLinear, QuantConv2d)):
+        (x,) = inputs[:1]
+        conv = isinstance(m, QuantConv2d)
+        slots = [(_slot(m.weight_quantizer, m.weight, 1 if conv else -1, cfg, False), "weight"),
+                 (_slot(m.input_quantizer, x, None, cfg, False), "input")]
+
+        def output():
+            w = m.weight_quantizer(m.weight) if m.weight_quantizer is not None else m.weight
+            xq = m.input_quantizer(x) if m.input_quantizer is not None else x
+            return m._conv_forward(xq, w, m.bias) if conv else F.linear(xq, w, m.bias)
+    else:
+        return
+    slots = [s for s, _ in slots if s is not None]
+    if not slots:
+        return
+    weight = g.pow(2) if (cfg.metric == "hessian" and g is not None) else None
+    with torch.no_grad():
+        for _ in range(cfg.rounds if len(slots) > 1 else 1):
+            for slot in slots:
+                errs = []
+                for i in range(len(slot.candidates)):
+                    slot.set(i)
+                    d = (output() - y).pow(2)
+                    errs.append(slot.group_error(d * weight if weight is not None else d))
+                slot.set_best(torch.stack(errs).argmin(0))  # first of equal errors, like an argmax of −error
+
+
+@register_pass("hessian_search")
+@dataclass
+class HessianSearchConfig(PassConfig):
+    """PTQ4ViT's output-metric scale search (module docstring). Defaults are the official PTQ4ViT config's."""
+    metric: str = "hessian"
+    grad: str = "label"
+    eq_alpha: float = 0.01
+    eq_beta: float = 1.2
+    eq_n: int = 100
+    rounds: int = 3
+    split_candidates: int = 20
+
+    def __post_init__(self):
+        self.require(self.metric in METRICS, "metric", f"one of {METRICS}")
+        self.require(self.grad in GRADS, "grad", f"one of {GRADS}")
+        self.require(is_number(self.eq_alpha) and self.eq_alpha > 0, "eq_alpha", "a positive number")
+        self.require(is_number(self.eq_beta) and self.eq_beta > self.eq_alpha, "eq_beta", "a number above eq_alpha")
+        self.require(is_int(self.eq_n) and self.eq_n >= 1, "eq_n", "a positive integer")
+        self.require(is_int(self.rounds) and self.rounds >= 1, "rounds", "a positive integer")
+        self.require(is_int(self.split_candidates) and 1 <= self.split_candidates <= 30, "split_candidates",
+                     "an integer from 1 to 30")
+
+    def run(self, ctx):
+        hessian_search(ctx, self)
+
+
+def hessian_search(ctx, cfg):
+    """Search every site's scales on its float output error (see the module docstring), one block at a time."""
+    from .calibrate import iter_quantizers
+    quantizers = [q for _, q in iter_quantizers(ctx.model)]
+    enabled = [q.enabled for q in quantizers]
+    gen = torch.Generator().manual_seed(ctx.seed)
+    for key, members, _ in ctx.groups():
+        for q in quantizers:
+            q.enabled = False
+        cap = _Capture(members)
+        try:
+            cap.run(ctx, cfg.grad, cfg.metric == "hessian", gen)
+        finally:
+            for q, e in zip(quantizers, enabled):
+                q.enabled = e
+        for site in members:
+            inputs, y, g = cap.get(site.name)
+            _search_site(site, inputs, y, g, cfg)
+        del cap
+        if ctx.log:
+            ctx.log(f"[hessian_search] {'block ' + str(key) if key is not None else 'between blocks'} done")
+
+
+__all__ = ["HessianSearchConfig", "hessian_search"]
