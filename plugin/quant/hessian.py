@@ -129,7 +129,7 @@ class _Slot:
         return err.sum().reshape(1)
 
     def set(self, i):
-        self.q._set(**self.candidates[i])
+        self.q.set_params(**self.candidates[i])
 
     def set_best(self, best):
         """best: (groups,) or (1,) candidate indices; each parameter takes its group's candidate."""
@@ -140,7 +140,7 @@ class _Slot:
             if idx.numel() != stack.shape[1]:
                 idx = best[:1].expand(stack.shape[1])
             params[name] = stack.gather(0, idx.view(1, -1)).view_as(self.candidates[0][name])
-        self.q._set(**params)
+        self.q.set_params(**params)
 
 
 def _fracs(cfg):
