@@ -157,10 +157,9 @@ def config_overrides(cfg, task_cls):
     unknown = sorted(set(quant) - {"overrides"})
     if unknown:
         raise UserInputError(f"config: unknown key(s) in `quant`: {', '.join(unknown)}; known: overrides")
-    overrides = quant.get("overrides", None) or []
-    if isinstance(overrides, dict):
-        overrides = list(overrides.items())
-    return list(overrides) + list(task_cls.recipe_overrides(cfg))
+    from plugin.quant.overrides import normalize_overrides
+    return (normalize_overrides(quant.get("overrides", None), where="config quant.overrides")
+            + list(task_cls.recipe_overrides(cfg)))
 
 
 def calib_num(args, cfg, recipe, task):

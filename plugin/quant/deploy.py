@@ -402,7 +402,8 @@ def _keep_fake_quant(m):
 def deploy_report(model: nn.Module) -> dict:
     """{"mode", "dtype", "sites": [{site, role, op, recipe}], "summary": [{role, op, recipe, count, sites}]}: the
     recipe of every site of a `deploy`ed model, identical ones grouped (what is not quantized says so)."""
-    info = state(model).deployed if state(model) is not None else None
+    st = state(model)
+    info = st.deployed if st is not None else None
     if info is None:
         raise ConfigError("not a deployed model (plugin.quant.deploy.deploy)")
     groups = {}

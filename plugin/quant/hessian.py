@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .errors import CalibrationError
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .passes import PassConfig, is_int, is_number, register_pass
-from .quantizers import TwinUniformQuantizer, UniformQuantizer, _broadcast
+from .quantizers import TwinUniformQuantizer, UniformQuantizer
 
 METRICS = ("hessian", "mse")
 GRADS = ("label", "random")
@@ -171,10 +171,10 @@ def _search_site(site, inputs, y, g, cfg):
     if isinstance(m, MatMul):
         a, b = inputs
         softmax = site.role.value == "matmul_av"
-        slots = [(_slot(m.a_quantizer, a, 1 if m.a_quantizer is not None and m.a_quantizer.per_channel else None,
-                        cfg, softmax), "a"),
-                 (_slot(m.b_quantizer, b, 1 if m.b_quantizer is not None and m.b_quantizer.per_channel else None,
-                        cfg, False), "b")]
+        slots = [_slot(m.a_quantizer, a, 1 if m.a_quantizer is not None and m.a_quantizer.per_channel else None,
+                       cfg, softmax),
+                 _slot(m.b_quantizer, b, 1 if m.b_quantizer is not None and m.b_quantizer.per_channel else None,
+                       cfg, False)]
 
         def output():
             qa = m.a_quantizer(a) if m.a_quantizer is not None else a
@@ -183,8 +183,8 @@ def _search_site(site, inputs, y, g, cfg):
     elif isinstance(m, (QuantLinear, QuantConv2d)):
         (x,) = inputs[:1]
         conv = isinstance(m, QuantConv2d)
-        slots = [(_slot(m.weight_quantizer, m.weight, 1 if conv else -1, cfg, False), "weight"),
-                 (_slot(m.input_quantizer, x, None, cfg, False), "input")]
+        slots = [_slot(m.weight_quantizer, m.weight, 1 if conv else -1, cfg, False),
+                 _slot(m.input_quantizer, x, None, cfg, False)]
 
         def output():
             w = m.weight_quantizer(m.weight) if m.weight_quantizer is not None else m.weight
@@ -192,7 +192,7 @@ def _search_site(site, inputs, y, g, cfg):
             return m._conv_forward(xq, w, m.bias) if conv else F.linear(xq, w, m.bias)
     else:
         return
-    slots = [s for s, _ in slots if s is not None]
+    slots = [s for s in slots if s is not None]
     if not slots:
         return
     weight = g.pow(2) if (cfg.metric == "hessian" and g is not None) else None
