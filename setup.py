@@ -2,7 +2,7 @@
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    # MMDetection 3.x; mmcv-lite has no compiled ops, plugin/det serves nms/roi_align from torchvision.
+    # MMDetection 3.x; mmcv-lite has no compiled ops, plugin/detection serves nms/roi_align from torchvision.
     "det": ["mmdet==3.3.0", "mmcv-lite==2.1.0", "pycocotools>=2.0.7", "opencv-python", "scipy", "shapely", "terminaltables"],
     # open3d needs the system library libusb-1.0 (tools/setup_env.sh installs it with apt when it can).
     "pointcloud": ["open3d-cpu==0.20.0"],

@@ -1,6 +1,12 @@
-"""Shared test settings."""
+"""Shared test settings. The tests mirror the package tree (quant/, adapters/, tasks/, classification/, detection/,
+pointcloud/, tools/); the helper modules beside this file (repo_paths, timm_toys, recon_helpers) import from any of them."""
+import os
+import sys
+
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def synthetic(n_images, n_objects, n_dets, n_classes, size, seed, masks=True):
     from pycocotools import mask as mask_utils
 
-    from plugin.tasks.det_agreement import _coco
+    from plugin.detection.agreement import _coco
     rng = np.random.default_rng(seed)
     h, w = size
 
@@ -72,7 +72,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
 
-    from plugin.tasks.det_agreement import MatchTable, agreement_map, map_change
+    from plugin.detection.agreement import MatchTable, agreement_map, map_change
     print(f"torch threads {torch.get_num_threads()}, {args.objects} objects / {args.dets} predictions per image, "
           f"{args.classes} classes, {args.resamples} resamples", flush=True)
     for n in args.images:

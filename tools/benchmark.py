@@ -411,9 +411,9 @@ def print_report(report):
                 print(f"  {'':<10} peak MiB: fake {r['fake_quant']['peak_mem_bytes'] / 2 ** 20:.0f}"
                       + (f", int8 {r['int8_frozen']['peak_mem_bytes'] / 2 ** 20:.0f}" if i8 else ""))
     if report.get("linear_microbench"):
-        print(f"\nLinear layers (M tokens x K -> N): bf16 matmul vs torch._int_mm vs full Int8Linear vs Triton "
-              f"(tri: int8 GEMM + fused epilogue on int8 X; triQ: the same quantizing bf16 X on load; tri2: Triton "
-              f"quantize pass, then tri; q: that quantize pass alone)"
+        print("\nLinear layers (M tokens x K -> N): bf16 matmul vs torch._int_mm vs full Int8Linear vs Triton "
+              "(tri: int8 GEMM + fused epilogue on int8 X; triQ: the same quantizing bf16 X on load; tri2: Triton "
+              "quantize pass, then tri; q: that quantize pass alone)"
               + (" -- CUDA-graph replays" if report.get("cuda_graph") and report["device"] == "cuda" else ""))
         print(f"  {'M':>6} {'K':>5} {'N':>5} {'bf16 ms':>9} {'int_mm ms':>9} {'Int8Lin ms':>10} {'int_mm x':>8} "
               f"{'Int8Lin x':>9} {'tri ms':>8} {'tri x':>6} {'triQ ms':>8} {'triQ x':>6} {'tri2 ms':>8} {'tri2 x':>6} "

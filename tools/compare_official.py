@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import copy
 import importlib
-import json
 import os
 import shlex
 import statistics

@@ -109,7 +109,7 @@ def main(argv=None):
             log(format_recipe(rep))
             del dep, runner
         report["results"].append(entry)
-    print(f"\n| method | fake-quant top1 | " + " | ".join(f"{m} top1 (Δ, agreement)" for m in args.mode) + " |")
+    print("\n| method | fake-quant top1 | " + " | ".join(f"{m} top1 (Δ, agreement)" for m in args.mode) + " |")
     print("|---|---|" + "---|" * len(args.mode))
     for e in report["results"]:
         cells = [f"{e['deployed'][m]['top1']:.2f} ({e['deployed'][m]['top1_minus_fake']:+.2f}, "

@@ -3,7 +3,7 @@
 
     python tools/make_cifar_subset.py ../shared/data/cifar10/cifar10_jpeg_packed.npz OUT.npz [--train-num 2048]
 
-Same keys and layout as the input (see plugin/tasks/cls_data.py), so configs read it unchanged. The CIFAR-10 results
+Same keys and layout as the input (see plugin/classification/data.py), so configs read it unchanged. The CIFAR-10 results
 in docs/results.md calibrate on images of this subset (seed 0), which keeps the file small enough to carry to a GPU
 machine. Not for committing: CIFAR-10 images stay out of the repository.
 """

@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from plugin.tasks import cls_data  # noqa: E402
+from plugin.classification import data as cls_data  # noqa: E402
 
 ASSETS = os.path.join(cls_data.REPO_ROOT, "plugin", "assets")
 NUM_CALIB, NUM_EVAL = 512, 1000
@@ -45,7 +45,7 @@ The images and labels are copied unchanged (no resizing or re-encoding); only th
 
 Made with `python tools/make_embedded_data.py --seed {seed}`: the calibration images are
 `numpy.random.RandomState({seed}).choice(60000, {num_calib}, replace=False)` of the train split (sorted); the evaluation
-images are `plugin.tasks.cls_data.balanced_subset_indices(test_labels, {num_eval}, {seed})`. The model was trained with
+images are `plugin.classification.data.balanced_subset_indices(test_labels, {num_eval}, {seed})`. The model was trained with
 the command recorded in `fmnist_vit_tiny.json`.
 
 ## Licence

@@ -39,7 +39,7 @@ def table(report):
     head = "| method | " + " | ".join(f"W{w}A{a}{label}" for w, a in bits) + " | calib time (s) |"
     lines = [head, "|" + "---|" * (len(bits) + 2)]
     if fp:
-        lines.append(f"| full precision | " + " | ".join(fmt(fp) for _ in bits) + " | - |")
+        lines.append("| full precision | " + " | ".join(fmt(fp) for _ in bits) + " | - |")
     for m in methods:
         vals, times = [], []
         for w, a in bits:

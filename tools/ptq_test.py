@@ -259,7 +259,8 @@ def write_reports(report, out_dir):
 
 def onnx_entry(args, task, model, name, staging, out_dir, fp32_bytes, log):
     """Export `model` to staging/<name>.onnx, score it with ONNX Runtime on the CPU: the report's `onnx` entry."""
-    from plugin.quant.onnx_export import OrtModule, export_onnx
+    from plugin.quant.onnx_export import export_onnx
+    from plugin.quant.onnx_runtime import OrtModule
     path = os.path.join(staging, name + ".onnx")
     summary = export_onnx(model, task.example_input(model), path, nonuniform=args.onnx_nonuniform)
     metrics = task.evaluate(OrtModule(path), not args.quiet, desc=f"eval {name} ONNX Runtime")

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from plugin.config import load_config  # noqa: E402
 from plugin.errors import UserInputError  # noqa: E402
-from plugin.tasks import cls_data  # noqa: E402
+from plugin.classification import data as cls_data  # noqa: E402
 
 # Recipe defaults; a config's `train` dict and then the command line override them.
 DEFAULTS = dict(data=None, epochs=100, batch_size=256, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=5,

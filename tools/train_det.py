@@ -98,7 +98,7 @@ def time_budget_hook(seconds):
 
 def main(argv=None):
     args = parse_args(argv)
-    import plugin.det  # noqa: F401  (mmcv-lite ops and QuantSwin, before the runner imports mmdet's models)
+    import plugin.detection  # noqa: F401  (mmcv-lite ops and QuantSwin, before the runner imports mmdet's models)
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
     runner = Runner.from_cfg(build_cfg(args))

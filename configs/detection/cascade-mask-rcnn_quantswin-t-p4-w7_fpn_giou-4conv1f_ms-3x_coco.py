@@ -1,7 +1,7 @@
 # Cascade Mask R-CNN, QuantSwin-T, 3x: mmdet's Cascade Mask R-CNN 3x config with a Swin-T backbone and the box heads
 # the Swin authors used for their released Cascade Mask R-CNN checkpoints (4 shared convs + 1 fc, SyncBN, GIoU loss on
 # decoded boxes), so those checkpoints load: their original-layout backbone keys are converted on load by
-# plugin.det.convert_original_swin_checkpoint. mmdet itself releases no Cascade Swin checkpoint.
+# plugin.detection.convert_original_swin_checkpoint. mmdet itself releases no Cascade Swin checkpoint.
 _base_ = 'mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_ms-3x_coco.py'
 custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
 task = 'detection'

@@ -1,5 +1,6 @@
-"""Architecture adapters. Importing this package registers every adapter whose library is installed."""
+"""Adapters for third-party architectures (timm ViT/DeiT/Swin, mmdet Swin). Importing this package registers them; the
+adapter of the project's own point-cloud models lives with them (plugin.pointcloud.adapter)."""
 from .base import ADAPTERS, Adapter, find_adapter, register_adapter, swap_class
-from . import mmdet_swin, pointcloud, timm_vit  # noqa: F401
+from . import mmdet_swin, timm_vit  # noqa: F401
 
 __all__ = ["ADAPTERS", "Adapter", "find_adapter", "register_adapter", "swap_class"]

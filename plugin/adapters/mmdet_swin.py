@@ -55,7 +55,7 @@ class MMDetSwinAdapter(Adapter):
         return _backbone(model) is not None
 
     def prepare(self, model):
-        from ..det.swin import MatMulWindowMSA
+        from .mmdet_window_msa import MatMulWindowMSA
         swin = _swin_module()
         for m in _backbone(model).modules():
             if isinstance(m, swin.WindowMSA) and not isinstance(m, MatMulWindowMSA):

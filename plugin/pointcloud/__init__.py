@@ -1,10 +1,11 @@
-"""Point-cloud transformers (Point-MAE / Point-BERT style), their data sets and metrics.
+"""Point-cloud transformers (Point-MAE / Point-BERT style), their data sets, metrics, adapter and tasks.
 
-Importing this package registers the models in mmengine's MODELS registry when mmengine is installed (the training
-script runs without it).
+Importing this package registers the adapter and the ``pointcloud_cls`` / ``pointcloud_partseg`` tasks, and the models
+in mmengine's MODELS registry when mmengine is installed (the training script runs without it).
 """
 from .models import (MODEL_TYPES, PointMAECls, PointMAEPartSeg, PointTransformerBase, build_model,
                      checkpoint_filter_fn)
+from . import adapter, task  # noqa: F401,E402  (registration)
 
 try:
     from mmengine.registry import MODELS

@@ -1,6 +1,6 @@
 """Running point-cloud models over a data set: batches to the model, evaluation to metrics.
 
-Shared by the PTQ task (plugin/tasks/pointcloud.py) and the training script (tools/train_pc.py); needs torch and
+Shared by the PTQ task (plugin/pointcloud/task.py) and the training script (tools/train_pc.py); needs torch and
 numpy only.
 """
 import numpy as np

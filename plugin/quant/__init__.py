@@ -22,5 +22,6 @@ __all__ = [
     "register_recipe", "register_reparam_rule", "save_quantized", "set_quant_enabled", "state",
 ]
 
-from . import hessian, lowrank, mosf, recon, seed_quantizers, seed_recipes  # noqa: F401,E402  (seed quantizers, "mosf", passes, recipes)
+from . import baseline_quantizers, seed_quantizers  # noqa: F401,E402  (registration of the non-uniform grids)
+from . import hessian, lowrank, mosf, recon, seed_recipes  # noqa: F401,E402  ("mosf", passes, recipes)
 from .freeze import Int8Linear, freeze, frozen_summary  # noqa: E402,F401  (W8A8 integer path)

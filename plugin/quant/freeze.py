@@ -16,7 +16,7 @@ with a, b the int8 codes and z' the shifted zero points: Σ a·b by `torch._int_
 channel precomputed, Σ a per token only when the weight grid is asymmetric. All of this is in int32 (no overflow for
 K < 32 768; larger layers are refused). The epilogue multiplies by s_x·s_w per output channel and adds the bias, in
 float32. The only difference from fake-quant is therefore the float rounding of the fake-quant matmul itself (see
-tests/test_freeze.py for the stated tolerance).
+tests/quant/test_freeze.py for the stated tolerance).
 
 Speed. In eager mode the input quantization and the epilogue are separate elementwise passes over (M, K) and (M, N)
 tensors; on a GPU they can cost as much as the int8 matmul saves. `torch.compile` fuses them (tools/benchmark.py

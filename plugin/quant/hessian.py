@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from .errors import CalibrationError
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .passes import PassConfig, is_int, is_number, register_pass
-from .quantizers import TwinUniformQuantizer, UniformQuantizer
+from .baseline_quantizers import TwinUniformQuantizer
+from .quantizers import UniformQuantizer
 
 METRICS = ("hessian", "mse")
 GRADS = ("label", "random")

@@ -19,8 +19,9 @@ class Role(str, Enum):
     OTHER = "other"
 
 
-# kind -> Quantizer class, filled by plugin.quant.quantizers.register_quantizer (uniform, log2, … in quantizers.py;
-# tanq, sulq, dfq, dfq_interval in seed_quantizers.py). Here, so a spec can refuse an unknown kind.
+# kind -> Quantizer class, filled by plugin.quant.quantizers.register_quantizer (uniform in quantizers.py; log2, log_sqrt2,
+# twin_uniform in baseline_quantizers.py; tanq, sulq, dfq, dfq_interval in seed_quantizers.py). Here, so a spec can
+# refuse an unknown kind.
 QUANTIZERS = Registry("quantizer kind")
 GRANULARITIES = ("tensor", "channel", "head")
 SEARCHES = ("minmax", "percentile", "mse", "quantile")

@@ -25,10 +25,10 @@ through strides. That tile is K-contiguous, which is the operand order the int8 
 wgmma takes 8-bit operands only K-major), so no transposed copy is made at freeze time.
 
 On CUDA the block sizes are picked by `triton.autotune` (key: M, N, K and the variant). Under the Triton interpreter
-(TRITON_INTERPRET=1, CPU tensors; used by tests/test_triton_int8.py) or off CUDA a single small config is used, so no
+(TRITON_INTERPRET=1, CPU tensors; used by tests/quant/test_triton_int8.py) or off CUDA a single small config is used, so no
 autotuning runs. Rows and columns past M, N are wrapped (index % M) on load and masked on store; K is masked unless
 it is a multiple of BLOCK_K, so there are no shape constraints beyond K < 2^17 (int32 accumulation).
-tests/test_triton_int8.py also compiles the kernel for sm_90 offline and checks for int8 wgmma and pipelined loads.
+tests/quant/test_triton_int8.py also compiles the kernel for sm_90 offline and checks for int8 wgmma and pipelined loads.
 """
 import os
 

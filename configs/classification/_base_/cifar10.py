@@ -1,4 +1,4 @@
-# CIFAR-10 as the packed-JPEG file of ../shared/data (see plugin/tasks/cls_data.py), calibration images from the train
+# CIFAR-10 as the packed-JPEG file of ../shared/data (see plugin/classification/data.py), calibration images from the train
 # split, the full 10k test split for evaluation, and the tools/train_cls.py recipe of the reference models: AdamW with
 # linear warmup and cosine decay, label smoothing, random crop (4-pixel zero padding) + horizontal flip, Mixup/CutMix.
 task = 'classification'

@@ -1,0 +1,476 @@
+"""MMDetection plugin: QuantSwin, the mmcv-lite ops, the mmdet Swin adapter and the detection task (CPU, tiny data).
+
+A tiny COCO-format set is written in the real format (JPEG files, polygon masks, one crowd RLE) and a tiny Swin
+Mask R-CNN config is built on mmdet's own Swin config. Skipped as a whole when mmdet is not installed.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("mmdet", reason="MMDetection is not installed (pip install -e '.[det]')")
+pytest.importorskip("pycocotools", reason="pycocotools is not installed (pip install -e '.[det]')")
+
+import plugin.detection  # noqa: E402
+
+if not plugin.detection.HAS_MMDET:
+    pytest.skip(f"MMDetection is not usable: {plugin.detection.MMDET_ERROR}", allow_module_level=True)
+
+import plugin.adapters.mmdet_swin  # noqa: E402,F401
+import plugin.detection.task  # noqa: E402,F401
+
+from repo_paths import REPO  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import ptq_test  # noqa: E402
+H, W = 96, 128
+
+
+def _polygon_image(rng, shapes):
+    """A noisy background with filled polygons; returns the image and the polygons (flat x, y lists)."""
+    from PIL import Image, ImageDraw
+    img = Image.fromarray(rng.integers(0, 60, (H, W, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(img)
+    polys = []
+    for x0, y0, w, h, color in shapes:
+        pts = [(x0, y0), (x0 + w, y0 + h // 4), (x0 + w * 3 // 4, y0 + h), (x0, y0 + h * 3 // 4)]
+        draw.polygon(pts, fill=color)
+        polys.append([float(c) for p in pts for c in p])
+    return img, polys
+
+
+def _crowd_rle(x0, y0, w, h):
+    """Uncompressed COCO RLE (column-major run lengths, starting with zeros) of a filled rectangle."""
+    mask = np.zeros((H, W), dtype=np.uint8)
+    mask[y0:y0 + h, x0:x0 + w] = 1
+    flat = mask.flatten(order="F")
+    counts, value, run = [], 0, 0
+    for v in flat:
+        if v == value:
+            run += 1
+        else:
+            counts.append(run)
+            value, run = v, 1
+    counts.append(run)
+    return {"counts": counts, "size": [H, W]}
+
+
+def _write_split(root, name, first_id, n_images, rng, crowd):
+    from pycocotools import mask as mask_utils
+    images, anns = [], []
+    for i in range(n_images):
+        img_id = first_id + i
+        shapes = [(8 + 10 * i, 10, 40, 44, (220, 40, 40)), (70, 30 + 5 * i, 36, 40, (40, 200, 60))]
+        img, polys = _polygon_image(rng, shapes)
+        file_name = f"{img_id:012d}.jpg"
+        img.save(os.path.join(root, "images", file_name), quality=90)
+        images.append({"id": img_id, "file_name": file_name, "height": H, "width": W, "license": 1})
+        for poly, (cat, _) in zip(polys, ((1, 0), (2, 0))):
+            rle = mask_utils.merge(mask_utils.frPyObjects([poly], H, W))
+            x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+            anns.append({"id": len(anns) + 1 + first_id * 10, "image_id": img_id, "category_id": cat,
+                         "segmentation": [poly], "area": float(mask_utils.area(rle)), "bbox": [x, y, w, h],
+                         "iscrowd": 0})
+    if crowd:  # one crowd region in the first image, as COCO stores crowds: iscrowd=1 with an uncompressed RLE
+        rle = _crowd_rle(100, 70, 24, 20)
+        compressed = mask_utils.frPyObjects(rle, H, W)
+        anns.append({"id": 9999 + first_id, "image_id": first_id, "category_id": 1, "segmentation": rle,
+                     "area": float(mask_utils.area(compressed)),
+                     "bbox": [float(v) for v in mask_utils.toBbox(compressed)], "iscrowd": 1})
+    data = {"info": {"description": "tiny test set"}, "licenses": [{"id": 1, "name": "test", "url": ""}],
+            "images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "red", "supercategory": "shape"},
+                           {"id": 2, "name": "green", "supercategory": "shape"}]}
+    with open(os.path.join(root, f"instances_{name}.json"), "w") as f:
+        json.dump(data, f)
+
+
+TINY_CONFIG = """
+_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
+task = 'detection'
+data_root = {root!r}
+metainfo = dict(classes=('red', 'green'))
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32),
+    backbone=dict(type='QuantSwin', embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4,
+                  drop_path_rate=0.0, init_cfg=None),
+    neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=32, num_classes=2),
+        mask_roi_extractor=dict(out_channels=32),
+        mask_head=dict(num_convs=1, in_channels=32, conv_out_channels=32, num_classes=2)),
+    test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=50),
+                  rcnn=dict(score_thr=0.0, max_per_img=10)))
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 96), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(
+    data_root=data_root, metainfo=metainfo, ann_file='instances_train.json', data_prefix=dict(img='images/'),
+    filter_cfg=dict(filter_empty_gt=True, min_size=8)))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(
+    data_root=data_root, metainfo=metainfo, ann_file='instances_val.json', data_prefix=dict(img='images/'),
+    pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + '/instances_val.json')
+test_evaluator = val_evaluator
+default_hooks = dict(logger=dict(interval=1))
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(config path, float checkpoint path, work dir) of a random-init tiny Swin Mask R-CNN on a tiny COCO set."""
+    root = tmp_path_factory.mktemp("tiny_coco")
+    os.makedirs(root / "images")
+    rng = np.random.default_rng(0)
+    _write_split(str(root), "train", 1, 3, rng, crowd=True)
+    _write_split(str(root), "val", 100, 2, rng, crowd=True)
+    cfg_path = root / "tiny_mask_rcnn_quantswin.py"
+    cfg_path.write_text(TINY_CONFIG.format(root=str(root)))
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    cfg = Config.fromfile(str(cfg_path))
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        model = MODELS.build(cfg.model)
+    ckpt = root / "tiny.pth"
+    torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": ["red", "green"]}},
+                "state_dict": model.state_dict()}, str(ckpt))
+    return str(cfg_path), str(ckpt), str(root / "work_dir")
+
+
+@pytest.fixture(scope="module")
+def task_and_model(tiny):
+    from plugin.config import load_config
+    from plugin.detection.task import DetectionTask
+    cfg_path, ckpt, work_dir = tiny
+    task = DetectionTask(load_config(cfg_path), ckpt, device="cpu", work_dir=work_dir)
+    return task, task.build_model()
+
+
+def test_registry_holds_quantswin():
+    from mmdet.models.backbones import SwinTransformer
+    from mmdet.registry import MODELS
+    assert MODELS.get("QuantSwin") is plugin.detection.QuantSwin
+    assert issubclass(plugin.detection.QuantSwin, SwinTransformer)
+
+
+def test_swin_state_dict_loads_into_quantswin():
+    from mmdet.models.backbones import SwinTransformer
+    kw = dict(embed_dims=16, depths=[2, 2], num_heads=[1, 2], out_indices=(0, 1), strides=(4, 2), window_size=4)
+    torch.manual_seed(0)
+    ref, q = SwinTransformer(**kw), plugin.detection.QuantSwin(**kw)
+    ref.eval(), q.eval()  # (mmdet's Swin.train() returns None, so no chaining)
+    result = q.load_state_dict(ref.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert set(q.state_dict()) == set(ref.state_dict())
+    x = torch.randn(1, 3, 36, 52)  # not a multiple of the window: exercises padding and shifted-window masks
+    with torch.no_grad():
+        for a, b in zip(ref(x), q(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_original_swin_checkpoint_layout_is_converted():
+    from mmdet.models.backbones import SwinTransformer
+    kw = dict(embed_dims=16, depths=[2, 2], num_heads=[1, 2], out_indices=(0, 1), strides=(4, 2), window_size=4)
+    model = SwinTransformer(**kw)
+    own = {"backbone." + k: v for k, v in model.state_dict().items()}
+    # Rename mmdet 3.x keys into the authors' layout (the inverse of mmdet's swin_converter, for the keys it renames).
+    orig = {}
+    for k, v in own.items():
+        k2 = k.replace("backbone.stages.", "backbone.layers.").replace("attn.w_msa.", "attn.")
+        k2 = k2.replace("ffn.layers.0.0.", "mlp.fc1.").replace("ffn.layers.1.", "mlp.fc2.")
+        k2 = k2.replace("patch_embed.projection", "patch_embed.proj")
+        orig[k2] = v
+    orig["neck.lateral_convs.0.conv.weight"] = torch.zeros(1)
+    assert plugin.detection.is_original_swin_layout(orig)
+    out = plugin.detection.convert_original_swin_checkpoint(orig)
+    backbone_keys = {k for k in out if k.startswith("backbone.")}
+    assert backbone_keys == {k for k in own if not k.endswith("relative_position_index")}
+    assert "neck.lateral_convs.0.conv.weight" in out
+
+
+def test_torchvision_ops_serve_mmcv():
+    import mmcv.ops
+    from plugin.detection.mmcv_ops import nms as shim_nms
+    if not plugin.detection.using_torchvision_ops():
+        pytest.skip("a compiled mmcv is installed; its own ops are used")
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(40, 4, generator=g) * 40
+    boxes[:, 2:] += boxes[:, :2] + 1
+    scores = torch.rand(40, generator=g)
+    for offset in (0, 1):  # a direct greedy NMS with mmcv's box-width convention as the reference
+        area = (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1] + offset)
+        keep, order = [], scores.argsort(descending=True).tolist()
+        while order:
+            i = order.pop(0)
+            keep.append(i)
+            lt = torch.maximum(boxes[i, :2], boxes[order, :2])
+            rb = torch.minimum(boxes[i, 2:], boxes[order, 2:])
+            inter = (rb - lt + offset).clamp(min=0).prod(1)
+            iou = inter / (area[i] + area[order] - inter)
+            order = [j for j, o in zip(order, iou.tolist()) if o <= 0.5]
+        assert shim_nms(boxes, scores, 0.5, offset).tolist() == keep
+    dets, inds = mmcv.ops.batched_nms(boxes, scores, torch.arange(40) % 2, dict(type="nms", iou_threshold=0.5))
+    assert len(inds) == len(dets) > 0
+    feats = torch.randn(2, 3, 16, 16, requires_grad=True)
+    rois = torch.tensor([[0, 1.0, 2.0, 20.0, 24.0], [1, 0.0, 0.0, 31.0, 31.0]])
+    out = mmcv.ops.RoIAlign((7, 7), 0.5, 2, aligned=True)(feats, rois)
+    out.square().sum().backward()
+    feats_ref = feats.detach().clone().requires_grad_(True)
+    from torchvision.ops import roi_align
+    ref = roi_align(feats_ref, rois, (7, 7), 0.5, 2, True)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(feats.grad, feats_ref.grad)
+    with pytest.raises(NotImplementedError, match="nms_rotated"):
+        mmcv.ops.nms_rotated(torch.rand(3, 5), torch.rand(3), 0.5)
+
+
+def test_unsafe_checkpoint_refused(tiny, tmp_path):
+    from plugin.config import load_config
+    from plugin.errors import UserInputError
+    from plugin.detection.task import DetectionTask
+    cfg_path, ckpt, _ = tiny
+    state = torch.load(ckpt, weights_only=True)
+    state["meta"]["hook"] = np.random.RandomState(0)  # a pickled object, as mmengine training checkpoints carry
+    bad = tmp_path / "pickled.pth"
+    torch.save(state, str(bad))
+    task = DetectionTask(load_config(cfg_path), str(bad), work_dir=str(tmp_path / "wd"))
+    with pytest.raises(UserInputError, match="--unsafe-load"):
+        task.build_model()
+
+
+def test_float_detector_bbox_and_segm_map(task_and_model):
+    task, model = task_and_model
+    metrics = task.evaluate(model, progress=False)
+    for kind in ("bbox", "segm"):
+        for suffix in ("", "_50", "_75", "_s", "_m", "_l"):
+            value = metrics[f"{kind}_mAP{suffix}"]
+            assert isinstance(value, float) and (value == -1.0 or 0.0 <= value <= 100.0)
+    assert metrics["num_images"] == 2
+
+
+def test_calib_data_from_train_split(task_and_model):
+    task, model = task_and_model
+    calib = task.calib_data(model, 2, seed=0)
+    assert len(calib.batches) == 2
+    train_ids = {1, 2, 3}
+    for batch in calib.batches:
+        assert batch["data_samples"][0].img_id in train_ids
+    with torch.no_grad():
+        calib.forward(model, calib.batches[0])
+    assert "pred_instances" not in calib.batches[0]["data_samples"][0]
+
+
+def test_adapter_roles_cover_backbone(task_and_model):
+    import copy
+
+    import torch.nn as nn
+    from mmdet.models.backbones.swin import WindowMSA
+
+    from plugin.adapters.base import find_adapter
+    from plugin.quant.spec import Role
+    task, model = task_and_model
+    model = copy.deepcopy(model)
+    adapter = find_adapter(model)
+    assert adapter.name == "mmdet_swin"
+    calib = task.calib_data(model, 1, seed=0)
+    with torch.no_grad():
+        before = model.test_step(calib.batches[0])[0].pred_instances.bboxes.clone()
+    adapter.prepare(model)
+    adapter.prepare(model)  # idempotent
+    with torch.no_grad():  # explicit matmuls, float: the same detections
+        after = model.test_step(calib.batches[0])[0].pred_instances.bboxes
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+    roles = adapter.roles(model)
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            assert "backbone." + name in roles, name
+        if isinstance(m, WindowMSA):
+            assert roles["backbone." + name + ".matmul_qk"] == Role.MATMUL_QK
+            assert roles["backbone." + name + ".matmul_av"] == Role.MATMUL_AV
+    counts = {r: sum(1 for v in roles.values() if v == r) for r in Role}
+    assert counts[Role.PATCH_EMBED] == 1 and counts[Role.QKV] == counts[Role.FC1] == counts[Role.FC2] == 8
+    heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+             and not n.startswith("backbone.")]
+    assert heads and all(roles[n] == Role.OTHER for n in heads)
+    for norm, consumers in adapter.norm_consumers(model):
+        assert isinstance(model.get_submodule(norm), nn.LayerNorm)
+        assert all(isinstance(model.get_submodule(c), nn.Linear) for c in consumers)
+    assert len(adapter.norm_consumers(model)) == 2 * 8 + 3
+    assert adapter.blocks(model) == [f"backbone.stages.{i}.blocks.{j}" for i in range(4) for j in range(2)]
+    assert adapter.model_dependent_inputs(model) == ["roi_head"]  # RoI heads see the model's own proposals
+    from plugin.quant.overrides import find_override
+    from plugin.detection.task import DetectionTask
+    overrides = DetectionTask.recipe_overrides({"keep_heads_float": True})
+    kept_float = {n for n, r in adapter.roles(model).items() if find_override(overrides, n, r) == (True, None)}
+    assert kept_float == {n for n in adapter.roles(model) if not n.startswith("backbone.")}
+
+
+def test_repq_w4a4_quantized_detector(task_and_model):
+    import copy
+
+    from plugin.quant import get_recipe, quantize
+    task, fp_model = task_and_model
+    model = copy.deepcopy(fp_model)
+    quantize(model, get_recipe("repq", w_bits=4, a_bits=4), task.calib_data(model, 1, seed=0), log=lambda s: None)
+    from plugin.quant import QuantLinear
+    assert isinstance(model.backbone.stages[0].blocks[0].attn.w_msa.qkv, QuantLinear)
+    assert isinstance(model.roi_head.bbox_head.fc_cls, QuantLinear)
+    metrics = task.evaluate(model, progress=False)
+    assert "bbox_mAP" in metrics and "segm_mAP" in metrics
+
+
+@pytest.mark.parametrize("method", ["dopq", "isvit", "aiqvit"])
+def test_seed_recipes_run_unchanged_on_the_detector(task_and_model, method):
+    """The seed methods' recipes (reconstruction passes included, a few steps) quantize and evaluate a detector."""
+    import copy
+
+    from plugin.quant import get_recipe, quantize
+    task, fp_model = task_and_model
+    model = copy.deepcopy(fp_model)
+    recipe = get_recipe(method, w_bits=4, a_bits=4)
+    recipe.passes = [dict(p, iters=2, batch_size=1) for p in recipe.passes]
+    quantize(model, recipe, task.calib_data(model, 2, seed=0), log=lambda s: None)
+    metrics = task.evaluate(model, progress=False)
+    assert "bbox_mAP" in metrics and "segm_mAP" in metrics
+
+
+def test_ptq_test_cli_end_to_end(tiny, tmp_path):
+    cfg_path, ckpt, _ = tiny
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "ptq_test.py"), cfg_path, ckpt, "--bits", "4", "--method",
+           "repq", "--calib-num", "1", "--out", str(out), "--device", "cpu", "--work-dir", str(tmp_path / "wd"),
+           "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "detection"
+    for metrics in (report["fp"], report["results"][0]["metrics"]):
+        assert "bbox_mAP" in metrics and "segm_mAP" in metrics
+    assert "segm_mAP" in proc.stdout
+    agreement, metrics = report["results"][0]["agreement"], report["results"][0]["metrics"]
+    assert agreement["float_score_thr"] == 0.3
+    for kind in ("bbox", "segm"):
+        assert 0.0 <= agreement[f"{kind}_mAP_agreement"] <= agreement[f"{kind}_mAP_50_agreement"] <= 100.0
+        change = agreement[f"{kind}_mAP_change"]  # CocoMetric rounds each mAP to 0.1
+        assert change["diff"] == pytest.approx(metrics[f"{kind}_mAP"] - report["fp"][f"{kind}_mAP"], abs=0.11)
+        assert change["ci95"][0] <= change["diff"] <= change["ci95"][1] and change["resamples"] == 1000
+    assert "bbox_mAP_agreement" in (out / "report.md").read_text()
+
+
+def test_agreement_of_the_float_detector_with_itself_and_a_damaged_copy(task_and_model, monkeypatch):
+    task, model = task_and_model
+    task.evaluate(model, progress=False)
+    fp = task.last_outputs
+    assert sorted(fp["preds"]) == [100, 101] and fp["iou_types"] == ["bbox", "segm"]
+    assert all(len(p["masks"]) == len(p["labels"]) > 0 for p in fp["preds"].values())
+    monkeypatch.setattr(task, "agreement_score_thr", 0.0)  # every prediction: the random-init scores are near 0.3-0.5
+    same = task.agreement(fp, fp)
+    for kind in ("bbox", "segm"):
+        assert same[f"{kind}_mAP_agreement"] == same[f"{kind}_mAP_50_agreement"] == 100.0
+        assert same[f"{kind}_mAP_change"] == {"diff": 0.0, "ci95": [0.0, 0.0], "tie": True, "resamples": 1000}
+    damaged = {"preds": {}}
+    for img_id, p in fp["preds"].items():  # every box moved by a quarter of its size; the second image predicts none
+        keep = slice(None) if img_id == 100 else slice(0, 0)
+        shift = (p["bboxes"][:, 2:] - p["bboxes"][:, :2]) / 4
+        damaged["preds"][img_id] = dict(p, bboxes=(p["bboxes"] + np.concatenate([shift, shift], 1))[keep],
+                                        scores=p["scores"][keep], labels=p["labels"][keep], masks=p["masks"][keep])
+    worse = task.agreement(fp, damaged)
+    assert worse["bbox_mAP_agreement"] < 100.0 and worse["segm_mAP_agreement"] < 100.0
+    assert task.agreement(fp, damaged) == worse  # the same seeded resamples
+
+
+def test_agreement_options_are_checked(tiny):
+    from plugin.config import load_config
+    from plugin.errors import UserInputError
+    from plugin.detection.task import DetectionTask
+    cfg_path, ckpt, work_dir = tiny
+    for bad, words in (({"score_thr": 1.5}, "score_thr"), ({"resamples": 0}, "resamples"), ({"thr": 0.3}, "unknown")):
+        cfg = load_config(cfg_path)
+        cfg.agreement = bad
+        with pytest.raises(UserInputError, match=words):
+            DetectionTask(cfg, ckpt, work_dir=work_dir)
+
+
+def test_no_fp_says_agreement_is_unavailable(tiny, tmp_path):
+    cfg_path, ckpt, _ = tiny
+    out = tmp_path / "out"
+    assert ptq_test.main([cfg_path, ckpt, "--bits", "4", "--method", "minmax", "--calib-num", "1", "--out", str(out),
+                          "--device", "cpu", "--work-dir", str(tmp_path / "wd"), "--quiet", "--no-fp"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "agreement" not in report["results"][0] and "--no-fp" in report["agreement_unavailable"]
+    assert "Agreement with the full-precision model: unavailable (--no-fp" in (out / "report.md").read_text()
+
+
+def test_import_without_mmdet_warns_once():
+    code = ("import sys, warnings; sys.modules['mmdet'] = None\n"  # makes `import mmdet` raise ImportError
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import plugin.detection, plugin.detection\n"
+            "    import plugin.detection.task as d\n"
+            "assert not plugin.detection.HAS_MMDET and 'QuantSwin' not in plugin.detection.__all__\n"
+            "print(sum('MMDetection is not usable' in str(x.message) for x in w))\n"
+            "from plugin.errors import UserInputError\n"
+            "try:\n"
+            "    d.DetectionTask({}, 'x.pth')\n"
+            "except UserInputError as e:\n"
+            "    print('refused', 'pip install' in str(e))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "refused", "True"]
+
+
+def test_data_root_moves_every_data_path(tiny, tmp_path, monkeypatch):
+    """--data-root points the datasets and the evaluator's annotations at another folder, from any working folder."""
+    cfg_path, ckpt, _ = tiny
+    real_root = os.path.dirname(cfg_path)
+    moved = tmp_path / "moved.py"
+    moved.write_text(open(cfg_path).read().replace(real_root, "/nonexistent/coco"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    code = ptq_test.main([str(moved), ckpt, "--bits", "8", "--method", "minmax", "--calib-num", "1", "--no-fp",
+                          "--data-root", real_root, "--out", str(out), "--device", "cpu", "--quiet",
+                          "--work-dir", str(tmp_path / "wd")])
+    assert code == 0
+    assert "bbox_mAP" in json.loads((out / "report.json").read_text())["results"][0]["metrics"]
+
+
+def test_move_data_root_rewrites_loaders_and_evaluators():
+    from plugin.detection.task import move_data_root
+    cfg = {"data_root": "data/coco/",
+           "train_dataloader": {"dataset": {"type": "RepeatDataset", "dataset": {"data_root": "data/coco/"}}},
+           "val_dataloader": {"dataset": {"data_root": "data/coco/"}},
+           "test_dataloader": {"dataset": {"data_root": "data/coco/"}},
+           "val_evaluator": {"ann_file": "data/coco/annotations/instances_val2017.json"},
+           "test_evaluator": [{"ann_file": "data/coco/annotations/instances_val2017.json"}, {"type": "Other"}]}
+    move_data_root(cfg, "/d/coco")
+    assert cfg["train_dataloader"]["dataset"]["dataset"]["data_root"] == "/d/coco/"
+    assert cfg["val_dataloader"]["dataset"]["data_root"] == cfg["test_dataloader"]["dataset"]["data_root"] == "/d/coco/"
+    assert cfg["val_evaluator"]["ann_file"] == "/d/coco/annotations/instances_val2017.json"
+    assert cfg["test_evaluator"][0]["ann_file"] == "/d/coco/annotations/instances_val2017.json"
+
+
+def test_missing_annotations_are_one_line_before_any_work(tiny, tmp_path, capsys):
+    cfg_path, ckpt, _ = tiny
+    moved = tmp_path / "moved.py"
+    moved.write_text(open(cfg_path).read().replace(os.path.dirname(cfg_path), "/nonexistent/coco"))
+    code = ptq_test.main([str(moved), ckpt, "--method", "minmax", "--out", str(tmp_path / "out"), "--device", "cpu",
+                          "--quiet", "--work-dir", str(tmp_path / "wd")])
+    err = capsys.readouterr().err
+    assert code == 2 and "annotation file(s) not found: /nonexistent/coco/instances_train.json" in err, err
+    assert "--data-root" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,94 @@
+"""The layering of docs/architecture.md, checked on the source: plugin/quant is a torch-only library (no adapter, task
+or OpenMMLab/timm import, no file over 400 lines); packages import only the layers below them; no import cycle."""
+import ast
+import pathlib
+
+from repo_paths import REPO
+
+PLUGIN = pathlib.Path(REPO) / "plugin"
+# Each top-level part of plugin/ and the parts it may import (the layers of docs/architecture.md).
+ALLOWED = {
+    "quant": set(),
+    "errors": {"quant"}, "utils": {"errors"}, "config": {"errors"},
+    "adapters": {"quant"},
+    "tasks": {"quant"},
+    "classification": {"quant", "tasks", "errors", "utils", "config"},
+    "detection": {"quant", "tasks", "errors", "utils", "config"},
+    "pointcloud": {"quant", "tasks", "errors", "utils", "config"},
+}
+
+
+def _modules():
+    out = {}
+    for p in PLUGIN.rglob("*.py"):
+        parts = p.relative_to(PLUGIN.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def _imports(name, path, modules):
+    """Every plugin module `name` imports, anywhere in the file (lazy imports inside functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            candidates = [target] + [f"{target}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        found.update(c for c in candidates if c in modules and c != name)
+    return found
+
+
+def test_quant_is_a_torch_only_library():
+    for p in (PLUGIN / "quant").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for n in names:
+                assert n.split(".")[0] not in {"mmdet", "mmengine", "mmcv", "timm"}, f"{p} imports {n}"
+                assert not n.startswith("plugin.") or n.startswith("plugin.quant"), f"{p} imports {n}"
+        lines = len(p.read_text().splitlines())
+        assert lines <= 400, f"{p} has {lines} lines"
+
+
+def test_layers_and_no_cycles():
+    modules = _modules()
+    graph = {m: {t for t in _imports(m, p, modules) if not t.startswith(m + ".")} for m, p in modules.items()}
+    for m, targets in graph.items():
+        part = m.split(".")[1] if "." in m else None
+        for t in targets:
+            other = t.split(".")[1]
+            if part is not None and other != part:
+                assert other in ALLOWED[part], f"{m} imports {t}: {part} may import only {sorted(ALLOWED[part])}"
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for t in graph[m]:
+            assert state.get(t) != "open", "import cycle: " + " -> ".join(path + [m, t])
+            if t not in state:
+                visit(t, path + [m])
+        state[m] = "done"
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_extension_examples_run():
+    """The worked examples of docs/architecture.md ("Extending": a quantizer; a model, its adapter and a calibration),
+    executed as written, one after the other; the quantizer and the adapter are each under 40 lines."""
+    text = (pathlib.Path(REPO) / "docs" / "architecture.md").read_text()
+    section = text.split("## Extending", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    assert len(blocks[0].splitlines()) < 40 and len(blocks[2].splitlines()) < 40
+    namespace = {"__name__": "architecture_examples"}
+    for block in blocks:
+        exec(compile(block, "docs/architecture.md", "exec"), namespace)

@@ -1,0 +1,269 @@
+"""tools/ptq_test.py end to end on the embedded default, and its handling of bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from repo_paths import REPO  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import ptq_test  # noqa: E402
+
+CONFIG = os.path.join(REPO, "configs/classification/fmnist_vit_tiny.py")
+CKPT = os.path.join(REPO, "plugin/assets/fmnist_vit_tiny.safetensors")
+
+
+def run_cli(*argv):
+    return ptq_test.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def embedded_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptq")
+    code = run_cli(CONFIG, CKPT, "--bits", "4", "--method", "minmax", "ptq4vit", "repq", "--out", out, "--quiet",
+                   "--device", "cpu")
+    assert code == 0
+    return out, json.load(open(out / "report.json"))
+
+
+def test_embedded_default_end_to_end(embedded_report):
+    out, report = embedded_report
+    assert report["fp"]["top1"] > 70.0  # the shipped model is a real classifier
+    assert [r["method"] for r in report["results"]] == ["minmax", "ptq4vit", "repq"]
+    for r in report["results"]:
+        assert (r["w_bits"], r["a_bits"]) == (4, 4)
+        assert 0.0 <= r["metrics"]["top1"] <= 100.0 and r["metrics"]["num_images"] == report["fp"]["num_images"]
+        assert r["calib_time_s"] > 0 and r["calib_num"] == 32
+    md = open(out / "report.md").read()
+    for r in report["results"]:
+        assert f"{r['metrics']['top1']:.2f}" in md  # the Markdown shows the same numbers as the JSON
+        agreement = r["agreement"]  # with the float model, image by image
+        assert 0 <= agreement["top1_agreement"] <= 100 and agreement["mean_kl"] >= 0
+        change = agreement["top1_change"]
+        assert change["diff"] == pytest.approx(r["metrics"]["top1"] - report["fp"]["top1"], abs=1e-6)
+        assert change["ci95"][0] <= change["diff"] <= change["ci95"][1]
+    assert "Agreement with the full-precision model" in md
+    assert f"{report['fp']['top1']:.2f}" in md
+
+
+def test_repq_w8a8_close_to_float(tmp_path):
+    assert run_cli(CONFIG, CKPT, "--bits", "8", "--method", "repq", "--out", tmp_path, "--quiet", "--device", "cpu") == 0
+    report = json.load(open(tmp_path / "report.json"))
+    assert abs(report["results"][0]["metrics"]["top1"] - report["fp"]["top1"]) < 2.0
+
+
+def _assert_failed(capsys, code, out_dir, words):
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error" in err.lower() and all(w.lower() in err.lower() for w in words), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    # nothing is left behind: an output folder the run created is removed, one that existed stays empty
+    assert not os.path.exists(out_dir) or os.listdir(out_dir) == [], os.listdir(out_dir)
+
+
+def test_missing_config(tmp_path, capsys):
+    _assert_failed(capsys, run_cli(tmp_path / "nope.py", CKPT, "--out", tmp_path / "out"), tmp_path / "out", ["config", "not found"])
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    _assert_failed(capsys, run_cli(CONFIG, tmp_path / "nope.pth", "--out", tmp_path / "out"), tmp_path / "out", ["checkpoint"])
+
+
+def test_mismatched_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": {"blocks.0.wrong.weight": torch.zeros(3)}}, bad)
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet"), tmp_path / "out", ["does not match"])
+
+
+class NotATensor:
+    """An arbitrary class: unpickling it needs code from this module, which weights_only loading refuses."""
+
+
+def test_pickled_checkpoint_refused(tmp_path, capsys):
+    bad = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": NotATensor()}, bad)
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet"), tmp_path / "out",
+                   ["--unsafe-load", "test_ptq_cli.NotATensor"])  # the refused object is named
+
+
+def test_pickle_refusal_is_one_plain_line(tmp_path, capsys):
+    bad = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": NotATensor()}, bad)
+    assert run_cli(CONFIG, bad, "--out", tmp_path, "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\x1b" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_damaged_checkpoint_is_not_sent_to_unsafe_load(tmp_path, capsys, damage):
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(100)}, good)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(good.read_bytes()[:120] if damage == "truncated" else bytes(range(7, 250)) * 8)
+    assert run_cli(CONFIG, bad, "--out", tmp_path, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "not a readable" in err and "--unsafe-load" not in err and "Traceback" not in err
+
+
+def test_shape_mismatch_names_both_shapes(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    state = load_file(CKPT)
+    state["head.weight"], state["head.bias"] = torch.zeros(1000, state["head.weight"].shape[1]), torch.zeros(1000)
+    bad = tmp_path / "head1000.safetensors"
+    save_file(state, str(bad))
+    _assert_failed(capsys, run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet"), tmp_path / "out",
+                   ["head.weight (1000, 64) in the checkpoint, (10, 64) in the model"])
+
+
+@pytest.mark.parametrize("argv", [["--bits", "9"], ["--bits", "1"], ["--calib-num", "0"], ["--w-bits", "x"]])
+def test_bad_numbers_rejected_by_parser(tmp_path, argv):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(CONFIG, CKPT, "--out", tmp_path, *argv)
+    assert exc.value.code == 2
+    assert not os.path.exists(tmp_path / "report.json")
+
+
+def test_calib_num_larger_than_data(tmp_path, capsys):
+    code = run_cli(CONFIG, CKPT, "--calib-num", "100000", "--out", tmp_path / "out", "--quiet", "--no-fp")
+    _assert_failed(capsys, code, tmp_path / "out", ["100000"])
+
+
+def test_unknown_method(tmp_path, capsys):
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "nosuch", "--out", tmp_path / "out"), tmp_path / "out", ["nosuch"])
+
+
+def test_nan_activations_during_calibration(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    state = load_file(CKPT)
+    key = next(k for k in state if k.endswith("mlp.fc1.weight"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    bad = str(tmp_path / "nan.safetensors")
+    save_file(state, bad)
+    code = run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet", "--no-fp")
+    _assert_failed(capsys, code, tmp_path / "out", ["non-finite"])
+
+
+def test_exit_code_of_the_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools/ptq_test.py"), CONFIG, str(tmp_path / "x.pth")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_freeze_evaluates_the_integer_path(tmp_path):
+    code = run_cli(CONFIG, CKPT, "--bits", "8", "--method", "minmax", "--freeze", "--no-fp", "--out", tmp_path,
+                   "--quiet", "--device", "cpu")
+    assert code == 0
+    entry = json.load(open(tmp_path / "report.json"))["results"][0]
+    assert entry["int8"]["frozen_layers"] > 0 and entry["int8"]["backend"] == "int_mm"
+    # the integer path computes the same codes as fake-quant; only float rounding of the epilogue differs
+    assert abs(entry["int8"]["metrics"]["top1"] - entry["metrics"]["top1"]) <= 0.5
+    assert "integer path" in open(tmp_path / "report.md").read()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "--int8-backend triton applies to the integer path: add --freeze"),
+    (("--freeze",), "--int8-backend triton needs --device cuda, not cpu"),
+])
+def test_triton_backend_refused_where_it_cannot_run(tmp_path, capsys, extra, message):
+    code = run_cli(CONFIG, CKPT, "--bits", "8", "--method", "minmax", "--int8-backend", "triton", *extra,
+                   "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_w_and_a_bits_reach_the_quantizers(tmp_path, monkeypatch):
+    """--w-bits and --a-bits set the weight and the activation quantizers separately (not --bits for both)."""
+    import plugin.quant as pq
+    from plugin.quant.calibrate import iter_quantizers
+    seen, real = {}, pq.quantize
+
+    def spy(model, recipe, *args, **kwargs):
+        out = real(model, recipe, *args, **kwargs)
+        seen.update({name: q.bits for name, q in iter_quantizers(out)})
+        return out
+
+    monkeypatch.setattr(pq, "quantize", spy)
+    assert run_cli(CONFIG, CKPT, "--w-bits", "3", "--a-bits", "6", "--method", "minmax", "--no-fp", "--out", tmp_path,
+                   "--quiet", "--device", "cpu") == 0
+    weights = {b for n, b in seen.items() if n.endswith("weight_quantizer")}
+    acts = {b for n, b in seen.items() if not n.endswith("weight_quantizer") and not n.startswith("patch_embed")}
+    assert weights == {3} and acts == {6}
+    entry = json.load(open(tmp_path / "report.json"))["results"][0]
+    assert (entry["w_bits"], entry["a_bits"]) == (3, 6)
+
+
+def test_calibration_size_checked_before_any_evaluation(tmp_path, capsys, monkeypatch):
+    """isvit asks for 1024 images by default; the embedded set has 512: one line naming both, before the float
+    evaluation, and no folder left behind."""
+    from plugin.classification.task import ClassificationTask
+
+    def no_eval(*a, **k):
+        raise AssertionError("evaluated before the calibration size was checked")
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", no_eval)
+    out = tmp_path / "new_out"
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "minmax", "isvit", "--out", out, "--quiet"), out,
+                   ["isvit needs 1024", "holds 512", "--calib-num"])
+    assert not out.exists()
+
+
+def test_config_calib_num_is_honoured(tmp_path):
+    config = tmp_path / "cfg.py"
+    config.write_text(f"_base_ = [{CONFIG!r}]\ncalib = dict(num=16, batch_size=8)\n")
+    assert run_cli(config, CKPT, "--method", "minmax", "--out", tmp_path / "o", "--quiet", "--no-fp",
+                   "--device", "cpu") == 0
+    assert json.load(open(tmp_path / "o" / "report.json"))["results"][0]["calib_num"] == 16
+
+
+def test_unwritable_out_fails_up_front(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--out", blocker / "sub", "--quiet"), blocker / "sub",
+                   ["cannot write to the output folder"])
+
+
+def test_failed_run_leaves_no_saved_models(tmp_path, capsys, monkeypatch):
+    import plugin.quant as pq
+    from plugin.errors import CalibrationError
+    calls, real = [], pq.quantize
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise CalibrationError("simulated failure of the second method")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pq, "quantize", second_fails)
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "minmax", "repq", "--save-model", "--no-fp", "--out",
+                                   tmp_path, "--quiet", "--device", "cpu"), tmp_path, ["simulated failure"])
+    assert os.listdir(tmp_path) == []  # neither models/ nor a staging folder
+
+
+def test_saved_models_appear_with_the_report(tmp_path):
+    assert run_cli(CONFIG, CKPT, "--method", "minmax", "--save-model", "--no-fp", "--out", tmp_path, "--quiet",
+                   "--device", "cpu") == 0
+    assert sorted(os.listdir(tmp_path)) == ["models", "report.json", "report.md"]
+    assert sorted(os.listdir(tmp_path / "models")) == ["minmax_w4a4.json", "minmax_w4a4.safetensors"]
+    entry = json.load(open(tmp_path / "report.json"))["results"][0]
+    assert entry["saved_model"] == str(tmp_path / "models" / "minmax_w4a4")
+
+
+
+def test_help_lists_the_methods(capsys):
+    with pytest.raises(SystemExit):
+        ptq_test.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "default repq" in out and all(m in out for m in ("minmax", "ptq4vit", "repq_strict", "isvit", "aiqvit"))
+
+
+def test_markdown_agreement_reads_undefined_as_na_and_marks_ties():
+    change = {"diff": 0.3, "ci95": [-0.4, 1.0], "tie": True, "resamples": 1000}
+    report = {"config": "c.py", "checkpoint": "m.pth", "task": "detection", "device": "cpu", "seed": 0,
+              "fp": {"bbox_mAP": 8.6}, "results": [
+                  {"method": "repq", "w_bits": 4, "a_bits": 4, "metrics": {"bbox_mAP": 8.9}, "calib_time_s": 1.0,
+                   "calib_num": 1, "agreement": {"bbox_mAP_agreement": None, "bbox_mAP_change": change}}]}
+    md = ptq_test.markdown_report(report)
+    assert "| repq | 4/4 | bbox_mAP_agreement n/a | bbox_mAP_change +0.30 [-0.40, +1.00] (tie) |" in md
