@@ -675,8 +675,9 @@ def e2e_main(args):
     tao_skip = _torchao_status()
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     report = {"command": "python " + " ".join(sys.argv), "device": dev_name, "torch": torch.__version__,
-              "compile": not args.e2e_no_compile, "timing": "torch.compile (inductor default) per path, model and "
-              "batch (static shapes), then CUDA-graph replays; images/s of the median of three timed rounds",
+              "compile": not args.e2e_no_compile, "timing": "torch.compile (inductor default, dynamo reset before each) "
+              "per path, model and batch (static shapes), then CUDA-graph replays; images/s of the median of three "
+              "timed rounds",
               "method": f"{args.e2e_method} W8A8, {args.calib_num} random calibration images", "quick": args.quick,
               "notes": [], "rows": [], "recipes": {}, "profile": {}, "compile_s": {}}
     if tao_skip:
@@ -739,8 +740,13 @@ def e2e_main(args):
                     log(f"[e2e] {name} {path}: build failed: {e}")
                     continue
                 report["recipes"][name][path] = recipe
-                fn = model if args.e2e_no_compile else torch.compile(model, dynamic=False)
                 for b in todo:
+                    # A fresh compile per cell: a long grid otherwise reaches dynamo's recompile limit (8 per code
+                    # object, shared by every model of one timm class) and later cells silently run eager; the
+                    # DeiT-S cells of one H100 grid came out 0.42x (fp8) to 0.84x (w8a8) of their value in a run
+                    # of their own (docs/performance.md).
+                    torch._dynamo.reset()
+                    fn = model if args.e2e_no_compile else torch.compile(model, dynamic=False)
                     x = torch.randn(b, *shape, device=device,
                                     generator=torch.Generator(device).manual_seed(0)).to(dtype)
                     t0 = time.perf_counter()
