@@ -2,6 +2,8 @@
 
 `UserInputError` belongs to the application side (tasks, data readers, configs, tools); the quantizer library raises
 its own exceptions (plugin.quant.errors). `USER_ERRORS` is what a tool catches to print one line."""
+import sys
+
 from .quant.errors import CalibrationError, CheckpointError, ConfigError, QuantError
 
 
@@ -11,4 +13,15 @@ class UserInputError(Exception):
 
 USER_ERRORS = (UserInputError, QuantError)
 
-__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "QuantError", "USER_ERRORS", "UserInputError"]
+
+def run_cli(body, *args):
+    """A tool's exit code for `body(*args)`: 0, or 2 with `error: <message>` on stderr (no traceback) when it raises
+    one of USER_ERRORS."""
+    try:
+        body(*args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "QuantError", "USER_ERRORS", "UserInputError", "run_cli"]

@@ -545,13 +545,8 @@ def write_tables(out, rows, fp):
 def main(argv=None):
     args = parse_args(argv)
     args.command = "python " + shlex.join(["tools/compare_official.py"] + list(sys.argv[1:] if argv is None else argv))
-    from plugin.errors import USER_ERRORS
-    try:
-        run(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from plugin.errors import run_cli
+    return run_cli(run, args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from plugin.errors import USER_ERRORS, UserInputError  # noqa: E402
+from plugin.errors import UserInputError, run_cli  # noqa: E402
 
 
 def _category(arg, names):
@@ -92,12 +92,7 @@ def main(argv=None):
     ap.add_argument("--backend", default="auto", choices=["auto", "open3d", "matplotlib"])
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    try:
-        run(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, args)
 
 
 if __name__ == "__main__":

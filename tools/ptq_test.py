@@ -418,16 +418,12 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     args.command = "python " + shlex.join(["tools/ptq_test.py"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
-    from plugin.errors import USER_ERRORS
+    from plugin.errors import run_cli
     try:
-        run(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return run_cli(run, args)
     except KeyboardInterrupt:
         print("interrupted: no report written", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

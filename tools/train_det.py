@@ -85,10 +85,14 @@ def time_budget_hook(seconds):
             self.start = self.last = time.monotonic()
 
         def after_train_epoch(self, runner):
+            from mmengine.dist import broadcast_object_list
             now = time.monotonic()
             epoch_s, self.last = now - self.last, now
             done = runner.epoch + 1  # mmengine counts the epoch up after this hook
-            if now - self.start + epoch_s > seconds and done < runner.max_epochs:
+            # Rank 0 decides for every process: ranks that stopped at different epochs would hang in DDP.
+            decision = [now - self.start + epoch_s > seconds and done < runner.max_epochs]
+            broadcast_object_list(decision, src=0)
+            if decision[0]:
                 runner.logger.warning(f"--max-time {seconds:g}s: stopping after epoch {done} of "
                                       f"{runner.max_epochs} ({now - self.start:.0f}s spent, {epoch_s:.0f}s per epoch)")
                 runner.train_loop.stop_training = True

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from plugin.config import load_config  # noqa: E402
-from plugin.errors import UserInputError  # noqa: E402
+from plugin.errors import UserInputError, run_cli  # noqa: E402
 from plugin.pointcloud.data import build_dataset, collate  # noqa: E402
 from plugin.pointcloud.engine import evaluate  # noqa: E402
 from plugin.pointcloud.models import build_model  # noqa: E402
@@ -240,12 +240,7 @@ def train(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        train(args)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(train, args)
 
 
 if __name__ == "__main__":

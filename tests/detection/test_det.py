@@ -149,6 +149,49 @@ def tiny(tmp_path_factory):
     return str(cfg_path), str(ckpt), str(root / "work_dir")
 
 
+TRAIN_CONFIG = """
+_base_ = ['tiny_mask_rcnn_quantswin.py']
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 96), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_cfg = dict(max_epochs=3, val_interval=100)
+default_hooks = dict(checkpoint=dict(interval=100))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)
+"""
+
+
+def test_train_det_two_processes(tiny, tmp_path):
+    """tools/train_det.py as its multi-GPU command runs it (torchrun, --launcher pytorch), here two CPU processes
+    over gloo: DDP training of the tiny detector, --max-time stopping every rank after the same epoch (rank 0
+    decides), and final weights that load with weights_only=True into the same architecture."""
+    cfg_path, _, _ = tiny
+    train_cfg = os.path.join(os.path.dirname(cfg_path), "tiny_train.py")
+    with open(train_cfg, "w") as f:
+        f.write(TRAIN_CONFIG)
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(REPO, "tools", "train_det.py"), train_cfg, "--launcher", "pytorch", "--work-dir", str(work),
+           "--max-time", "0.01"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(str(work / "model_final.pth"), weights_only=True)
+    assert saved["meta"]["epoch"] == 1  # stopped after the first of three epochs, on both ranks
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        model = MODELS.build(Config.fromfile(cfg_path).model)
+    model.load_state_dict(saved["state_dict"], strict=True)  # raises on any missing or unexpected key
+    assert "stopping after epoch 1 of 3" in proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="module")
 def task_and_model(tiny):
     from plugin.config import load_config

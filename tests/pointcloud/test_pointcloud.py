@@ -407,8 +407,6 @@ def _save_tiny(cfg, path):
 def test_ptq_test_cli_end_to_end(tmp_path, kind):
     sys.path.insert(0, os.path.join(REPO, "tools"))
     ptq_test = pytest.importorskip("ptq_test", reason="tools/ptq_test.py does not exist yet")
-    import plugin.pointcloud.adapter  # noqa: F401  (until plugin/__init__ imports it)
-    import plugin.pointcloud.task  # noqa: F401
     if kind == "cls":
         root, model, task = write_modelnet40_h5(str(tmp_path / "m40")), TINY_CLS, "pointcloud_cls"
     else:
@@ -431,6 +429,31 @@ def test_ptq_test_cli_end_to_end(tmp_path, kind):
     assert 0 <= agreement[share] <= 100
     assert agreement[change]["diff"] == pytest.approx(report["results"][0]["metrics"][metric] - report["fp"][metric],
                                                       abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cls", "partseg"])
+def test_pc_predict_tool(tmp_path, kind, capsys):
+    """tools/pc_predict.py on shape 0 of the test split: the top classes (cls), or the rendered parts and the shape
+    mIoU (partseg, matplotlib); a bad index or category is one line and exit code 2."""
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import pc_predict
+    if kind == "cls":
+        root, model, task = write_modelnet40_h5(str(tmp_path / "m40")), TINY_CLS, "pointcloud_cls"
+    else:
+        root, model, task = (write_shapenetpart_h5(str(tmp_path / "spp"), with_json=True), TINY_SEG,
+                             "pointcloud_partseg")
+    cfg = _write_config(str(tmp_path / "cfg.py"), task, model, root, 64)
+    ckpt = _save_tiny(model, str(tmp_path / "tiny.safetensors"))
+    out = tmp_path / "pred.png"
+    assert pc_predict.main([cfg, ckpt, "--index", "0", "--out", str(out), "--backend", "matplotlib"]) == 0
+    printed = capsys.readouterr().out
+    if kind == "cls":
+        assert "ground truth:" in printed and 1 <= printed.count("%") <= 5 and not out.exists()
+    else:
+        assert "shape mIoU" in printed and out.exists()
+    assert pc_predict.main([cfg, ckpt, "--index", "999", "--out", str(out)]) == 2
+    assert "outside the test split" in capsys.readouterr().err
 
 
 def test_task_calibration_from_train_split_and_deterministic_eval(tmp_path):
