@@ -3,6 +3,7 @@
 
     python tools/train_det.py CONFIG [--work-dir DIR] [--amp] [--cfg-options KEY=VALUE ...]
     torchrun --nproc_per_node 2 tools/train_det.py CONFIG --launcher pytorch --auto-scale-lr
+    (the same on a machine without CUDA runs CPU processes over gloo: a check of the multi-GPU path)
 
 mmengine's Runner does the training (as mmdet's tools/train.py); at the end the final weights are also written as a
 plain state dict, WORK_DIR/model_final.pth, that `torch.load(weights_only=True)` reads (mmengine's own training
@@ -58,6 +59,22 @@ def build_cfg(args):
     return cfg
 
 
+def init_cpu_dist(cfg):
+    """`--launcher pytorch` on a machine without CUDA (torchrun with CPU processes, e.g. to check a multi-GPU config
+    before spending GPU time): mmengine's launcher would call torch.cuda.set_device, so the process group is started
+    here over gloo (mmengine then skips its own) and DDP wraps the CPU module (device_ids=None)."""
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher != "pytorch" or torch.cuda.is_available() or dist.is_initialized():
+        return
+    dist.init_process_group(backend="gloo")
+    wrapper = dict(cfg.get("model_wrapper_cfg", None) or {})
+    wrapper.setdefault("type", "MMDistributedDataParallel")
+    wrapper.setdefault("find_unused_parameters", cfg.get("find_unused_parameters", False))
+    wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
 def export_weights(runner, path):
     """The trained weights as {'state_dict', 'meta'} of tensors and plain values only (weights_only-loadable)."""
     import mmdet
@@ -105,7 +122,9 @@ def main(argv=None):
     import plugin.detection  # noqa: F401  (mmcv-lite ops and QuantSwin, before the runner imports mmdet's models)
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
-    runner = Runner.from_cfg(build_cfg(args))
+    cfg = build_cfg(args)
+    init_cpu_dist(cfg)
+    runner = Runner.from_cfg(cfg)
     if args.max_time:
         runner.register_hook(time_budget_hook(args.max_time))
     runner.train()
