@@ -403,17 +403,22 @@ def _save_tiny(cfg, path):
     return path
 
 
-@pytest.mark.parametrize("kind", ["cls", "partseg"])
-def test_ptq_test_cli_end_to_end(tmp_path, kind):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    ptq_test = pytest.importorskip("ptq_test", reason="tools/ptq_test.py does not exist yet")
+def _tiny_run_files(tmp_path, kind):
+    """(config, checkpoint, task name) of a tiny random-init model of `kind` ("cls" or "partseg") on a tiny h5 set."""
     if kind == "cls":
         root, model, task = write_modelnet40_h5(str(tmp_path / "m40")), TINY_CLS, "pointcloud_cls"
     else:
         root, model, task = (write_shapenetpart_h5(str(tmp_path / "spp"), with_json=True), TINY_SEG,
                              "pointcloud_partseg")
     cfg = _write_config(str(tmp_path / "cfg.py"), task, model, root, 64)
-    ckpt = _save_tiny(model, str(tmp_path / "tiny.safetensors"))
+    return cfg, _save_tiny(model, str(tmp_path / "tiny.safetensors")), task
+
+
+@pytest.mark.parametrize("kind", ["cls", "partseg"])
+def test_ptq_test_cli_end_to_end(tmp_path, kind):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    ptq_test = pytest.importorskip("ptq_test", reason="tools/ptq_test.py does not exist yet")
+    cfg, ckpt, task = _tiny_run_files(tmp_path, kind)
     out = tmp_path / "out"
     code = ptq_test.main([cfg, ckpt, "--bits", "4", "--method", "repq", "--out", str(out), "--quiet",
                           "--device", "cpu"])
@@ -438,13 +443,7 @@ def test_pc_predict_tool(tmp_path, kind, capsys):
     pytest.importorskip("matplotlib")
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import pc_predict
-    if kind == "cls":
-        root, model, task = write_modelnet40_h5(str(tmp_path / "m40")), TINY_CLS, "pointcloud_cls"
-    else:
-        root, model, task = (write_shapenetpart_h5(str(tmp_path / "spp"), with_json=True), TINY_SEG,
-                             "pointcloud_partseg")
-    cfg = _write_config(str(tmp_path / "cfg.py"), task, model, root, 64)
-    ckpt = _save_tiny(model, str(tmp_path / "tiny.safetensors"))
+    cfg, ckpt, task = _tiny_run_files(tmp_path, kind)
     out = tmp_path / "pred.png"
     assert pc_predict.main([cfg, ckpt, "--index", "0", "--out", str(out), "--backend", "matplotlib"]) == 0
     printed = capsys.readouterr().out
