@@ -516,3 +516,39 @@ def test_missing_annotations_are_one_line_before_any_work(tiny, tmp_path, capsys
     assert code == 2 and "annotation file(s) not found: /nonexistent/coco/instances_train.json" in err, err
     assert "--data-root" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_timm_swin_checkpoint_as_quantswin_backbone(tmp_path, capsys):
+    """tools/timm_swin_to_mmdet.py: a timm Swin's weights loaded as a QuantSwin backbone (mmdet's own pretrained
+    path, convert_weights=True) give the same stage features as the timm model, and the printed config matches."""
+    import timm
+    import torch.nn.functional as F
+    from mmdet.registry import MODELS
+    from safetensors.torch import save_file
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import timm_swin_to_mmdet
+    torch.manual_seed(0)
+    tm = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=32, depths=(2, 2, 2, 2),
+                           num_heads=(1, 2, 4, 8), num_classes=5, img_size=448).eval()
+    save_file({k: v.contiguous() for k, v in tm.state_dict().items()}, str(tmp_path / "timm.safetensors"))
+    out = str(tmp_path / "backbone.pth")
+    assert timm_swin_to_mmdet.main([str(tmp_path / "timm.safetensors"), out]) == 0
+    assert "embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=7" in capsys.readouterr().out
+    from mmengine.config import ConfigDict  # nested dicts become ConfigDicts, as in a config file
+    backbone = MODELS.build(ConfigDict(type="QuantSwin", embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
+                                 window_size=7, convert_weights=True, out_indices=(0, 1, 2, 3),
+                                 init_cfg=dict(type="Pretrained", checkpoint=out)))
+    backbone.init_weights()
+    backbone.eval()
+    # 448 px: every stage is larger than a window. At 224 the last stage is one 7x7 window, where the original code
+    # (and timm) turn the shift off and mmdet's Swin does not, so the two architectures differ there.
+    x = torch.randn(1, 3, 448, 448)
+    with torch.no_grad():
+        ours = backbone(x)
+        y, want = tm.patch_embed(x), []
+        for layer in tm.layers:  # timm: merging at the start of a stage; mmdet: at the end (its output norms are plain)
+            y = layer(y)
+            want.append(F.layer_norm(y, y.shape[-1:]).permute(0, 3, 1, 2))
+    for a, b in zip(ours, want):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert timm_swin_to_mmdet.main([str(tmp_path / "backbone.pth"), str(tmp_path / "again.pth")]) == 2
