@@ -2,6 +2,7 @@
 
 `UserInputError` belongs to the application side (tasks, data readers, configs, tools); the quantizer library raises
 its own exceptions (plugin.quant.errors). `USER_ERRORS` is what a tool catches to print one line."""
+import numbers
 import sys
 
 from .quant.errors import CalibrationError, CheckpointError, ConfigError, QuantError
@@ -14,6 +15,13 @@ class UserInputError(Exception):
 USER_ERRORS = (UserInputError, QuantError)
 
 
+def check_calib_num(num, available, what, integer=False):
+    """Refuse a calibration size outside 1 … `available` (what the task's calibration split holds, named by `what`),
+    or not an integer when `integer`, with one line, before any sample is drawn: never clamped."""
+    if (integer and not isinstance(num, numbers.Integral)) or not 1 <= num <= available:
+        raise UserInputError(f"calibration size must be between 1 and {available} ({what}), got {num}")
+
+
 def run_cli(body, *args):
     """A tool's exit code for `body(*args)`: 0, or 2 with `error: <message>` on stderr (no traceback) when it raises
     one of USER_ERRORS."""
@@ -24,4 +32,5 @@ def run_cli(body, *args):
         return 2
     return 0
 
-__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "QuantError", "USER_ERRORS", "UserInputError", "run_cli"]
+__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "QuantError", "USER_ERRORS", "UserInputError", "check_calib_num",
+           "run_cli"]

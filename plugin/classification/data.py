@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..errors import UserInputError
+from ..errors import UserInputError, check_calib_num
 from ..utils.paths import REPO_ROOT as PATHS_REPO_ROOT, resolve_data_path
 
 REPO_ROOT = Path(PATHS_REPO_ROOT)
@@ -60,9 +60,7 @@ def balanced_subset_indices(labels, num, seed):
 
 def calib_subset(dataset, num, seed):
     """A seeded random subset of `num` samples of `dataset` (keeps its `classes`)."""
-    if not isinstance(num, (int, np.integer)) or not 1 <= num <= len(dataset):
-        raise UserInputError(f"calibration size must be between 1 and {len(dataset)} (the calibration split's size), "
-                             f"got {num}")
+    check_calib_num(num, len(dataset), "the calibration split's size", integer=True)
     indices = np.random.RandomState(seed).choice(len(dataset), int(num), replace=False)
     subset = Subset(dataset, indices.tolist())
     subset.classes = getattr(dataset, "classes", None)

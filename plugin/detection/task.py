@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from ..errors import UserInputError
+from ..errors import UserInputError, check_calib_num
 from ..tasks.base import Task, register_task
 
 # every module outside the backbone: the neck, RPN and RoI heads
@@ -235,9 +235,7 @@ class DetectionTask(Task):
 
         from ..quant import CalibData
         dataset = self.calib_dataset()
-        if not 1 <= num <= len(dataset):
-            raise UserInputError(f"calibration size must be between 1 and {len(dataset)} (the training "
-                                 f"annotations' usable images), got {num}")
+        check_calib_num(num, len(dataset), "the training annotations' usable images")
         indices = np.random.RandomState(seed).choice(len(dataset), int(num), replace=False)
         with _as_user_error("cannot load a calibration image"):
             batches = [pseudo_collate([dataset[int(i)]]) for i in indices]

@@ -10,7 +10,7 @@ Relative data roots are looked up from the working directory, then from the repo
 """
 import numpy as np
 
-from ..errors import UserInputError
+from ..errors import UserInputError, check_calib_num
 from ..utils.paths import REPO_ROOT
 from ..tasks.base import Task, register_task
 
@@ -64,9 +64,7 @@ class _PointCloudTask(Task):
         from .engine import forward_batch
         from ..quant import CalibData
         ds = self._calib_split()
-        if not 1 <= num <= len(ds):
-            raise UserInputError(f"calibration size must be between 1 and {len(ds)} (the calibration split's size), "
-                                 f"got {num}")
+        check_calib_num(num, len(ds), "the calibration split's size")
         idx = np.random.default_rng(seed).choice(len(ds), int(num), replace=False)
         bs = int(_get(_get(self.cfg, "calib", {}), "batch_size", 32))
         cal = [{k: v.to(self.device) for k, v in b.items() if k in ("points", "category")}
