@@ -81,6 +81,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="toy model and layer sizes (a smoke run on CPU)")
     p.add_argument("--out", default=None, help="write the JSON here")
     p.add_argument("--verbose", action="store_true", help="calibration progress to stderr")
+    p.add_argument("--calib-only", action="store_true", help="calibration wall time and peak GPU memory only (no "
+                   "throughput, no freeze): the calibration-at-scale table of docs/performance.md")
+    p.add_argument("--checkpoint-dir", default=None, help="reconstruction passes write a checkpoint here after each "
+                   "unit (one subfolder per model and method); with --resume a run continues after the last one")
+    p.add_argument("--resume", action="store_true", help="continue each calibration from --checkpoint-dir")
     add_e2e_args(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -94,6 +99,8 @@ def parse_args(argv=None):
             args.iters = 2
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
+    if args.resume and not args.checkpoint_dir:
+        p.error("--resume needs --checkpoint-dir")
     return args
 
 
@@ -193,25 +200,52 @@ def throughput(model, device, shape, args, autocast_bf16=False):
     return result
 
 
-def bench_model(name, args, device, log):
-    from plugin.quant import CalibData, quantize
+def calibrate_timed(model, recipe, calib, args, device, ckpt_name):
+    """quantize() timed, with the peak GPU memory of the calibration itself (model, cached inputs and targets,
+    optimiser state) and, with --checkpoint-dir, a checkpoint per reconstruction unit (--resume continues it)."""
+    from plugin.quant import quantize
+    t0 = time.perf_counter()
+    quiet = ((lambda *a: print(f"[{time.perf_counter() - t0:7.1f}s]", *a, file=sys.stderr)) if args.verbose
+             else (lambda *a: None))
+    ckpt = os.path.join(args.checkpoint_dir, ckpt_name) if args.checkpoint_dir else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _, calib_s = _timed(lambda: quantize(model, recipe, calib, log=quiet, checkpoint_dir=ckpt, resume=args.resume),
+                        device)
+    res = {"calib_s": calib_s, "resumed": bool(args.resume)}
+    if device.type == "cuda":
+        res["calib_peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+    return res
+
+
+def bench_model(name, args, device, log, entry=None, saved=lambda: None):
+    """One model's entry (filled into `entry` when given); `saved` is called after each method, so the caller can
+    write the report as it grows."""
+    from plugin.quant import CalibData
     from plugin.quant.freeze import freeze, frozen_summary
     base = build_model(name, args.quick, device)
     shape = input_size(base)
     gen = torch.Generator(device).manual_seed(1)
     images = torch.randn(args.calib_num, *shape, device=device, generator=gen)
     calib = CalibData(list(images.split(args.calib_batch)), lambda m, b: m(b))
-    entry = {"input_size": list(shape), "params": sum(p.numel() for p in base.parameters()),
-             "float": throughput(base, device, shape, args)}
-    if device.type == "cuda":
-        entry["float_bf16"] = throughput(base, device, shape, args, autocast_bf16=True)
-    entry["methods"] = {}
+    entry = {} if entry is None else entry
+    entry.update(input_size=list(shape), params=sum(p.numel() for p in base.parameters()), methods={})
+    if not args.calib_only:
+        entry["float"] = throughput(base, device, shape, args)
+        if device.type == "cuda":
+            entry["float_bf16"] = throughput(base, device, shape, args, autocast_bf16=True)
     for method in args.method:
         model = copy.deepcopy(base)
         recipe = make_recipe(method, args)
-        quiet = (lambda *a: print(*a, file=sys.stderr)) if args.verbose else (lambda *a: None)
-        _, calib_s = _timed(lambda: quantize(model, recipe, calib, log=quiet), device)
-        res = {"calib_s": calib_s, "fake_quant": throughput(model, device, shape, args)}
+        res = entry["methods"][method] = calibrate_timed(model, recipe, calib, args, device, f"{name}/{method}")
+        calib_s = res["calib_s"]
+        log(f"  {name} {method}: calibrated in {calib_s:.2f}s"
+            + (f", peak {res['calib_peak_mem_bytes'] / 2 ** 30:.2f} GiB" if "calib_peak_mem_bytes" in res else ""))
+        if args.calib_only:
+            del model
+            saved()
+            continue
+        res["fake_quant"] = throughput(model, device, shape, args)
         frozen = freeze(copy.deepcopy(model))
         summary = frozen_summary(frozen)
         res["frozen_summary"] = {k: v for k, v in summary.items() if k != "not_frozen"}
@@ -233,9 +267,8 @@ def bench_model(name, args, device, log):
                                                          / entry["float_bf16"]["images_per_s"])
         if args.onnx:
             res["onnx"] = onnx_bench(base, model, name, method, shape, args, log)
-        entry["methods"][method] = res
-        log(f"  {name} {method}: calibrated in {calib_s:.2f}s")
         del model, frozen
+        saved()
     return entry
 
 
@@ -382,6 +415,12 @@ def print_report(report):
     print(f"device: {report['device_name']}  torch {report['torch']}  quick={report['quick']}  "
           f"W{report['w_bits']}A{report['a_bits']}  batch {report['batch_size']}")
     for name, entry in report["models"].items():
+        if "float" not in entry:  # --calib-only
+            print(f"\n{name} ({entry['params'] / 1e6:.2f} M params), {report['calib_num']} calibration images")
+            for method, r in entry["methods"].items():
+                mem = r.get("calib_peak_mem_bytes")
+                print(f"  {method:<12} calib {r['calib_s']:8.1f} s" + (f", peak {mem / 2 ** 30:.2f} GiB" if mem else ""))
+            continue
         fl = entry["float"]["images_per_s"]
         line = f"\n{name} ({entry['params'] / 1e6:.2f} M params): float32 {fl:.1f} img/s"
         if "float_bf16" in entry:
@@ -460,14 +499,22 @@ def main(argv=None):
         "cpu_threads": torch.get_num_threads(), "w_bits": args.w_bits, "a_bits": args.a_bits,
         "batch_size": args.batch_size, "compile": args.compile, "cuda_graph": args.cuda_graph,
         "int8_backend": args.int8_backend,
-        "calib_num": args.calib_num, "iters": args.iters,
+        "calib_num": args.calib_num, "iters": args.iters, "calib_batch": args.calib_batch,
         "methods": args.method, "onnx": args.onnx,
         "models": {},
     }
+    report["command"] = "python " + " ".join(["tools/benchmark.py"] + (sys.argv[1:] if argv is None else list(argv)))
     t0 = time.perf_counter()
+
+    def save(done=False):  # the report as it grows, so a run cut short keeps what finished
+        report["total_s"] = time.perf_counter() - t0
+        report["complete"] = done
+        if args.out:
+            from plugin.quant.io import write_json
+            write_json(args.out, report)
     for name in [] if args.micro_only else args.model:
         log(f"[benchmark] {name}")
-        report["models"][name] = bench_model(name, args, device, log)
+        bench_model(name, args, device, log, entry=report["models"].setdefault(name, {}), saved=save)
     report["linear_microbench"] = [] if args.no_micro else linear_microbench(args, device)
     if _triton_status(device) is None:
         from plugin.quant.triton_int8 import tuned_configs
@@ -475,12 +522,8 @@ def main(argv=None):
     if args.onnx:
         import onnxruntime
         report["onnxruntime"] = onnxruntime.__version__
-    report["command"] = "python " + " ".join(["tools/benchmark.py"] + (sys.argv[1:] if argv is None else list(argv)))
-    report["total_s"] = time.perf_counter() - t0
     print_report(report)
-    if args.out:
-        from plugin.quant.io import write_json
-        write_json(args.out, report)
+    save(done=True)
     return 0
 
 

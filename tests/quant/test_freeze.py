@@ -236,6 +236,26 @@ def test_benchmark_quick_cpu(tmp_path):
         assert row["triton_two_step_ms"] is None and row["triton_skipped"].startswith("not on CUDA")
 
 
+def test_benchmark_calib_only_checkpoint_resume(tmp_path):
+    """--calib-only: calibration time per method and nothing else; with --checkpoint-dir a second run with --resume
+    skips the finished reconstruction units (the calibration-at-scale runs of docs/performance.md span calls)."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import benchmark
+    common = ["--quick", "--device", "cpu", "--calib-only", "--model", "deit_small_patch16_224", "--method", "minmax",
+              "isvit", "--no-micro", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert benchmark.main(common + ["--out", str(tmp_path / "a.json")]) == 0
+    a = json.load(open(tmp_path / "a.json"))
+    assert a["complete"] is True and a["calib_num"] == 8
+    methods = a["models"]["deit_small_patch16_224"]["methods"]
+    assert set(methods) == {"minmax", "isvit"} and "float" not in a["models"]["deit_small_patch16_224"]
+    assert all(r["calib_s"] > 0 and r["resumed"] is False and "fake_quant" not in r for r in methods.values())
+    assert (tmp_path / "ckpt" / "deit_small_patch16_224" / "isvit").is_dir()
+    assert benchmark.main(common + ["--method", "isvit", "--resume", "--verbose", "--out", str(tmp_path / "b.json")]) == 0
+    assert json.load(open(tmp_path / "b.json"))["models"]["deit_small_patch16_224"]["methods"]["isvit"]["resumed"]
+    with pytest.raises(SystemExit):
+        benchmark.main(["--quick", "--device", "cpu", "--resume"])
+
+
 def test_benchmark_triton_backend_needs_cuda(capsys):
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import benchmark
