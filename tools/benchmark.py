@@ -205,8 +205,11 @@ def calibrate_timed(model, recipe, calib, args, device, ckpt_name):
     optimiser state) and, with --checkpoint-dir, a checkpoint per reconstruction unit (--resume continues it)."""
     from plugin.quant import quantize
     t0 = time.perf_counter()
-    quiet = ((lambda *a: print(f"[{time.perf_counter() - t0:7.1f}s]", *a, file=sys.stderr)) if args.verbose
-             else (lambda *a: None))
+
+    def progress(*a):  # elapsed time and, on CUDA, the peak memory so far: a run cut short still shows both
+        mem = f" peak {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f}GiB" if device.type == "cuda" else ""
+        print(f"[{time.perf_counter() - t0:7.1f}s{mem}]", *a, file=sys.stderr)
+    quiet = progress if args.verbose else (lambda *a: None)
     ckpt = os.path.join(args.checkpoint_dir, ckpt_name) if args.checkpoint_dir else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
