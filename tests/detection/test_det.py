@@ -552,3 +552,54 @@ def test_timm_swin_checkpoint_as_quantswin_backbone(tmp_path, capsys):
     for a, b in zip(ours, want):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     assert timm_swin_to_mmdet.main([str(tmp_path / "backbone.pth"), str(tmp_path / "again.pth")]) == 2
+
+
+def test_cifar_pretrained_detector_config_starts_from_a_converted_classifier(tmp_path, capsys, monkeypatch):
+    """configs/classification/cifar10_swin_det_backbone.py has the reference detector's backbone shape; its weights
+    (float16, as tools/train_cls.py --half writes them) go through tools/timm_swin_to_mmdet.py --check-config into
+    the CIFAR-pretrained detector config, whose backbone then holds them; a backbone of another shape is refused."""
+    import timm
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from safetensors.torch import save_file
+    from plugin.config import load_config
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import timm_swin_to_mmdet
+    det_config = os.path.join(REPO, "configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person_cifar-pretrained.py")
+    cls = load_config(os.path.join(REPO, "configs/classification/cifar10_swin_det_backbone.py"))
+    torch.manual_seed(0)
+    tm = timm.create_model(cls.model.name, pretrained=False, **cls.model.kwargs)
+    state = {k: v.to(torch.float16).contiguous() for k, v in tm.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    out = str(tmp_path / "backbone_mmdet.pth")
+    assert timm_swin_to_mmdet.main([str(tmp_path / "model.safetensors"), out, "--check-config", det_config]) == 0
+    printed = capsys.readouterr().out
+    assert "takes all 169 pretrained parameter tensors" in printed
+    monkeypatch.setenv("CIFAR_BACKBONE", out)
+    monkeypatch.setenv("DET_EPOCHS", "12")
+    cfg = Config.fromfile(det_config)
+    mini = Config.fromfile(os.path.join(REPO, "configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person.py"))
+    arch = timm_swin_to_mmdet.describe(state)
+    for key in ("embed_dims", "depths", "num_heads", "window_size", "patch_size"):  # mmdet's default patch: 4
+        assert list(np.atleast_1d(cfg.model.backbone.get(key, 4))) == list(np.atleast_1d(arch[key])) \
+            == list(np.atleast_1d(mini.model.backbone.get(key, 4)))
+    assert cfg.train_cfg.max_epochs == 12 and cfg.param_scheduler[1].milestones == [9, 11]
+    assert cfg.auto_scale_lr.base_batch_size == 32 and cfg.optim_wrapper.optimizer.lr == 4e-4
+    assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint=out)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    backbone = detector.backbone
+    assert torch.equal(backbone.patch_embed.projection.weight, state["patch_embed.proj.weight"].float())
+    assert torch.equal(backbone.stages[2].blocks[5].attn.w_msa.qkv.weight,
+                       state["layers.2.blocks.5.attn.qkv.weight"].float())
+    # timm's stage-2 merging (start of layers.3) is mmdet's stage-2 downsample (end of stages.2), reordered
+    assert backbone.stages[2].downsample.reduction.weight.shape == state["layers.3.downsample.reduction.weight"].shape
+    # A classifier of another shape does not fit the detector: one error, exit code 2.
+    small = timm.create_model(cls.model.name, pretrained=False, img_size=224, embed_dim=32, depths=(2, 2, 6, 2),
+                              num_heads=(1, 2, 4, 8))
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(tmp_path / "small.safetensors"))
+    assert timm_swin_to_mmdet.main([str(tmp_path / "small.safetensors"), str(tmp_path / "small.pth"),
+                                    "--check-config", det_config]) == 2
+    assert "does not fit the backbone" in capsys.readouterr().err
