@@ -67,6 +67,8 @@ def parse_args(argv=None):
                    "one subfolder per method and bit widths (default OUT/ckpt)")
     p.add_argument("--resume", action="store_true",
                    help="continue each calibration after the last finished unit in --checkpoint-dir")
+    p.add_argument("--fp-only", action="store_true",
+                   help="evaluate the full-precision model only (no quantization; --bits/--method are not used)")
     p.add_argument("--no-fp", action="store_true",
                    help="skip the full-precision evaluation (and with it the agreement with the float model)")
     p.add_argument("--freeze", action="store_true",
@@ -97,10 +99,14 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.bits and len(args.bits) > 1 and (args.w_bits or args.a_bits):
         p.error("--w-bits/--a-bits cannot be combined with several --bits values")
+    if args.fp_only and args.no_fp:
+        p.error("--fp-only and --no-fp exclude each other")
     return args
 
 
 def bit_pairs(args):
+    if args.fp_only:
+        return []
     bits = args.bits or [4]
     if args.w_bits or args.a_bits:
         return [(args.w_bits or bits[0], args.a_bits or bits[0])]
@@ -247,7 +253,8 @@ def markdown_report(report):
                   f"{r['onnx']['qdq_activations']} activation Q/DQ pairs, {r['onnx']['int8_weights']} int8 weights, "
                   f"{len(sites)} sites without Q/DQ" + (":" if sites else "")]
         lines += [f"- `{name}`: {why}" for name, why in sites.items()]
-    lines += ["", f"calibration samples: {', '.join(sorted({str(r['calib_num']) for r in report['results']}))}"]
+    if report["results"]:
+        lines += ["", f"calibration samples: {', '.join(sorted({str(r['calib_num']) for r in report['results']}))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -333,8 +340,9 @@ def run(args):
     try:
         torch.manual_seed(args.seed)
         fp_model = task.build_model()
-        available = task.calib_available(fp_model)  # every method's calibration size is checked before any evaluation
-        for method in args.method:
+        # every method's calibration size is checked before any evaluation
+        available = None if args.fp_only else task.calib_available(fp_model)
+        for method in ([] if args.fp_only else args.method):
             num, source = calib_num(args, cfg, method_recipe(args, method, 4, 4), task)
             if available is not None and num > available:
                 raise UserInputError(f"{method} needs {num} calibration samples ({source}) but the calibration split "

@@ -10,7 +10,9 @@ TIMM_CKPT is a .safetensors or .pth file (read without pickle), a plain state di
 OUT.pth holds {'state_dict': ...} in the Swin authors' layout, which mmdet converts to its own when it loads it
 (`convert_weights=True`). The classifier head and the final norm are left out. mmdet loads backbone weights
 non-strictly, so the architecture of the config (embed_dims, depths, num_heads, window_size) must be the checkpoint's:
-this tool prints what it found.
+this tool prints what it found, and with --check-config DET_CONFIG it loads OUT.pth into that detector config's
+backbone the way mmdet will and fails unless every backbone weight is taken (the detector's output norms norm0-3,
+which timm has no counterpart of, excepted).
 """
 import argparse
 import os
@@ -41,6 +43,51 @@ def describe(state):
                 window_size=window, patch_size=int(state["patch_embed.proj.weight"].shape[-1]))
 
 
+def check_detector_config(config, out):
+    """Build `config`'s backbone with OUT as its Pretrained checkpoint, run mmdet's own init_weights (convert_weights
+    and all), and raise unless it took every backbone parameter but the output norms (norm<i>): mmdet loads
+    backbone weights non-strictly, so a mismatch would otherwise start a detector from random weights unnoticed."""
+    import copy
+
+    import plugin.detection  # noqa: F401  (QuantSwin)
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+    from plugin.config import load_config
+    from plugin.errors import UserInputError
+    cfg = load_config(config)
+    backbone_cfg = copy.deepcopy(cfg.model.backbone)
+    backbone_cfg.convert_weights = True
+    backbone_cfg.init_cfg = dict(type="Pretrained", checkpoint=out)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        backbone = MODELS.build(backbone_cfg)
+    loaded = {}
+    load = backbone.load_state_dict
+
+    def recording_load(state_dict, strict=True):
+        loaded["keys"] = set(state_dict)
+        loaded["result"] = load(state_dict, strict)
+        return loaded["result"]
+
+    backbone.load_state_dict = recording_load
+    try:
+        backbone.init_weights()
+    except RuntimeError as exc:  # shape mismatches: another embed_dims, depths, heads or window size
+        raise UserInputError(f"{out} does not fit the backbone of {config}: {' '.join(str(exc).split())[:400]}") \
+            from exc
+    finally:
+        del backbone.load_state_dict
+    if "result" not in loaded:
+        raise UserInputError(f"the backbone of {config} did not load {out} (its init_cfg is not Pretrained?)")
+    params = {n for n, _ in backbone.named_parameters()}
+    missing = sorted(k for k in loaded["result"].missing_keys if k in params and not re.match(r"norm\d+\.", k))
+    if missing or loaded["result"].unexpected_keys:
+        raise UserInputError(f"{out} does not fit the backbone of {config}: {len(missing)} parameter(s) not in the "
+                             f"checkpoint {missing[:4]}, unexpected keys {loaded['result'].unexpected_keys[:4]}")
+    fresh = sorted(k for k in loaded["result"].missing_keys if k in params)
+    print(f"checked: the backbone of {config} takes all {len(params) - len(fresh)} pretrained parameter tensors "
+          f"(starting fresh: {', '.join(fresh)})")
+
+
 def run(args):
     import torch
 
@@ -56,12 +103,17 @@ def run(args):
           f"depths={arch['depths']}, num_heads={arch['num_heads']}, window_size={arch['window_size']}, "
           f"patch_size={arch['patch_size']}, convert_weights=True, "
           f"init_cfg=dict(type='Pretrained', checkpoint={args.out!r}))")
+    if args.check_config:
+        check_detector_config(args.check_config, args.out)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("out")
+    p.add_argument("--check-config", metavar="DET_CONFIG",
+                   help="load OUT into this detector config's backbone as mmdet will and fail unless every backbone "
+                   "weight is taken (needs mmdet)")
     args = p.parse_args(argv)
     from plugin.errors import run_cli
     return run_cli(run, args)

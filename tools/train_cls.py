@@ -4,8 +4,12 @@
         --out work_dirs/cifar10_vit --device cuda --amp
 
 The whole training split is decoded once into a uint8 tensor on the device; augmentation (random crop with zero
-padding, horizontal flip, Mixup/CutMix) runs on batches of that tensor, so no data loader is involved. The recipe
-(epochs, learning rate, augmentation) comes from the config's `train` dict; command-line options override it.
+padding, horizontal flip, Mixup/CutMix) runs on batches of that tensor, so no data loader is involved. With an input
+size (the config's `data.img_size`, or --img-size) each batch is upscaled on the device after the crop (bilinear, as
+plugin.classification.data does for the evaluation in tools/ptq_test.py). The recipe (epochs, learning rate,
+augmentation) comes from the config's `train` dict; command-line options override it. --max-time stops after the
+epoch that crosses a wall-time budget (the weights are still saved and evaluated); --fit-schedule shortens the
+epoch count to what fits that budget, so that the cosine schedule still ends at min_lr.
 Writes DIR/model.safetensors (the state dict) and DIR/metrics.json (top-1 on the full test split of the weights as
 saved, the recipe, the wall time and the command line).
 
@@ -36,6 +40,26 @@ DEFAULTS = dict(data=None, epochs=100, batch_size=256, lr=1e-3, min_lr=1e-5, wei
                 drop_path=0.0, grad_clip=None, eval_every=10)
 
 
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="classification config (configs/classification/*.py)")
@@ -58,10 +82,23 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward/backward")
     p.add_argument("--half", action="store_true", help="save the weights as float16 (top-1 is measured on those)")
+    p.add_argument("--img-size", type=positive_int, metavar="N",
+                   help="train and test at N x N pixels: each batch is upscaled on the device (bilinear); default: the "
+                   "config's data.img_size, else the stored size")
+    p.add_argument("--max-time", type=positive_float, metavar="SECONDS",
+                   help="stop after the epoch during which the training loop passes SECONDS of wall time; the weights "
+                   "are saved and evaluated as usual (data loading, the final evaluation and saving come on top)")
+    p.add_argument("--fit-schedule", action="store_true",
+                   help="with --max-time: after the second epoch (the first includes compiling and warm-up), shorten "
+                   "the epoch count to what fits the budget at the measured epoch time, so the cosine schedule "
+                   "still decays to min_lr; never lengthens it")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--train-num", type=int, help="train on this many images only, a seeded random subset (smoke tests)")
     p.add_argument("--test-num", type=int, help="test on this many images only, a seeded random subset (smoke tests)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fit_schedule and not args.max_time:
+        p.error("--fit-schedule needs --max-time")
+    return args
 
 
 def recipe_from(cfg, args):
@@ -149,11 +186,11 @@ def lr_at(step, total, warmup, recipe):
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, mean, std, autocast, batch_size=1000):
+def evaluate(model, images, labels, mean, std, autocast, batch_size=1000, img_size=None):
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size], mean, std)
+        x = cls_data.resize_images(normalize(images[i:i + batch_size], mean, std), img_size)
         with autocast():
             correct += (model(x).argmax(-1) == labels[i:i + batch_size]).sum()
     model.train()
@@ -171,6 +208,25 @@ def _random_subset(split, num, seed):
 
 def normalize(x_uint8, mean, std):
     return (x_uint8.float() / 255 - mean) / std
+
+
+def check_model_input_size(model, size):
+    """A timm model built for a fixed input size (strict patch embedding) must be trained at that size."""
+    pe = getattr(model, "patch_embed", None)
+    built = getattr(pe, "img_size", None)
+    if built is None or not getattr(pe, "strict_img_size", False) or getattr(pe, "dynamic_img_size", False):
+        return
+    if tuple(built) != tuple(size):
+        raise UserInputError(f"the model is built for {built[0]}x{built[1]} inputs but would be trained at "
+                             f"{size[0]}x{size[1]}: make model.kwargs.img_size and data.img_size (or --img-size) "
+                             f"agree")
+
+
+def fitted_epochs(epochs, done, elapsed, epoch_s, max_time):
+    """The epoch count that ends inside `max_time` at `epoch_s` per further epoch, `done` epochs and `elapsed` seconds
+    in; at least `done`, at most `epochs`."""
+    fit = done + int(max(max_time - elapsed, 0.0) // max(epoch_s, 1e-9))
+    return max(done, min(epochs, fit))
 
 
 def main(argv=None):
@@ -196,14 +252,21 @@ def main(argv=None):
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)
 
+    img_size = cls_data.parse_img_size(args.img_size if args.img_size is not None else cfg["data"].get("img_size"),
+                                       "--img-size" if args.img_size is not None else "data.img_size")
     (train, test), mean, std = load_train_test(recipe, cfg["data"], args.data_path)
+    cls_data.check_upscale(train[0].shape[-2:], img_size, "--img-size" if args.img_size is not None else
+                           "data.img_size")
     train, test = _random_subset(train, args.train_num, args.seed), _random_subset(test, args.test_num, args.seed)
     x_train, y_train, x_test, y_test = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (*train, *test))
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     num_classes = int(cfg["model"].get("kwargs", {}).get("num_classes", int(y_train.max()) + 1))
     print(f"data {recipe['data']}: train {tuple(x_train.shape)}, test {tuple(x_test.shape)}, "
-          f"loaded in {time.time() - t_start:.1f}s", flush=True)
+          f"loaded in {time.time() - t_start:.1f}s"
+          + (f"; batches upscaled to {img_size[0]}x{img_size[1]} on {device}" if img_size else ""), flush=True)
+    # Evaluation batches: 1000 stored images, or a training batch's worth once upscaled (memory grows with the area).
+    eval_batch = 1000 if img_size is None else recipe["batch_size"]
 
     model_kwargs = dict(cfg["model"].get("kwargs", {}))
     if recipe["drop_path"]:
@@ -211,6 +274,7 @@ def main(argv=None):
     model = timm.create_model(cfg["model"]["name"], pretrained=False, **model_kwargs).to(device)
     print(f"model {cfg['model']['name']} {model_kwargs}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters", flush=True)
+    check_model_input_size(model, tuple(img_size or x_train.shape[-2:]))
     # No weight decay on biases, norms, and what the model itself lists (position embeddings, tokens, bias tables).
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in skip]
@@ -242,27 +306,42 @@ def main(argv=None):
     model.train()
     t_train = time.time()
     step = 0
-    for epoch in range(1, recipe["epochs"] + 1):
+    epochs = planned_epochs = recipe["epochs"]
+    stopped_early = False
+    epoch = 0
+    while epoch < epochs:
+        epoch += 1
         t_epoch = time.time()
         order = torch.randperm(n_train, device=device, generator=gen)
         loss_sum = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
             idx = order[i * batch:(i + 1) * batch]
             x = normalize(random_crop_flip(x_train[idx], recipe["crop_padding"], recipe["hflip"], gen), mean_t, std_t)
+            x = cls_data.resize_images(x, img_size)
             targets = F.one_hot(y_train[idx], num_classes).float().mul_(1 - smooth).add_(smooth / num_classes)
             x, targets = mix_batch(x, targets, recipe, rng)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup_steps, recipe)
             loss_sum += train_step(x, targets)
             step += 1
-        line = (f"epoch {epoch}/{recipe['epochs']} loss {loss_sum.item() / steps_per_epoch:.4f} "
-                f"lr {optimizer.param_groups[0]['lr']:.2e} time {time.time() - t_epoch:.1f}s "
+        epoch_s = time.time() - t_epoch
+        line = (f"epoch {epoch}/{epochs} loss {loss_sum.item() / steps_per_epoch:.4f} "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} time {epoch_s:.1f}s "
                 f"total {time.time() - t_train:.0f}s")
-        if epoch % recipe["eval_every"] == 0 or epoch == recipe["epochs"]:
-            top1 = evaluate(model, x_test, y_test, mean_t, std_t, autocast)
+        elapsed, note = time.time() - t_train, ""
+        if args.max_time and elapsed >= args.max_time and epoch < epochs:
+            stopped_early, epochs = True, epoch
+            note = f"; --max-time {args.max_time:g}s passed: stopping after this epoch"
+        elif args.fit_schedule and epoch == 2 and epochs > 2:
+            fit = fitted_epochs(epochs, epoch, elapsed, epoch_s, args.max_time)
+            if fit < epochs:
+                note = f"; --fit-schedule: {fit} epochs fit {args.max_time:g}s at {epoch_s:.1f}s each"
+                epochs, total_steps = fit, steps_per_epoch * fit
+        if epoch % recipe["eval_every"] == 0 or epoch == epochs:
+            top1 = evaluate(model, x_test, y_test, mean_t, std_t, autocast, eval_batch, img_size)
             history.append({"epoch": epoch, "top1": top1})
             line += f" test top-1 {top1:.2f}"
-        print(line, flush=True)
+        print(line + note, flush=True)
     train_time = time.time() - t_train
 
     # Measure the weights exactly as saved (rounded to float16 with --half), in float32 as the PTQ runner uses them.
@@ -270,13 +349,15 @@ def main(argv=None):
              for k, v in model.state_dict().items()}
     model.load_state_dict({k: v.to(device) for k, v in state.items()})
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    top1 = evaluate(model, x_test, y_test, mean_t, std_t, contextlib.nullcontext)
+    top1 = evaluate(model, x_test, y_test, mean_t, std_t, contextlib.nullcontext, eval_batch, img_size)
     os.makedirs(args.out, exist_ok=True)
     safetensors.torch.save_file(state, os.path.join(args.out, "model.safetensors"))
     metrics = {
         "top1": round(top1, 2), "split": "test", "num_test": len(x_test), "config": args.config,
         "model": cfg["model"]["name"], "model_kwargs": dict(cfg["model"].get("kwargs", {})),
-        "dtype": "float16" if args.half else "float32", "epochs": recipe["epochs"], "recipe": recipe,
+        "dtype": "float16" if args.half else "float32", "epochs": epoch, "epochs_planned": planned_epochs,
+        "img_size": list(img_size) if img_size else None, "max_time_s": args.max_time,
+        "fit_schedule": args.fit_schedule, "stopped_by_max_time": stopped_early, "recipe": recipe,
         "seed": args.seed, "amp": use_amp, "compile": args.compile,
         "train_time_s": round(train_time, 1), "wall_time_s": round(time.time() - t_start, 1),
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"

@@ -3,7 +3,9 @@
 Every data set yields `(image, label)` with `image` a normalised float CHW tensor and `label` an int, and carries
 `classes` (label names, index = label). `build_cls_datasets` returns the calibration set (from a training split) and
 the evaluation set. The readers of the raw training files (`load_fashion_mnist`, `load_cifar10_packed`) live here too,
-so that tools/train_cls.py decodes pixels exactly as the evaluation does.
+so that tools/train_cls.py decodes pixels exactly as the evaluation does. The array types (npz, cifar10_packed) take
+`img_size` (an int or (H, W)): each image is upscaled bilinearly after normalisation (`resize_images`, the function
+tools/train_cls.py applies to whole batches on its device).
 """
 import contextlib
 import gzip
@@ -39,6 +41,35 @@ def normalize_uint8(images, mean, std):
     return (x - mean) / std
 
 
+def parse_img_size(value, where="data.img_size"):
+    """None (keep the stored size), or (H, W) from a positive int or a pair of positive ints."""
+    if value is None:
+        return None
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)):
+        raise UserInputError(f"{where} must be a positive integer or a pair (H, W) of positive integers, "
+                             f"got {value!r}")
+    return tuple(pair)
+
+
+def check_upscale(stored_hw, size, where="data.img_size"):
+    """`size` may only enlarge the stored images (bilinear upscaling; downscaling would alias)."""
+    if size is not None and (size[0] < stored_hw[0] or size[1] < stored_hw[1]):
+        raise UserInputError(f"{where}={size[0]}x{size[1]} is smaller than the stored {stored_hw[0]}x{stored_hw[1]} "
+                             f"images: the option upscales only")
+
+
+def resize_images(x, size):
+    """Float NCHW images (normalised or not) upscaled to `size` = (H, W), bilinear (align_corners=False), in one call
+    on their device; None or the same size returns `x`. Bilinear weights sum to 1, so resizing commutes with the
+    per-channel normalisation: tools/train_cls.py resizes whole batches, the data sets below single images, and both
+    give the same pixels."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def balanced_subset_indices(labels, num, seed):
     """`num` indices, as equal a share of each class as `num` allows, drawn with a seeded generator; sorted."""
     labels = np.asarray(labels)
@@ -67,34 +98,45 @@ def calib_subset(dataset, num, seed):
     return subset
 
 
-class ArrayDataset(Dataset):
-    """uint8 images, (N, H, W) or (N, H, W, C), with integer labels, normalised on access."""
+def _to_input(image, mean, std, img_size):
+    """uint8 H×W×C -> the normalised float C×H×W input, upscaled to img_size (None: as stored)."""
+    x = normalize_uint8(image, mean, std)
+    return resize_images(x[None], img_size)[0] if img_size is not None else x
 
-    def __init__(self, images, labels, mean, std, classes=None):
+
+class ArrayDataset(Dataset):
+    """uint8 images, (N, H, W) or (N, H, W, C), with integer labels, normalised on access (and upscaled to `img_size`
+    = (H, W) when given)."""
+
+    def __init__(self, images, labels, mean, std, classes=None, img_size=None):
         self.images = images[..., None] if images.ndim == 3 else images
         self.labels, self.mean, self.std, self.classes = labels, mean, std, classes
+        self.img_size = img_size
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return normalize_uint8(self.images[i], self.mean, self.std), int(self.labels[i])
+        return _to_input(self.images[i], self.mean, self.std, self.img_size), int(self.labels[i])
 
 
 class PackedJpegDataset(Dataset):
-    """JPEG files joined end to end in one uint8 array (`offsets[i]:offsets[i+1]` is file i), decoded on access."""
+    """JPEG files joined end to end in one uint8 array (`offsets[i]:offsets[i+1]` is file i), decoded on access (and
+    upscaled to `img_size` = (H, W) when given)."""
 
-    def __init__(self, data, offsets, labels, mean, std, classes=None, indices=None):
+    def __init__(self, data, offsets, labels, mean, std, classes=None, indices=None, img_size=None):
         self.data, self.offsets, self.labels = data, offsets, labels
         self.mean, self.std, self.classes = mean, std, classes
         self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
+        self.img_size = img_size
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
         j = int(self.indices[i])
-        return normalize_uint8(decode_jpeg(self.data, self.offsets, j), self.mean, self.std), int(self.labels[j])
+        image = decode_jpeg(self.data, self.offsets, j)
+        return _to_input(image, self.mean, self.std, self.img_size), int(self.labels[j])
 
 
 class ImageFolderDataset(Dataset):
@@ -184,6 +226,7 @@ def _mean_std(data_cfg, channels, path, default_mean=None, default_std=None):
 
 
 def _npz_datasets(data_cfg):
+    img_size = parse_img_size(data_cfg.get("img_size"))
     path = resolve_path(_required(data_cfg, "path"))
     arrays = _load_npz(path, ["calib_images", "calib_labels", "eval_images", "eval_labels"])
     classes = _classes(arrays, path)
@@ -199,10 +242,11 @@ def _npz_datasets(data_cfg):
         _check_labels(labels, len(images), f"{split}_labels", path, len(classes) if classes else None)
         channels = 1 if images.ndim == 3 else images.shape[-1]
         mean, std = _mean_std(data_cfg, channels, path)
-        out.append(ArrayDataset(images, labels.astype(np.int64), mean, std, classes))
+        out.append(ArrayDataset(images, labels.astype(np.int64), mean, std, classes, img_size))
     if out[0].images.shape[1:] != out[1].images.shape[1:]:
         raise UserInputError(f"{path}: calib_images {out[0].images.shape[1:]} and eval_images "
                              f"{out[1].images.shape[1:]} differ in image shape")
+    check_upscale(out[0].images.shape[1:3], img_size)
     return tuple(out)
 
 
@@ -223,15 +267,18 @@ def load_cifar10_packed(path, split):
 
 
 def _cifar10_packed_datasets(data_cfg):
+    img_size = parse_img_size(data_cfg.get("img_size"))
     path = resolve_path(_required(data_cfg, "path"))
     mean, std = _mean_std(data_cfg, 3, path, CIFAR10_MEAN, CIFAR10_STD)
     data, offsets, labels, classes = load_cifar10_packed(path, data_cfg.get("calib_split", "train"))
-    calib = PackedJpegDataset(data, offsets, labels, mean, std, classes)
+    calib = PackedJpegDataset(data, offsets, labels, mean, std, classes, img_size=img_size)
+    if img_size is not None:
+        check_upscale(decode_jpeg(data, offsets, 0).shape[:2], img_size)
     data, offsets, labels, classes = load_cifar10_packed(path, data_cfg.get("eval_split", "test"))
     indices = None
     if data_cfg.get("eval_num") is not None:
         indices = balanced_subset_indices(labels, int(data_cfg["eval_num"]), int(data_cfg.get("eval_seed", 0)))
-    return calib, PackedJpegDataset(data, offsets, labels, mean, std, classes, indices)
+    return calib, PackedJpegDataset(data, offsets, labels, mean, std, classes, indices, img_size)
 
 
 def _image_files(split_dir, classes):
@@ -245,6 +292,9 @@ def _image_files(split_dir, classes):
 
 def _imagefolder_datasets(data_cfg, model):
     import timm.data
+    if data_cfg.get("img_size") is not None:
+        raise UserInputError("data.img_size applies to the array types (npz, cifar10_packed); image folders are "
+                             "resized by their transform: set data.input_size")
     root = resolve_path(_required(data_cfg, "root"))
     splits = data_cfg.get("calib_split", "train"), data_cfg.get("eval_split", "val")
     class_sets = []

@@ -17,7 +17,7 @@ from PIL import Image
 from plugin.config import load_config
 from plugin.errors import UserInputError
 from plugin.classification.data import (REPO_ROOT, balanced_subset_indices, build_cls_datasets, calib_subset,
-                                   load_fashion_mnist, resolve_path)
+                                   load_fashion_mnist, resize_images, resolve_path)
 
 EMBEDDED_CONFIG = REPO_ROOT / "configs" / "classification" / "fmnist_vit_tiny.py"
 
@@ -263,6 +263,45 @@ def test_cifar10_packed_errors(tmp_path, case, match):
         assert str(path) in str(info.value)
 
 
+# --- data.img_size: upscaling the array types ------------------------------------------------------------------------
+
+def test_img_size_upscales_packed_cifar_and_npz_like_a_batch(tmp_path):
+    """Each image is upscaled alone (ptq_test's data sets) exactly as tools/train_cls.py upscales whole batches."""
+    path = _packed_cifar(tmp_path / "c.npz")
+    cfg = {"type": "cifar10_packed", "path": str(path)}
+    _, plain = build_cls_datasets(cfg, None)
+    calib, big = build_cls_datasets(dict(cfg, img_size=64), None)
+    assert calib[0][0].shape == (3, 64, 64) and big[8][0].shape == (3, 64, 64) and big[8][1] == plain[8][1]
+    batch = torch.stack([plain[i][0] for i in range(6)])
+    torch.testing.assert_close(torch.stack([big[i][0] for i in range(6)]), resize_images(batch, (64, 64)),
+                               rtol=0, atol=1e-6)
+    x = big[8][0]  # a solid colour stays that colour
+    assert torch.allclose(x[:, 32, 32], plain[8][0][:, 16, 16], atol=1e-5)
+    npz = _npz(tmp_path / "d.npz")
+    calib, evaluation = build_cls_datasets({"type": "npz", "path": str(npz), "mean": (0.5,), "std": (0.25,),
+                                            "img_size": [12, 16]}, None)
+    assert calib[0][0].shape == (1, 12, 16) and evaluation[0][0].shape == (1, 12, 16)
+    assert resize_images(batch, None) is batch and resize_images(batch, (32, 32)) is batch
+
+
+@pytest.mark.parametrize("value, match", [
+    (0, "positive integer"), (-32, "positive integer"), (True, "positive integer"), ("64", "positive integer"),
+    ((64,), "positive integer"), ((64, 0), "positive integer"), (64.0, "positive integer"),
+    (16, "smaller than the stored 32x32"), ((64, 31), "smaller than the stored 32x32"),
+])
+def test_img_size_errors(tmp_path, value, match):
+    path = _packed_cifar(tmp_path / "c.npz")
+    with pytest.raises(UserInputError, match=match) as info:
+        build_cls_datasets({"type": "cifar10_packed", "path": str(path), "img_size": value}, None)
+    assert "data.img_size" in str(info.value)
+
+
+def test_img_size_is_refused_for_image_folders(tmp_path, tiny_timm_model):
+    _make_imagefolder(tmp_path, {s: {"a": [("red", "png")]} for s in ("train", "val")})
+    with pytest.raises(UserInputError, match="data.input_size"):
+        build_cls_datasets({"type": "imagefolder", "root": str(tmp_path), "img_size": 64}, tiny_timm_model)
+
+
 # --- subsets --------------------------------------------------------------------------------------------------------
 
 def test_calib_subset_bounds_and_seed(tmp_path):
@@ -323,6 +362,62 @@ def test_train_cls_smoke(fake_fashion_mnist, tmp_path):
     assert "train_cls.py" in metrics["command"] and 0 <= metrics["top1"] <= 100
     from safetensors.torch import load_file
     assert all(v.dtype == torch.float16 for v in load_file(out / "model.safetensors").values())
+
+
+TINY_SWIN_CONFIG = """
+task = 'classification'
+model = dict(name='swin_tiny_patch4_window7_224',
+             kwargs=dict(img_size=64, patch_size=4, window_size=4, num_classes=10, embed_dim=16, depths=(1, 1),
+                         num_heads=(1, 2)))
+data = dict(type='cifar10_packed', path={path!r}, img_size=64)
+eval = dict(batch_size=8)
+train = dict(data='cifar10', epochs=3, batch_size=5, lr=1e-3, warmup_epochs=1, hflip=True, eval_every=1)
+"""
+
+
+def _train_cls():
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import train_cls
+    return train_cls
+
+
+def test_train_cls_upscales_and_stops_at_max_time(tmp_path):
+    """A Swin trained at 64 px on 32-px packed CIFAR (data.img_size) and stopped by --max-time after its first epoch:
+    saved, evaluated, and its top-1 is what tools/ptq_test.py's classification task measures on the saved weights."""
+    pytest.importorskip("timm")
+    from plugin.classification.task import ClassificationTask
+    cfg_path = tmp_path / "tiny_swin.py"
+    cfg_path.write_text(TINY_SWIN_CONFIG.format(path=str(_packed_cifar(tmp_path / "c.npz"))))
+    out = tmp_path / "run"
+    metrics = _train_cls().main([str(cfg_path), "--out", str(out), "--max-time", "1e-6", "--half"])
+    assert metrics["epochs"] == 1 and metrics["epochs_planned"] == 3 and metrics["stopped_by_max_time"]
+    assert metrics["img_size"] == [64, 64] and [h["epoch"] for h in metrics["history"]] == [1]
+    task = ClassificationTask(load_config(str(cfg_path)), str(out / "model.safetensors"))
+    assert task.evaluate(task.build_model(), progress_enabled=False)["top1"] == pytest.approx(metrics["top1"],
+                                                                                              abs=0.01)
+
+
+def test_train_cls_max_time_and_img_size_options(tmp_path):
+    pytest.importorskip("timm")
+    train_cls = _train_cls()
+    assert train_cls.fitted_epochs(40, 2, elapsed=30.0, epoch_s=10.0, max_time=240.0) == 23
+    assert train_cls.fitted_epochs(10, 2, elapsed=30.0, epoch_s=10.0, max_time=240.0) == 10  # never lengthens
+    assert train_cls.fitted_epochs(40, 2, elapsed=300.0, epoch_s=10.0, max_time=240.0) == 2
+    cfg_path = tmp_path / "tiny_swin.py"
+    cfg_path.write_text(TINY_SWIN_CONFIG.format(path=str(_packed_cifar(tmp_path / "c.npz"))))
+    base = [str(cfg_path), "--out", str(tmp_path / "run")]
+    for bad in (["--max-time", "0"], ["--max-time", "-5"], ["--max-time", "soon"], ["--fit-schedule"],
+                ["--img-size", "0"]):
+        with pytest.raises(SystemExit) as info:
+            train_cls.parse_args(base + bad)
+        assert info.value.code == 2
+    with pytest.raises(UserInputError, match="--img-size=16x16 is smaller than the stored 32x32"):
+        train_cls.main(base + ["--img-size", "16"])
+    with pytest.raises(UserInputError, match="built for 64x64 inputs but would be trained at 48x48"):
+        train_cls.main(base + ["--img-size", "48"])
+    # A budget that is never reached changes nothing: all epochs, the schedule as planned.
+    metrics = train_cls.main(base + ["--img-size", "64", "--max-time", "1e6", "--fit-schedule", "--epochs", "3"])
+    assert metrics["epochs"] == 3 and not metrics["stopped_by_max_time"] and metrics["img_size"] == [64, 64]
 
 
 # --- the embedded default -------------------------------------------------------------------------------------------

@@ -552,3 +552,147 @@ def test_timm_swin_checkpoint_as_quantswin_backbone(tmp_path, capsys):
     for a, b in zip(ours, want):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     assert timm_swin_to_mmdet.main([str(tmp_path / "backbone.pth"), str(tmp_path / "again.pth")]) == 2
+
+
+def test_cifar_pretrained_detector_config_starts_from_a_converted_classifier(tmp_path, capsys, monkeypatch):
+    """configs/classification/cifar10_swin_det_backbone.py has the reference detector's backbone shape; its weights
+    (float16, as tools/train_cls.py --half writes them) go through tools/timm_swin_to_mmdet.py --check-config into
+    the CIFAR-pretrained detector config, whose backbone then holds them; a backbone of another shape is refused."""
+    import timm
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from safetensors.torch import save_file
+    from plugin.config import load_config
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import timm_swin_to_mmdet
+    det_config = os.path.join(REPO, "configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person_cifar-pretrained.py")
+    cls = load_config(os.path.join(REPO, "configs/classification/cifar10_swin_det_backbone.py"))
+    torch.manual_seed(0)
+    tm = timm.create_model(cls.model.name, pretrained=False, **cls.model.kwargs)
+    state = {k: v.to(torch.float16).contiguous() for k, v in tm.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    out = str(tmp_path / "backbone_mmdet.pth")
+    assert timm_swin_to_mmdet.main([str(tmp_path / "model.safetensors"), out, "--check-config", det_config]) == 0
+    printed = capsys.readouterr().out
+    assert "takes all 169 pretrained parameter tensors" in printed
+    monkeypatch.setenv("CIFAR_BACKBONE", out)
+    monkeypatch.setenv("DET_EPOCHS", "12")
+    cfg = Config.fromfile(det_config)
+    mini = Config.fromfile(os.path.join(REPO, "configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person.py"))
+    arch = timm_swin_to_mmdet.describe(state)
+    for key in ("embed_dims", "depths", "num_heads", "window_size", "patch_size"):  # mmdet's default patch: 4
+        assert list(np.atleast_1d(cfg.model.backbone.get(key, 4))) == list(np.atleast_1d(arch[key])) \
+            == list(np.atleast_1d(mini.model.backbone.get(key, 4)))
+    assert cfg.train_cfg.max_epochs == 12 and cfg.param_scheduler[1].milestones == [9, 11]
+    assert cfg.auto_scale_lr.base_batch_size == 32 and cfg.optim_wrapper.optimizer.lr == 4e-4
+    assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint=out)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    backbone = detector.backbone
+    assert torch.equal(backbone.patch_embed.projection.weight, state["patch_embed.proj.weight"].float())
+    assert torch.equal(backbone.stages[2].blocks[5].attn.w_msa.qkv.weight,
+                       state["layers.2.blocks.5.attn.qkv.weight"].float())
+    # timm's stage-2 merging (start of layers.3) is mmdet's stage-2 downsample (end of stages.2), reordered
+    assert backbone.stages[2].downsample.reduction.weight.shape == state["layers.3.downsample.reduction.weight"].shape
+    # A classifier of another shape does not fit the detector: one error, exit code 2.
+    small = timm.create_model(cls.model.name, pretrained=False, img_size=224, embed_dim=32, depths=(2, 2, 6, 2),
+                              num_heads=(1, 2, 4, 8))
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(tmp_path / "small.safetensors"))
+    assert timm_swin_to_mmdet.main([str(tmp_path / "small.safetensors"), str(tmp_path / "small.pth"),
+                                    "--check-config", det_config]) == 2
+    assert "does not fit the backbone" in capsys.readouterr().err
+
+
+PIPELINE_CLS_CONFIG = """
+task = 'classification'
+model = dict(name='swin_tiny_patch4_window7_224',
+             kwargs=dict(img_size=64, patch_size=4, window_size=2, num_classes=10, embed_dim=8, depths=(1, 1, 1, 1),
+                         num_heads=(1, 1, 2, 2)))
+data = dict(type='cifar10_packed', path='unused.npz', img_size=64)
+eval = dict(batch_size=10)
+train = dict(data='cifar10', epochs=1, batch_size=10, lr=1e-3, warmup_epochs=0, eval_every=1)
+"""
+
+PIPELINE_DET_CONFIG = """
+_base_ = ['tiny_mask_rcnn_quantswin.py']
+model = dict(
+    backbone=dict(embed_dims=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=2, convert_weights=True,
+                  init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='{{$CIFAR_BACKBONE:missing.pth}}')),
+    neck=dict(in_channels=[8, 16, 32, 64]))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 96), keep_ratio=True),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_cfg = dict(max_epochs=1, val_interval=100)
+default_hooks = dict(checkpoint=dict(interval=100))
+find_unused_parameters = True
+auto_scale_lr = dict(base_batch_size=2)
+"""
+
+
+def _packed_cifar_file(path, per_class=2):
+    """A packed-JPEG CIFAR-10 npz (the layout of shared/data/cifar10) of solid 32x32 images."""
+    import io
+    from PIL import Image
+    arrays = {"classes": np.array([f"class{c}" for c in range(10)])}
+    for split in ("train", "test"):
+        blobs = []
+        for c in range(10):
+            for k in range(per_class):
+                buf = io.BytesIO()
+                Image.new("RGB", (32, 32), (c * 25, k * 60, 200)).save(buf, format="JPEG")
+                blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+        arrays.update({f"{split}_bytes": np.concatenate(blobs),
+                       f"{split}_offsets": np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64),
+                       f"{split}_labels": np.repeat(np.arange(10), per_class).astype(np.uint8)})
+    np.savez(path, **arrays)
+    return path
+
+
+def test_run_det_reference_script_end_to_end(tiny, tmp_path):
+    """tools/run_det_reference.sh with tiny stand-ins for its configs (CLS_CONFIG, DET_CONFIG) and data: pretrain at
+    64 px from 32-px CIFAR files, convert and check, two gloo processes of detector training, float16 weights with
+    their sha256, float evaluation, summary; a second run skips every finished stage; bad settings are one error."""
+    import hashlib
+    cfg_path, _, _ = tiny
+    root = os.path.dirname(cfg_path)
+    cls_cfg, det_cfg = tmp_path / "cls.py", os.path.join(root, "pipeline_det.py")
+    cls_cfg.write_text(PIPELINE_CLS_CONFIG)
+    with open(det_cfg, "w") as f:
+        f.write(PIPELINE_DET_CONFIG)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, OMP_NUM_THREADS="1", OUT=str(out), NGPUS="2",
+               DEVICE="cpu", CLS_CONFIG=str(cls_cfg), DET_CONFIG=det_cfg,
+               CIFAR_NPZ=str(_packed_cifar_file(tmp_path / "cifar.npz")), COCO_PERSON_ROOT=root,
+               CLS_MAX_TIME="60", DET_MAX_TIME="60", EVAL_ARGS="--quiet")
+    script = os.path.join(REPO, "tools", "run_det_reference.sh")
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=540, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["detector_fp"]) >= {"bbox_mAP", "segm_mAP"} and summary["classifier_epochs"] == 1
+    weights = out / "detector_fp16.pth"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert summary["detector_sha256"] == digest and digest in proc.stdout
+    assert (out / "detector_fp16.pth.sha256").read_text().split() == [digest, "detector_fp16.pth"]
+    saved = torch.load(str(weights), weights_only=True)
+    assert all(v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point())
+    progress = (out / "progress.log").read_text()
+    for stage in ("1_pretrain", "2_convert", "3_detector", "4_float16", "5_evaluate"):
+        assert f"done {stage}" in progress and (out / "logs" / f"{stage}.log").stat().st_size > 0
+    assert "takes all" in (out / "logs" / "2_convert.log").read_text()
+    # the detector started from the converted classifier: its patch embedding is the classifier's (to float16)
+    from safetensors.torch import load_file
+    cls_state = load_file(str(out / "cls" / "model.safetensors"))
+    assert cls_state["patch_embed.proj.weight"].shape == saved["state_dict"]["backbone.patch_embed.projection.weight"].shape
+    again = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120, cwd=str(tmp_path), env=env)
+    assert again.returncode == 0 and again.stdout.count("skip ") == 5, again.stdout + again.stderr
+    for bad, word in (({"NGPUS": "0"}, "NGPUS"), ({"DET_MAX_TIME": "soon"}, "DET_MAX_TIME"),
+                      ({"CIFAR_NPZ": "/nonexistent.npz"}, "CIFAR_NPZ not found")):
+        failed = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                                env=dict(env, **bad))
+        assert failed.returncode == 2 and word in failed.stderr and "Traceback" not in failed.stderr, failed.stderr

@@ -48,6 +48,14 @@ def test_embedded_default_end_to_end(embedded_report):
     assert f"{report['fp']['top1']:.2f}" in md
 
 
+def test_fp_only_evaluates_the_float_model_alone(embedded_report, tmp_path):
+    assert run_cli(CONFIG, CKPT, "--fp-only", "--out", tmp_path, "--quiet", "--device", "cpu") == 0
+    report = json.load(open(tmp_path / "report.json"))
+    assert report["results"] == [] and report["fp"] == embedded_report[1]["fp"]
+    md = open(tmp_path / "report.md").read()
+    assert "| full precision | 32/32 |" in md and "calibration samples" not in md
+
+
 def test_repq_w8a8_close_to_float(tmp_path):
     assert run_cli(CONFIG, CKPT, "--bits", "8", "--method", "repq", "--out", tmp_path, "--quiet", "--device", "cpu") == 0
     report = json.load(open(tmp_path / "report.json"))
@@ -118,7 +126,8 @@ def test_shape_mismatch_names_both_shapes(tmp_path, capsys):
                    ["head.weight (1000, 64) in the checkpoint, (10, 64) in the model"])
 
 
-@pytest.mark.parametrize("argv", [["--bits", "9"], ["--bits", "1"], ["--calib-num", "0"], ["--w-bits", "x"]])
+@pytest.mark.parametrize("argv", [["--bits", "9"], ["--bits", "1"], ["--calib-num", "0"], ["--w-bits", "x"],
+                                  ["--fp-only", "--no-fp"]])
 def test_bad_numbers_rejected_by_parser(tmp_path, argv):
     with pytest.raises(SystemExit) as exc:
         run_cli(CONFIG, CKPT, "--out", tmp_path, *argv)
