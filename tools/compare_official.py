@@ -412,7 +412,9 @@ def markdown(rows, fp, model_name):
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         diff = "-" if r["official"] is None or r["ours"] is None else f"{r['ours'] - r['official']:+.2f}"
-        lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']} | {_value(r['official'], r['official_std'])} | "
+        recipe = r.get("ours_recipe", r["method"])
+        method = r["method"] if recipe == r["method"] else f"{r['method']} (ours: `{recipe}`)"
+        lines.append(f"| {method} | {r['w_bits']}/{r['a_bits']} | {_value(r['official'], r['official_std'])} | "
                      f"{_value(r['ours'], r['ours_std'])} | {diff} | "
                      f"{', '.join(map(str, r['seeds']))} | {_seconds(r['calib_s_official'])} / "
                      f"{_seconds(r['calib_s_ours'])} |")
