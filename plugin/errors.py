@@ -22,6 +22,18 @@ def check_calib_num(num, available, what, integer=False):
         raise UserInputError(f"calibration size must be between 1 and {available} ({what}), got {num}")
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1, else one clear line."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def run_cli(body, *args):
     """A tool's exit code for `body(*args)`: 0, or 2 with `error: <message>` on stderr (no traceback) when it raises
     one of USER_ERRORS."""
@@ -32,5 +44,7 @@ def run_cli(body, *args):
         return 2
     return 0
 
-__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "QuantError", "USER_ERRORS", "UserInputError", "check_calib_num",
-           "run_cli"]
+
+
+__all__ = ["CalibrationError", "CheckpointError", "ConfigError", "QuantError", "USER_ERRORS", "UserInputError",
+           "check_calib_num", "positive_int", "run_cli"]

@@ -86,6 +86,11 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-dir", default=None, help="reconstruction passes write a checkpoint here after each "
                    "unit (one subfolder per model and method); with --resume a run continues after the last one")
     p.add_argument("--resume", action="store_true", help="continue each calibration from --checkpoint-dir")
+    p.add_argument("--no-block-skip", action="store_true", help="calibration forwards recompute the blocks already "
+                   "calibrated (plugin.quant.block_skip off: the same model, to time what skipping saves)")
+    p.add_argument("--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="keyword arguments of timm.create_model for every --model, e.g. depth=24 img_size=64 "
+                        "(values parsed as Python literals)")
     add_e2e_args(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -101,7 +106,22 @@ def parse_args(argv=None):
         p.error("--device cuda but CUDA is not available")
     if args.resume and not args.checkpoint_dir:
         p.error("--resume needs --checkpoint-dir")
+    try:
+        args.model_kwargs = dict(_literal_kv(kv) for kv in args.model_kwargs)
+    except ValueError as e:
+        p.error(f"--model-kwargs: {e}")
     return args
+
+
+def _literal_kv(text):
+    import ast
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a plain string
 
 
 def _sync(device):
@@ -117,7 +137,7 @@ def _timed(fn, device):
     return out, time.perf_counter() - t0
 
 
-def build_model(name, quick, device):
+def build_model(name, quick, device, model_kwargs=None):
     import timm
     torch.manual_seed(0)
     if name in EMBEDDED:
@@ -127,7 +147,7 @@ def build_model(name, quick, device):
         model.load_state_dict(load_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                      weights)))
         return model.eval().to(device)
-    kwargs = QUICK_MODEL_ARGS.get(name, {}) if quick else {}
+    kwargs = {**(QUICK_MODEL_ARGS.get(name, {}) if quick else {}), **(model_kwargs or {})}
     model = timm.create_model(name, pretrained=False, **kwargs).eval().to(device)
     return model
 
@@ -213,9 +233,9 @@ def calibrate_timed(model, recipe, calib, args, device, ckpt_name):
     ckpt = os.path.join(args.checkpoint_dir, ckpt_name) if args.checkpoint_dir else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _, calib_s = _timed(lambda: quantize(model, recipe, calib, log=quiet, checkpoint_dir=ckpt, resume=args.resume),
-                        device)
-    res = {"calib_s": calib_s, "resumed": bool(args.resume)}
+    _, calib_s = _timed(lambda: quantize(model, recipe, calib, log=quiet, checkpoint_dir=ckpt, resume=args.resume,
+                                         skip_finished_blocks=not args.no_block_skip), device)
+    res = {"calib_s": calib_s, "resumed": bool(args.resume), "block_skip": not args.no_block_skip}
     if device.type == "cuda":
         res["calib_peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
     return res
@@ -226,7 +246,7 @@ def bench_model(name, args, device, log, entry=None, saved=lambda: None):
     write the report as it grows."""
     from plugin.quant import CalibData
     from plugin.quant.freeze import freeze, frozen_summary
-    base = build_model(name, args.quick, device)
+    base = build_model(name, args.quick, device, args.model_kwargs)
     shape = input_size(base)
     gen = torch.Generator(device).manual_seed(1)
     images = torch.randn(args.calib_num, *shape, device=device, generator=gen)
@@ -422,7 +442,8 @@ def print_report(report):
             print(f"\n{name} ({entry['params'] / 1e6:.2f} M params), {report['calib_num']} calibration images")
             for method, r in entry["methods"].items():
                 mem = r.get("calib_peak_mem_bytes")
-                print(f"  {method:<12} calib {r['calib_s']:8.1f} s" + (f", peak {mem / 2 ** 30:.2f} GiB" if mem else ""))
+                peak = f", peak {mem / 2 ** 30:.2f} GiB" if mem else ""
+                print(f"  {method:<12} calib {r['calib_s']:8.1f} s{peak}")
             continue
         fl = entry["float"]["images_per_s"]
         line = f"\n{name} ({entry['params'] / 1e6:.2f} M params): float32 {fl:.1f} img/s"
@@ -503,6 +524,7 @@ def main(argv=None):
         "batch_size": args.batch_size, "compile": args.compile, "cuda_graph": args.cuda_graph,
         "int8_backend": args.int8_backend,
         "calib_num": args.calib_num, "iters": args.iters, "calib_batch": args.calib_batch,
+        "model_kwargs": args.model_kwargs,
         "methods": args.method, "onnx": args.onnx,
         "models": {},
     }

@@ -29,16 +29,6 @@ def bit_width(text):
     return value
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def methods_epilog():
     """The registered methods, for --help (imports the quantization library, so only when help is asked for)."""
     from plugin.quant import RECIPES
@@ -46,6 +36,7 @@ def methods_epilog():
 
 
 def parse_args(argv=None):
+    from plugin.errors import positive_int
     asked_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=methods_epilog() if asked_help else None)

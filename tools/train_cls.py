@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from plugin.config import load_config  # noqa: E402
-from plugin.errors import UserInputError  # noqa: E402
+from plugin.errors import UserInputError, positive_int  # noqa: E402
 from plugin.classification import data as cls_data  # noqa: E402
 
 # Recipe defaults; a config's `train` dict and then the command line override them.
@@ -47,16 +47,6 @@ def positive_float(text):
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
 
 

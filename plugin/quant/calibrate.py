@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .attach import Site, attach_quantizers, set_submodule  # noqa: F401  (Site, set_submodule: re-exported)
+from .block_skip import BlockSkip, StopForward  # noqa: F401  (StopForward: re-exported)
 from .errors import CalibrationError, CheckpointError, ConfigError
 from .passes import check_passes
 from .quant_state import QuantState, attach_state
@@ -67,10 +68,6 @@ class Observer:
         if self.min is None:
             return None
         return Observation(self.min, self.max, self.rows, self.count)
-
-
-class StopForward(Exception):
-    """Raised from a hook to end a calibration forward early; `CalibContext.run_calib` swallows it per batch."""
 
 
 class CalibContext:
@@ -179,12 +176,14 @@ def calibrate_group(ctx, members, stop_after=None):
 
 
 def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print, seed=0, checkpoint_dir=None,
-             resume=False):
+             resume=False, skip_finished_blocks=True):
     """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode).
 
     With `checkpoint_dir`, the reconstruction passes write a checkpoint there after each finished unit; with `resume`
     as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). What the run left
-    (recipe, adapter, per-unit errors, rollbacks, ranks) is the model's QuantState: `plugin.quant.state(model)`."""
+    (recipe, adapter, per-unit errors, rollbacks, ranks) is the model's QuantState: `plugin.quant.state(model)`.
+    `skip_finished_blocks` (plugin.quant.block_skip) keeps the calibration forwards from recomputing the blocks
+    already calibrated; False runs every forward from the input (the same model, slower on deep models)."""
     from .adapter import Adapter, find_adapter
     if resume and not checkpoint_dir:
         raise ConfigError("resume needs a checkpoint directory")
@@ -207,12 +206,26 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         groups = ctx.groups(per_site=True)
     else:
         groups = ctx.groups()
-    for i, (key, members, single_call) in enumerate(groups):
-        stop_after = members[-1].module if (single_call and i < len(groups) - 1) else None
-        calibrate_group(ctx, members, stop_after)
-        if i + 1 == len(groups) or groups[i + 1][0] != key:  # one line per block, whatever the grouping
-            where = f"block {key}" if key is not None else "between blocks"
-            log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}) done, {time.time() - t0:.1f}s")
+    skip = None
+    if skip_finished_blocks and len(groups) > 1:
+        skip = BlockSkip(ctx)
+    # groups after the last block's last group may read earlier blocks' outputs (multi-scale features): never skipped
+    last_in_blocks = max((i for i, g in enumerate(groups) if g[0] is not None), default=-1)
+    last_group_of = {key: i for i, (key, _, _) in enumerate(groups)}
+    try:
+        for i, (key, members, single_call) in enumerate(groups):
+            stop_after = members[-1].module if (single_call and i < len(groups) - 1) else None
+            if skip is not None:
+                skip.enabled(stop_after is not None and i <= last_in_blocks)
+            calibrate_group(ctx, members, stop_after)
+            if i + 1 == len(groups) or groups[i + 1][0] != key:  # one line per block, whatever the grouping
+                where = f"block {key}" if key is not None else "between blocks"
+                log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}) done, {time.time() - t0:.1f}s")
+                if skip is not None and key is not None and i == last_group_of[key] and i < last_in_blocks:
+                    skip.block_done(key)
+    finally:
+        if skip is not None:
+            skip.remove()
     for pass_index, p in enumerate(passes):
         ctx.pass_index, ctx.pass_kind = pass_index, p.kind
         t1 = time.time()

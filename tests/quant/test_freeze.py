@@ -254,6 +254,16 @@ def test_benchmark_calib_only_checkpoint_resume(tmp_path):
     assert json.load(open(tmp_path / "b.json"))["models"]["deit_small_patch16_224"]["methods"]["isvit"]["resumed"]
     with pytest.raises(SystemExit):
         benchmark.main(["--quick", "--device", "cpu", "--resume"])
+    # --model-kwargs reach timm.create_model; --no-block-skip is recorded
+    assert benchmark.main(["--quick", "--device", "cpu", "--calib-only", "--model", "deit_small_patch16_224",
+                           "--method", "repq", "--no-micro", "--no-block-skip", "--model-kwargs", "depth=3",
+                           "--out", str(tmp_path / "c.json")]) == 0
+    c = json.load(open(tmp_path / "c.json"))
+    assert c["model_kwargs"] == {"depth": 3}
+    assert c["models"]["deit_small_patch16_224"]["params"] > a["models"]["deit_small_patch16_224"]["params"]
+    assert c["models"]["deit_small_patch16_224"]["methods"]["repq"]["block_skip"] is False
+    with pytest.raises(SystemExit):
+        benchmark.main(["--quick", "--device", "cpu", "--model-kwargs", "depth"])
 
 
 def test_benchmark_triton_backend_needs_cuda(capsys):
