@@ -35,6 +35,9 @@ class BlockSkip:
         self.outputs = {}       # batch index -> that block's output
         self.saved = []         # (block, what its instance __dict__ held under "forward", or None)
         self.usable = len(self.blocks) > 1 and self._blocks_chainable()
+        if len(self.blocks) > 1 and not self.usable:
+            ctx.log("[calibrate] every calibration forward recomputes all blocks: a block runs more than once per "
+                    "forward or changes its input's shape")
         if self.usable:
             for j, block in enumerate(self.blocks):
                 self._patch(j, block)
@@ -101,8 +104,8 @@ class BlockSkip:
         if not self.usable or k >= len(self.blocks) - 1:
             return
         outputs = self._capture(k, skipping=self.kept >= 0)
-        if len(outputs) != len(self.ctx.calib.batches):  # a batch that never reaches the block
-            self._give_up()
+        if len(outputs) != len(self.ctx.calib.batches):
+            self._give_up(f"a calibration batch never reaches block {k}")
             return
         self.kept, self.outputs = k, outputs
         first = self.ctx.calib.batches[:1]
@@ -111,9 +114,10 @@ class BlockSkip:
         if (with_skip is None or without is None or len(with_skip) != len(without)
                 or not all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-6)
                            for a, b in zip(with_skip, without))):
-            self._give_up()
+            self._give_up(f"block {k + 1} reads more than block {k}'s output")
 
-    def _give_up(self):
+    def _give_up(self, why):
+        self.ctx.log(f"[calibrate] calibration forwards recompute all blocks from here on: {why}")
         self.usable, self.kept, self.outputs = False, -1, {}
 
     def enabled(self, on):

@@ -374,6 +374,25 @@ def test_repq_w4a4_quantized_detector(task_and_model):
     assert "bbox_mAP" in metrics and "segm_mAP" in metrics
 
 
+def test_block_skipping_gives_the_same_detector(task_and_model):
+    """plugin.quant.block_skip on a detector: Swin blocks are skipped in the backbone's calibration forwards, the
+    neck and heads (which read every stage's output) run the whole model; the result equals calibration without it."""
+    import copy
+
+    from plugin.quant import get_recipe, quantize
+    task, fp_model = task_and_model
+    models, logs = [], []
+    for skip in (True, False):
+        model = copy.deepcopy(fp_model)
+        quantize(model, get_recipe("repq", w_bits=4, a_bits=4), task.calib_data(model, 2, seed=0),
+                 log=logs.append if skip else (lambda s: None), skip_finished_blocks=skip)
+        models.append(model.state_dict())
+    assert not any("recompute" in line for line in logs)  # the Swin blocks were skipped throughout
+    assert models[0].keys() == models[1].keys()
+    for k in models[0]:
+        assert torch.equal(models[0][k], models[1][k]), k
+
+
 @pytest.mark.parametrize("method", ["dopq", "isvit", "aiqvit"])
 def test_seed_recipes_run_unchanged_on_the_detector(task_and_model, method):
     """The seed methods' recipes (reconstruction passes included, a few steps) quantize and evaluate a detector."""
