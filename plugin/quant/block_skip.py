@@ -27,6 +27,9 @@ class StopForward(Exception):
 
 
 class BlockSkip:
+    """Patches the forward of every block of `ctx`'s model (until `remove()`); `enabled(True)` makes the next
+    calibration forwards skip the finished blocks, `block_done(k)` moves the kept outputs on to block k."""
+
     def __init__(self, ctx):
         self.ctx = ctx
         self.blocks = [ctx.model.get_submodule(n) for n in ctx.adapter.blocks(ctx.model)]
