@@ -70,7 +70,8 @@ class BlockSkip:
 
         def forward(*args, **kwargs):
             if self.on and j == self.kept:
-                return self.outputs[self.ctx.batch_index]
+                out = self.outputs[self.ctx.batch_index]
+                return out.to(args[0].device, non_blocking=True)  # a no-op unless it waited on the CPU
             if self.on and j < self.kept:
                 return args[0]
             return original(*args, **kwargs)
@@ -79,11 +80,20 @@ class BlockSkip:
     def _capture(self, j, skipping, batches=None, inputs=False):
         """{batch index: block j's output (or, with `inputs`, the tensors it is called with)}, each forward stopped
         right there, with or without skipping, on `batches` (default: every calibration batch)."""
-        seen = {}
+        seen, kept_bytes, budget = {}, 0, None
 
         def record(mod, args, kwargs, out=None):
-            seen[self.ctx.batch_index] = ([a.detach() for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
-                                          if inputs else out.detach())
+            nonlocal kept_bytes, budget
+            if inputs:
+                seen[self.ctx.batch_index] = [a.detach() for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
+                raise StopForward
+            out = out.detach()
+            if out.device.type == "cuda":  # kept outputs beyond a quarter of the free GPU memory wait on the CPU
+                budget = torch.cuda.mem_get_info(out.device)[0] // 4 if budget is None else budget
+                kept_bytes += out.numel() * out.element_size()
+                if kept_bytes > budget:
+                    out = out.cpu()
+            seen[self.ctx.batch_index] = out
             raise StopForward
         block = self.blocks[j]
         handle = (block.register_forward_pre_hook(record, with_kwargs=True) if inputs
