@@ -57,8 +57,7 @@ class BlockSkip:
                     ok[0] = False
             handles.append(block.register_forward_hook(hook))
         try:
-            with torch.no_grad():
-                self.ctx.calib.forward(self.ctx.model, self.ctx.calib.batches[0])
+            self.ctx.run_calib(first=1)
         finally:
             for h in handles:
                 h.remove()
@@ -77,9 +76,9 @@ class BlockSkip:
             return original(*args, **kwargs)
         block.forward = forward
 
-    def _capture(self, j, skipping, batches=None, inputs=False):
+    def _capture(self, j, skipping, first=None, inputs=False):
         """{batch index: block j's output (or, with `inputs`, the tensors it is called with)}, each forward stopped
-        right there, with or without skipping, on `batches` (default: every calibration batch)."""
+        right there, with or without skipping, on the `first` N calibration batches (default: all)."""
         seen, kept_bytes, budget = {}, 0, None
 
         def record(mod, args, kwargs, out=None):
@@ -98,15 +97,11 @@ class BlockSkip:
         block = self.blocks[j]
         handle = (block.register_forward_pre_hook(record, with_kwargs=True) if inputs
                   else block.register_forward_hook(record, with_kwargs=True))
-        saved_batches = self.ctx.calib.batches
         try:
             self.on = skipping
-            if batches is not None:
-                self.ctx.calib.batches = batches
-            self.ctx.run_calib()
+            self.ctx.run_calib(first=first)
         finally:
             self.on = False
-            self.ctx.calib.batches = saved_batches
             handle.remove()
         return seen
 
@@ -121,9 +116,8 @@ class BlockSkip:
             self._give_up(f"a calibration batch never reaches block {k}")
             return
         self.kept, self.outputs = k, outputs
-        first = self.ctx.calib.batches[:1]
-        with_skip = self._capture(k + 1, skipping=True, batches=first, inputs=True).get(0)
-        without = self._capture(k + 1, skipping=False, batches=first, inputs=True).get(0)
+        with_skip = self._capture(k + 1, skipping=True, first=1, inputs=True).get(0)
+        without = self._capture(k + 1, skipping=False, first=1, inputs=True).get(0)
         if (with_skip is None or without is None or len(with_skip) != len(without)
                 or not all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-6)
                            for a, b in zip(with_skip, without))):

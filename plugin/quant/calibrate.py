@@ -87,8 +87,9 @@ class CalibContext:
         if checkpoint is not None:  # a resumed run carries on the units' records of the run it continues
             self.state.rollbacks, self.state.units = checkpoint.rollbacks, checkpoint.units
 
-    def run_calib(self, stop_after: Optional[nn.Module] = None, desc=None):
-        """Run every calibration batch (no grad); stop each forward right after `stop_after` ran, if given."""
+    def run_calib(self, stop_after: Optional[nn.Module] = None, desc=None, first=None):
+        """Run every calibration batch (the `first` N only, when given; no grad); stop each forward right after
+        `stop_after` ran, if given."""
         handle = None
         if stop_after is not None:
             def _stop(*_):
@@ -96,7 +97,7 @@ class CalibContext:
             handle = stop_after.register_forward_hook(_stop)
         try:
             with torch.no_grad():
-                for self.batch_index, batch in enumerate(self.calib.batches):
+                for self.batch_index, batch in enumerate(self.calib.batches[:first]):
                     try:
                         self.calib.forward(self.model, batch)
                     except StopForward:
