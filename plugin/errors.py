@@ -45,6 +45,5 @@ def run_cli(body, *args):
     return 0
 
 
-
 __all__ = ["CalibrationError", "CheckpointError", "ConfigError", "QuantError", "USER_ERRORS", "UserInputError",
            "check_calib_num", "positive_int", "run_cli"]

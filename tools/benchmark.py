@@ -241,9 +241,9 @@ def calibrate_timed(model, recipe, calib, args, device, ckpt_name):
     return res
 
 
-def bench_model(name, args, device, log, entry=None, saved=lambda: None):
-    """One model's entry (filled into `entry` when given); `saved` is called after each method, so the caller can
-    write the report as it grows."""
+def bench_model(name, args, device, log, entry, saved):
+    """Fills `entry` with one model's figures; `saved` is called after each method, so that the caller writes the
+    report as it grows."""
     from plugin.quant import CalibData
     from plugin.quant.freeze import freeze, frozen_summary
     base = build_model(name, args.quick, device, args.model_kwargs)
@@ -251,7 +251,6 @@ def bench_model(name, args, device, log, entry=None, saved=lambda: None):
     gen = torch.Generator(device).manual_seed(1)
     images = torch.randn(args.calib_num, *shape, device=device, generator=gen)
     calib = CalibData(list(images.split(args.calib_batch)), lambda m, b: m(b))
-    entry = {} if entry is None else entry
     entry.update(input_size=list(shape), params=sum(p.numel() for p in base.parameters()), methods={})
     if not args.calib_only:
         entry["float"] = throughput(base, device, shape, args)
@@ -292,7 +291,6 @@ def bench_model(name, args, device, log, entry=None, saved=lambda: None):
             res["onnx"] = onnx_bench(base, model, name, method, shape, args, log)
         del model, frozen
         saved()
-    return entry
 
 
 def _ort_session(path, args, optimized_path=None):
@@ -539,7 +537,7 @@ def main(argv=None):
             write_json(args.out, report)
     for name in [] if args.micro_only else args.model:
         log(f"[benchmark] {name}")
-        bench_model(name, args, device, log, entry=report["models"].setdefault(name, {}), saved=save)
+        bench_model(name, args, device, log, report["models"].setdefault(name, {}), save)
     report["linear_microbench"] = [] if args.no_micro else linear_microbench(args, device)
     if _triton_status(device) is None:
         from plugin.quant.triton_int8 import tuned_configs

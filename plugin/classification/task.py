@@ -85,8 +85,7 @@ class ClassificationTask(Task):
     default_calib_num = 32
 
     def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
-        super().__init__(cfg, checkpoint, device, work_dir, launcher)
-        self.unsafe_load = unsafe_load
+        super().__init__(cfg, checkpoint, device, work_dir, launcher, unsafe_load)
         self._datasets = None
 
     def build_model(self):

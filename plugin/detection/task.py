@@ -152,12 +152,11 @@ class DetectionTask(Task):
     default_calib_num = 1
 
     def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
-        super().__init__(cfg, checkpoint, device, work_dir, launcher)
+        super().__init__(cfg, checkpoint, device, work_dir, launcher, unsafe_load)
         _require_mmdet()
         from mmengine.config import Config
         if not isinstance(cfg, Config):
             raise UserInputError("the detection task needs the config loaded by mmengine (pip install -e '.[det]')")
-        self.unsafe_load = unsafe_load
         self.keep_heads_float = bool(cfg.get("keep_heads_float", False))  # applied as a recipe override
         self.agreement_score_thr, self.agreement_resamples = _agreement_options(cfg)
         self.runner = None

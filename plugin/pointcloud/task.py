@@ -26,8 +26,7 @@ class _PointCloudTask(Task):
     default_eval_batch = 32
 
     def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
-        super().__init__(cfg, checkpoint, device, work_dir, launcher)
-        self.unsafe_load = unsafe_load
+        super().__init__(cfg, checkpoint, device, work_dir, launcher, unsafe_load)
         self._datasets = {}
 
     def _model_cfg(self):

@@ -27,8 +27,9 @@ class Task:
     # Default number of calibration samples when the user gives no --calib-num (the papers' defaults).
     default_calib_num = 32
 
-    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none"):
+    def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
         self.cfg, self.checkpoint, self.device, self.work_dir, self.launcher = cfg, checkpoint, device, work_dir, launcher
+        self.unsafe_load = unsafe_load  # load the checkpoint with pickle (only for files the user trusts)
 
     def build_model(self):
         """Float model on self.device, eval mode, checkpoint loaded (safely: weights_only unless opted out)."""
