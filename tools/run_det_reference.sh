@@ -3,7 +3,8 @@
 #   1 pretrain  tools/train_cls.py: the detector's Swin backbone as a CIFAR-10 classifier (224 px, float16 weights)
 #   2 convert   tools/timm_swin_to_mmdet.py --check-config: timm weights -> QuantSwin pretrained weights, checked to
 #               fill every backbone weight of the detector config
-#   3 detector  torchrun ... tools/train_det.py --launcher pytorch --auto-scale-lr: Mask R-CNN on COCO person, NGPUS
+#   3 detector  torchrun ... tools/train_det.py --launcher pytorch --auto-scale-lr --fit-schedule: Mask R-CNN on
+#               COCO person, NGPUS
 #               processes (CPU processes over gloo where there is no CUDA)
 #   4 float16   the final detector weights as float16 ({'state_dict', 'meta'}, weights_only-loadable) + sha256
 #   5 evaluate  tools/ptq_test.py --fp-only on those float16 weights (COCO box/mask mAP on the val split)
@@ -18,15 +19,18 @@
 #   CLS_MAX_TIME [240]  seconds of the classifier's training loop (train_cls --max-time --fit-schedule; the schedule is
 #                       shortened to fit; data decoding, torch.compile's first epoch, the final test and saving come
 #                       on top, about a minute on a GPU)
-#   DET_MAX_TIME [900]  seconds of the detector training (train_det --max-time: stops after the last epoch that
-#                       fits; the epoch count and lr steps come from DET_EPOCHS)
-#   DET_EPOCHS [36]     the detector config's epochs (lr steps at 3/4 and 11/12 of them)
+#   DET_MAX_TIME [900]  seconds of the detector training (train_det --max-time --fit-schedule: after two epochs the
+#                       schedule is shortened to the epochs that fit, lr steps scaled with it)
+#   DET_EPOCHS [36]     the detector config's epochs (lr steps at 3/4 and 11/12 of them), at most
 #   CIFAR_NPZ [../shared/data/cifar10/cifar10_jpeg_packed.npz]   COCO_PERSON_ROOT [../shared/data/coco_person/]
 #   DEVICE [cuda if available, else cpu]   PYTHON [python]
 #   CLS_CONFIG, DET_CONFIG  [configs/classification/cifar10_swin_det_backbone.py,
 #                            configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person_cifar-pretrained.py]
 #   CLS_ARGS, DET_ARGS, EVAL_ARGS  extra arguments of train_cls.py, train_det.py, ptq_test.py (word-split), e.g.
 #                       CLS_ARGS="--train-num 512 --test-num 100 --epochs 1" for a quick check
+#   LAST_STAGE [5]      stop after this stage (1-5), e.g. LAST_STAGE=1 pretrains only (no COCO data or mmdet needed);
+#                       a later run with the same OUT continues from there (for machines that cannot hold both
+#                       data sets, or calls with a time limit)
 #   FORCE [0]           1: run every stage again. By default a stage that finished before (OUT/.done/<stage>) is
 #                       skipped, so a run cut short by a hard time limit continues where it stopped.
 #
@@ -44,6 +48,7 @@ export COCO_PERSON_ROOT="${COCO_PERSON_ROOT:-../shared/data/coco_person/}"
 CLS_MAX_TIME="${CLS_MAX_TIME:-240}"
 DET_MAX_TIME="${DET_MAX_TIME:-900}"
 FORCE="${FORCE:-0}"
+LAST_STAGE="${LAST_STAGE:-5}"
 read -r -a CLS_EXTRA <<< "${CLS_ARGS:-}"
 read -r -a DET_EXTRA <<< "${DET_ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
@@ -58,13 +63,16 @@ positive() { [[ "$2" =~ ^[0-9]+([.][0-9]+)?$ ]] && awk -v v="$2" 'BEGIN { exit !
 positive CLS_MAX_TIME "$CLS_MAX_TIME"
 positive DET_MAX_TIME "$DET_MAX_TIME"
 [[ -z "${DET_EPOCHS:-}" || "$DET_EPOCHS" =~ ^[1-9][0-9]*$ ]] || fail "DET_EPOCHS must be a positive integer, got '$DET_EPOCHS'"
+[[ "$LAST_STAGE" =~ ^[1-5]$ ]] || fail "LAST_STAGE must be one of 1-5, got '$LAST_STAGE'"
 CLS_CONFIG="$(resolve CLS_CONFIG "$CLS_CONFIG")"
 DET_CONFIG="$(resolve DET_CONFIG "$DET_CONFIG")"
-CIFAR_NPZ="$(resolve CIFAR_NPZ "$CIFAR_NPZ")"
-COCO_PERSON_ROOT="$(resolve COCO_PERSON_ROOT "$COCO_PERSON_ROOT")/"  # the configs append file names to it
-for f in instances_train.json instances_val.json images; do
-    [[ -e "$COCO_PERSON_ROOT$f" ]] || fail "COCO_PERSON_ROOT=$COCO_PERSON_ROOT lacks $f"
-done
+if [[ "$FORCE" == 1 || ! -f "$OUT/.done/1_pretrain" ]]; then CIFAR_NPZ="$(resolve CIFAR_NPZ "$CIFAR_NPZ")"; fi
+if [[ "$LAST_STAGE" -ge 3 ]]; then  # the detector stages read the COCO person set
+    COCO_PERSON_ROOT="$(resolve COCO_PERSON_ROOT "$COCO_PERSON_ROOT")/"  # the configs append file names to it
+    for f in instances_train.json instances_val.json images; do
+        [[ -e "$COCO_PERSON_ROOT$f" ]] || fail "COCO_PERSON_ROOT=$COCO_PERSON_ROOT lacks $f"
+    done
+fi
 
 if [[ -z "${DEVICE:-}" ]]; then
     DEVICE="$("$PYTHON" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
@@ -87,6 +95,10 @@ log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$OUT/progress.log"; }
 
 stage() {  # stage NAME COMMAND...: run once, output to logs/NAME.log, marked done on success
     local name="$1"; shift
+    if [[ "${name%%_*}" -gt "$LAST_STAGE" ]]; then
+        log "stop: LAST_STAGE=$LAST_STAGE (a run with the same OUT continues from stage ${name%%_*})"
+        exit 0
+    fi
     if [[ "$FORCE" != 1 && -f "$OUT/.done/$name" ]]; then
         log "skip $name (done before; FORCE=1 runs it again)"
         return 0
@@ -115,7 +127,7 @@ stage 2_convert "$PYTHON" tools/timm_swin_to_mmdet.py "$OUT/cls/model.safetensor
 
 stage 3_detector "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NGPUS" \
     tools/train_det.py "$DET_CONFIG" --launcher pytorch --auto-scale-lr --work-dir "$OUT/det" \
-    --max-time "$DET_MAX_TIME" "${DET_FAST[@]}" "${DET_EXTRA[@]}"
+    --max-time "$DET_MAX_TIME" --fit-schedule "${DET_FAST[@]}" "${DET_EXTRA[@]}"
 
 half_weights() {
     "$PYTHON" - "$OUT/det/model_final.pth" "$OUT/detector_fp16.pth" <<'EOF'

@@ -28,10 +28,16 @@ def parse_args(argv=None):
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                    help="stop after the last epoch that ends inside this wall-time budget (the epoch count and lr "
                    "schedule stay the config's: set them so training fits; this is a guard, not a schedule)")
+    p.add_argument("--fit-schedule", action="store_true",
+                   help="with --max-time: after the first two epochs, shorten the run to the epochs that fit the "
+                   "budget at the measured epoch time, with the epoch-based lr steps scaled to the new length (so a "
+                   "short run still decays)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries (mmengine syntax)")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.fit_schedule and not args.max_time:
+        p.error("--fit-schedule needs --max-time")
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args
 
@@ -90,8 +96,25 @@ def export_weights(runner, path):
     return path
 
 
-def time_budget_hook(seconds):
-    """A hook that ends training after the epoch past which the next one would overrun `seconds` of wall time."""
+def fit_schedule(runner, epochs):
+    """Shorten the training loop to `epochs` and scale every epoch-based scheduler (milestones, end) to the new length,
+    so that the lr steps keep their place in the run (e.g. at 3/4 and 11/12 of it)."""
+    from collections import Counter
+    loop, old = runner.train_loop, runner.max_epochs
+    loop._max_epochs, loop._max_iters = epochs, epochs * len(loop.dataloader)
+    schedulers = runner.param_schedulers
+    for sched in (sum(schedulers.values(), []) if isinstance(schedulers, dict) else schedulers or []):
+        if not sched.by_epoch:
+            continue
+        if hasattr(sched, "milestones"):
+            sched.milestones = Counter({max(round(m * epochs / old), 1): n for m, n in sched.milestones.items()})
+        if sched.end == old:
+            sched.end = epochs
+
+
+def time_budget_hook(seconds, fit=False):
+    """A hook that ends training after the epoch past which the next one would overrun `seconds` of wall time; with
+    `fit`, after the second epoch it shortens the whole schedule to the epochs that fit (fit_schedule)."""
     import time
     from mmengine.hooks import Hook
 
@@ -106,6 +129,13 @@ def time_budget_hook(seconds):
             now = time.monotonic()
             epoch_s, self.last = now - self.last, now
             done = runner.epoch + 1  # mmengine counts the epoch up after this hook
+            if fit and done == 2:  # the first epoch also holds start-up costs: time the second
+                fitted = [min(runner.max_epochs, done + int((seconds - (now - self.start)) / (epoch_s * 1.05)))]
+                broadcast_object_list(fitted, src=0)
+                if fitted[0] < runner.max_epochs:
+                    runner.logger.warning(f"--fit-schedule: {epoch_s:.1f}s per epoch, {fitted[0]} of "
+                                          f"{runner.max_epochs} epochs fit {seconds:g}s; lr steps scaled to match")
+                    fit_schedule(runner, max(fitted[0], done))
             # Rank 0 decides for every process: ranks that stopped at different epochs would hang in DDP.
             decision = [now - self.start + epoch_s > seconds and done < runner.max_epochs]
             broadcast_object_list(decision, src=0)
@@ -126,7 +156,7 @@ def main(argv=None):
     init_cpu_dist(cfg)
     runner = Runner.from_cfg(cfg)
     if args.max_time:
-        runner.register_hook(time_budget_hook(args.max_time))
+        runner.register_hook(time_budget_hook(args.max_time, fit=args.fit_schedule))
     runner.train()
     if is_main_process():
         path = export_weights(runner, os.path.join(runner.work_dir, "model_final.pth"))

@@ -191,6 +191,26 @@ def test_train_det_two_processes(tiny, tmp_path):
     assert "stopping after epoch 1 of 3" in proc.stdout + proc.stderr
 
 
+def test_train_det_fit_schedule_scales_epochs_and_lr_steps():
+    """--fit-schedule's fit_schedule on real mmengine schedulers: 36 epochs cut to 12 move the MultiStepLR steps from
+    27 and 33 to 9 and 11 and its end to 12; the iteration-based warmup is left alone; the lr then decays at 9."""
+    import types
+    from mmengine.optim import LinearLR, MultiStepLR
+    import train_det
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    warmup = LinearLR(opt, start_factor=0.5, by_epoch=False, begin=0, end=100)
+    steps = MultiStepLR(opt, milestones=[27, 33], gamma=0.1, by_epoch=True, begin=0, end=36)
+    loop = types.SimpleNamespace(_max_epochs=36, _max_iters=36 * 22, dataloader=[None] * 22)
+    runner = types.SimpleNamespace(train_loop=loop, max_epochs=36, param_schedulers=[warmup, steps])
+    train_det.fit_schedule(runner, 12)
+    assert (loop._max_epochs, loop._max_iters) == (12, 12 * 22)
+    assert sorted(steps.milestones) == [9, 11] and steps.end == 12 and warmup.end == 100
+    opt.param_groups[0]["lr"] = 1.0
+    for _ in range(9):
+        steps.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
 @pytest.fixture(scope="module")
 def task_and_model(tiny):
     from plugin.config import load_config
@@ -676,7 +696,8 @@ def _packed_cifar_file(path, per_class=2):
 def test_run_det_reference_script_end_to_end(tiny, tmp_path):
     """tools/run_det_reference.sh with tiny stand-ins for its configs (CLS_CONFIG, DET_CONFIG) and data: pretrain at
     64 px from 32-px CIFAR files, convert and check, two gloo processes of detector training, float16 weights with
-    their sha256, float evaluation, summary; a second run skips every finished stage; bad settings are one error."""
+    their sha256, float evaluation, summary; LAST_STAGE=1 stops after pretraining and the next run continues; a run after the
+    last skips every finished stage; bad settings are one error."""
     import hashlib
     cfg_path, _, _ = tiny
     root = os.path.dirname(cfg_path)
@@ -690,8 +711,13 @@ def test_run_det_reference_script_end_to_end(tiny, tmp_path):
                CIFAR_NPZ=str(_packed_cifar_file(tmp_path / "cifar.npz")), COCO_PERSON_ROOT=root,
                CLS_MAX_TIME="60", DET_MAX_TIME="60", EVAL_ARGS="--quiet")
     script = os.path.join(REPO, "tools", "run_det_reference.sh")
+    # LAST_STAGE=1 pretrains only and needs no COCO data; the next run continues with stage 2
+    first = subprocess.run(["bash", script], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                           env=dict(env, LAST_STAGE="1", COCO_PERSON_ROOT="/nonexistent"))
+    assert first.returncode == 0 and "stop: LAST_STAGE=1" in first.stdout, (first.stdout + first.stderr)[-3000:]
+    assert sorted(os.listdir(out / ".done")) == ["1_pretrain"]
     proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=540, cwd=str(tmp_path), env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0 and proc.stdout.count("skip ") == 1, (proc.stdout + proc.stderr)[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["detector_fp"]) >= {"bbox_mAP", "segm_mAP"} and summary["classifier_epochs"] == 1
     weights = out / "detector_fp16.pth"
@@ -711,7 +737,8 @@ def test_run_det_reference_script_end_to_end(tiny, tmp_path):
     again = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120, cwd=str(tmp_path), env=env)
     assert again.returncode == 0 and again.stdout.count("skip ") == 5, again.stdout + again.stderr
     for bad, word in (({"NGPUS": "0"}, "NGPUS"), ({"DET_MAX_TIME": "soon"}, "DET_MAX_TIME"),
-                      ({"CIFAR_NPZ": "/nonexistent.npz"}, "CIFAR_NPZ not found")):
+                      ({"LAST_STAGE": "6"}, "LAST_STAGE"), ({"CIFAR_NPZ": "/nonexistent.npz", "FORCE": "1"},
+                                                            "CIFAR_NPZ not found")):
         failed = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
                                 env=dict(env, **bad))
         assert failed.returncode == 2 and word in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
