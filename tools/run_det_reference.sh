@@ -4,8 +4,7 @@
 #   2 convert   tools/timm_swin_to_mmdet.py --check-config: timm weights -> QuantSwin pretrained weights, checked to
 #               fill every backbone weight of the detector config
 #   3 detector  torchrun ... tools/train_det.py --launcher pytorch --auto-scale-lr --fit-schedule: Mask R-CNN on
-#               COCO person, NGPUS
-#               processes (CPU processes over gloo where there is no CUDA)
+#               COCO person, NGPUS processes (CPU processes over gloo where there is no CUDA)
 #   4 float16   the final detector weights as float16 ({'state_dict', 'meta'}, weights_only-loadable) + sha256
 #   5 evaluate  tools/ptq_test.py --fp-only on those float16 weights (COCO box/mask mAP on the val split)
 #
