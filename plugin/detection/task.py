@@ -389,13 +389,17 @@ def _attach_collector(evaluator):
 
 
 def run_test_step(model, batch):
-    """One calibration forward: data preprocessor + inference. The predictions are dropped again (the batch is reused
-    for every calibration pass, and kept masks would pile up in its data samples)."""
+    """One calibration forward: data preprocessor + inference. Returns the predicted boxes and scores of each image
+    (differentiable where the forward runs with gradients: PTQ4ViT's Hessian search back-propagates from them); the
+    predictions are removed from the data samples (the batch is reused for every calibration pass, and kept masks
+    would pile up in it)."""
     samples = model.test_step(batch)
+    outputs = []
     for sample in samples:
         if "pred_instances" in sample:
+            outputs += [sample.pred_instances.bboxes, sample.pred_instances.scores]
             del sample.pred_instances
-    return None
+    return outputs
 
 
 def broadcast_from_rank0(model):

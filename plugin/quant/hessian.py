@@ -6,7 +6,9 @@ module, `ŷ` its output with the candidate (and the module's other quantizers at
 gradient of the task loss with respect to `y` (`metric="hessian"`, the diagonal approximation of the Hessian by
 squared gradients); `metric="mse"` drops `g`. Everything is measured on the float model: inputs, outputs and
 gradients of every module come from one forward and backward pass with all quantizers off (PTQ4ViT's "parallel"
-calibration: no layer sees another layer's quantization error).
+calibration: no layer sees another layer's quantization error). A module the output does not depend on
+differentiably (a detector's mask head: its masks are thresholded), or whose gradient is zero on every calibration
+batch, is searched with `metric="mse"`.
 
 Per module, `rounds` alternating rounds search the weight scale, then the input scale (for attention matmuls: the left
 operand, then the right one), each over fixed candidates relative to the min-max value it started from:
@@ -94,20 +96,29 @@ class _Capture:
                         grads = torch.autograd.grad(_loss(out, grad, gen), [t for _, t in self._live],
                                                     allow_unused=True)
                         for name, t, g in zip(names, self._live, grads):
-                            self.grads[name].append(torch.zeros_like(t[1]) if g is None else g.detach())
+                            self.grads[name].append(None if g is None else g.detach())
                 self._live = []
         finally:
             for h in handles:
                 h.remove()
 
     def get(self, name):
-        ins = self.inputs[name]
+        """The site's calls as [(inputs, output, gradient or None)], calls of equal shapes concatenated along the
+        batch: a module applied at several sizes in one forward (a detector's RPN head on each FPN level) keeps one
+        entry per size."""
+        ins, outs, grads = self.inputs[name], self.outputs[name], self.grads[name]
         if not ins:
             raise CalibrationError(f"hessian_search: {name} was never reached by the calibration data")
-        inputs = tuple(torch.cat(parts) for parts in zip(*ins))
-        out = torch.cat(self.outputs[name])
-        grad = torch.cat(self.grads[name]) if self.grads[name] else None
-        return inputs, out, grad
+        # A site the output does not reach differentiably (e.g. a mask head whose masks are thresholded), or whose
+        # gradient is zero throughout (no detections on the calibration images), has no Hessian signal: it is searched
+        # on its output MSE instead of a zero weight that would make every candidate tie.
+        if not grads or any(g is None for g in grads) or not any(bool(g.any()) for g in grads):
+            grads = [None] * len(ins)
+        by_shape = {}
+        for x, y, g in zip(ins, outs, grads):
+            by_shape.setdefault(tuple(t.shape[1:] for t in (*x, y)), []).append((x, y, g))
+        return [(tuple(torch.cat(parts) for parts in zip(*(c[0] for c in calls))), torch.cat([c[1] for c in calls]),
+                 None if calls[0][2] is None else torch.cat([c[2] for c in calls])) for calls in by_shape.values()]
 
 
 class _Slot:
@@ -167,27 +178,29 @@ def _slot(q, data, out_axis, cfg, softmax):
     return None
 
 
-def _search_site(site, inputs, y, g, cfg):
+def _search_site(site, calls, cfg):
+    """calls: [(inputs, float output, output gradient or None)] (_Capture.get); errors add up over the calls."""
     m = site.module
+    first = [torch.cat([c[0][i].reshape(-1) for c in calls]) for i in range(len(calls[0][0]))]  # data statistics
     if isinstance(m, MatMul):
-        a, b = inputs
         softmax = site.role.value == "matmul_av"
-        slots = [_slot(m.a_quantizer, a, 1 if m.a_quantizer is not None and m.a_quantizer.per_channel else None,
+        slots = [_slot(m.a_quantizer, first[0], 1 if m.a_quantizer is not None and m.a_quantizer.per_channel else None,
                        cfg, softmax),
-                 _slot(m.b_quantizer, b, 1 if m.b_quantizer is not None and m.b_quantizer.per_channel else None,
+                 _slot(m.b_quantizer, first[1], 1 if m.b_quantizer is not None and m.b_quantizer.per_channel else None,
                        cfg, False)]
 
-        def output():
+        def output(inputs):
+            a, b = inputs
             qa = m.a_quantizer(a) if m.a_quantizer is not None else a
             qb = m.b_quantizer(b) if m.b_quantizer is not None else b
             return qa @ qb
     elif isinstance(m, (QuantLinear, QuantConv2d)):
-        (x,) = inputs[:1]
         conv = isinstance(m, QuantConv2d)
         slots = [_slot(m.weight_quantizer, m.weight, 1 if conv else -1, cfg, False),
-                 _slot(m.input_quantizer, x, None, cfg, False)]
+                 _slot(m.input_quantizer, first[0], None, cfg, False)]
 
-        def output():
+        def output(inputs):
+            x = inputs[0]
             w = m.weight_quantizer(m.weight) if m.weight_quantizer is not None else m.weight
             xq = m.input_quantizer(x) if m.input_quantizer is not None else x
             return m._conv_forward(xq, w, m.bias) if conv else F.linear(xq, w, m.bias)
@@ -196,15 +209,18 @@ def _search_site(site, inputs, y, g, cfg):
     slots = [s for s in slots if s is not None]
     if not slots:
         return
-    weight = g.pow(2) if (cfg.metric == "hessian" and g is not None) else None
+    weights = [g.pow(2) if (cfg.metric == "hessian" and g is not None) else None for _, _, g in calls]
     with torch.no_grad():
         for _ in range(cfg.rounds if len(slots) > 1 else 1):
             for slot in slots:
                 errs = []
                 for i in range(len(slot.candidates)):
                     slot.set(i)
-                    d = (output() - y).pow(2)
-                    errs.append(slot.group_error(d * weight if weight is not None else d))
+                    err = 0
+                    for (inputs, y, _), weight in zip(calls, weights):
+                        d = (output(inputs) - y).pow(2)
+                        err = err + slot.group_error(d * weight if weight is not None else d)
+                    errs.append(err)
                 slot.set_best(torch.stack(errs).argmin(0))  # first of equal errors, like an argmax of −error
 
 
@@ -250,8 +266,7 @@ def hessian_search(ctx, cfg):
             for q, e in zip(quantizers, enabled):
                 q.enabled = e
         for site in members:
-            inputs, y, g = cap.get(site.name)
-            _search_site(site, inputs, y, g, cfg)
+            _search_site(site, cap.get(site.name), cfg)
         del cap
         if ctx.log:
             ctx.log(f"[hessian_search] {'block ' + str(key) if key is not None else 'between blocks'} done")

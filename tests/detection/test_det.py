@@ -394,6 +394,32 @@ def test_repq_w4a4_quantized_detector(task_and_model):
     assert "bbox_mAP" in metrics and "segm_mAP" in metrics
 
 
+def test_ptq4vit_hessian_search_on_the_detector(task_and_model, monkeypatch):
+    """PTQ4ViT's Hessian search back-propagates from the detector's predicted boxes and scores: backbone sites get a
+    gradient signal; the mask head, whose masks are thresholded, is searched on its output MSE (no zero weights)."""
+    import copy
+
+    import plugin.quant.hessian as hessian
+    from plugin.quant import get_recipe, quantize
+    task, fp_model = task_and_model
+    model = copy.deepcopy(fp_model)
+    searched, search = {}, hessian._search_site
+
+    def recording(site, calls, cfg):
+        searched[site.name] = [g for _, _, g in calls]
+        return search(site, calls, cfg)
+
+    monkeypatch.setattr(hessian, "_search_site", recording)
+    quantize(model, get_recipe("ptq4vit", w_bits=4, a_bits=4), task.calib_data(model, 1, seed=0), log=lambda s: None)
+    backbone = [n for n in searched if n.startswith("backbone.")]
+    assert backbone and all(g is not None and g.abs().sum() > 0 for n in backbone for g in searched[n])
+    mask_head = [n for n in searched if n.startswith("roi_head.mask_head.")]
+    assert mask_head and all(g is None for n in mask_head for g in searched[n])
+    assert len(searched["rpn_head.rpn_conv"]) > 1  # one entry per FPN level (calls of different sizes)
+    metrics = task.evaluate(model, progress=False)
+    assert "bbox_mAP" in metrics and "segm_mAP" in metrics
+
+
 def test_block_skipping_gives_the_same_detector(task_and_model):
     """plugin.quant.block_skip on a detector: Swin blocks are skipped in the backbone's calibration forwards, the
     neck and heads (which read every stage's output) run the whole model; the result equals calibration without it."""

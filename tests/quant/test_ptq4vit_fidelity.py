@@ -40,7 +40,7 @@ def test_output_metric_search_beats_the_inputs_own_mse_search():
         y = lin(x)
     own_mse = _quant_linear(lin, x, QuantSpec(3, symmetric=True, search="mse"))
     searched = _quant_linear(lin, x, QuantSpec(3, symmetric=True))
-    _search_site(Site("fc", searched, Role.FC1), (x,), y, torch.ones_like(y), HessianSearchConfig(metric="hessian"))
+    _search_site(Site("fc", searched, Role.FC1), [((x,), y, torch.ones_like(y))], HessianSearchConfig(metric="hessian"))
     with torch.no_grad():
         err_own = (own_mse(x) - y).pow(2).mean().item()
         err_searched = (searched(x) - y).pow(2).mean().item()
@@ -58,8 +58,8 @@ def test_gradient_weights_the_output_error():
     g[:, 0] = 1.0
     plain = _quant_linear(lin, x, QuantSpec(8, symmetric=True), w_bits=3)
     weighted = _quant_linear(lin, x, QuantSpec(8, symmetric=True), w_bits=3)
-    _search_site(Site("fc", plain, Role.FC1), (x,), y, None, HessianSearchConfig(metric="mse"))
-    _search_site(Site("fc", weighted, Role.FC1), (x,), y, g, HessianSearchConfig())
+    _search_site(Site("fc", plain, Role.FC1), [((x,), y, None)], HessianSearchConfig(metric="mse"))
+    _search_site(Site("fc", weighted, Role.FC1), [((x,), y, g)], HessianSearchConfig())
     with torch.no_grad():
         err = [(m(x) - y)[:, 0].pow(2).mean().item() for m in (plain, weighted)]
     assert err[1] <= err[0]
@@ -74,7 +74,7 @@ def test_per_head_operands_pick_their_own_scale():
     mm.a_quantizer = build_quantizer(QuantSpec(4, granularity="head", symmetric=True), 1).calibrate_tensor(a)
     mm.b_quantizer = None
     y = a @ b
-    _search_site(Site("attn.matmul_qk", mm, Role.MATMUL_QK), (a, b), y, torch.ones_like(y), HessianSearchConfig())
+    _search_site(Site("attn.matmul_qk", mm, Role.MATMUL_QK), [((a, b), y, torch.ones_like(y))], HessianSearchConfig())
     s = mm.a_quantizer.scale
     assert s.shape == (2,) and float(s[1]) > 10 * float(s[0])
 
