@@ -8,7 +8,9 @@ produced it, shown beside the table). Writes OUT/results.md, OUT/results.json (t
 OUT/<name>_bits.png. Runs of one config with different `--seed` values are merged into one cell per method and bit
 width: the mean ± sample standard deviation over the seeds, with the number of seeds when there are several. Reports
 with `agreement` (tools/ptq_test.py) also get an agreement table: one row per run, ranked by agreement with the float
-model, each change of the task metric with its paired-bootstrap 95 % interval and (tie) where the interval holds 0.
+model (the task metric's own agreement measure, e.g. bbox_mAP_agreement), each change of the task metric with its
+paired-bootstrap 95 % interval and (tie) where the interval holds 0; where a method has several seeds, a summary
+table before it gives each method's agreement as mean ± std over the seeds, ranked the same way.
 """
 import argparse
 import json
@@ -66,7 +68,7 @@ def agreement_table(report):
     changes = [k for k in keys if k not in scalars]
     constant = [k for k in scalars if len({json.dumps(r["agreement"].get(k)) for r in runs}) == 1 and len(runs) > 1]
     scalars = [k for k in scalars if k not in constant]
-    rank = next((k for k in scalars if k.endswith("_agreement")), scalars[0] if scalars else None)
+    rank = agreement_rank_key(report["primary_metric"], scalars)
 
     def order(r):
         value = r["agreement"].get(rank) if rank else None
@@ -92,6 +94,48 @@ def agreement_table(report):
                              + (" (tie)" if c.get("tie") else ""))
         lines.append(f"| {r['method']} | W{r['w_bits']}A{r['a_bits']} | {r.get('seed', 0)} | " + " | ".join(cells)
                      + " |")
+    return "\n".join(lines)
+
+
+def agreement_rank_key(metric, scalars):
+    """The agreement measure tables rank by: the task metric's own (bbox_mAP -> bbox_mAP_agreement), else the first
+    `*_agreement` measure, else the first measure."""
+    own = next((k for k in scalars if k.lower() == f"{metric}_agreement".lower()), None)
+    return own or next((k for k in scalars if k.endswith("_agreement")), scalars[0] if scalars else None)
+
+
+def agreement_summary(report):
+    """Agreement per method and width over its seeds (mean ± sample std (n)), ranked within each width by the same
+    measure as agreement_table, with how many seeds' task-metric changes are ties. None unless some method and
+    width has several seeds."""
+    runs = [r for r in report["results"] if r.get("agreement")]
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["w_bits"], r["a_bits"], r["method"]), {})[r.get("seed", 0)] = r
+    if not any(len(g) > 1 for g in groups.values()):
+        return None
+    keys = list(dict.fromkeys(k for r in runs for k in r["agreement"]))
+    scalars = [k for k in keys if k.endswith("_agreement")]
+    changes = [k for k in keys if any(isinstance(r["agreement"].get(k), dict) for r in runs)]
+    rank = agreement_rank_key(report["primary_metric"], scalars)
+
+    def values(group, k):
+        return [r["agreement"][k] for r in group.values() if isinstance(r["agreement"].get(k), (int, float))]
+
+    def order(item):
+        (w, a, _), group = item
+        v = values(group, rank) if rank else []
+        return (w, a, not v, -(statistics.mean(v) if v else 0.0))
+    lines = ["Per method and width over its seeds (mean ± sample std (n)), ranked by the mean "
+             + (rank or "agreement") + "; a change column counts the seeds whose 95 % interval holds 0 (ties):", "",
+             "| method | W/A | " + " | ".join(scalars + changes) + " |", "|" + "---|" * (2 + len(scalars) + len(changes))]
+    for (w, a, m), group in sorted(groups.items(), key=order):
+        cells = [seed_cell(values(group, k)) if values(group, k) else "-" for k in scalars]
+        for k in changes:
+            cs = [r["agreement"][k] for r in group.values() if isinstance(r["agreement"].get(k), dict)]
+            cells.append(f"{seed_cell([c['diff'] for c in cs])}, ties {sum(bool(c.get('tie')) for c in cs)}/{len(cs)}"
+                         if cs else "-")
+        lines.append(f"| {m} | W{w}A{a} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -163,9 +207,9 @@ def main(argv=None):
         if commands:
             parts += ["Produced by:", "", "```bash", *commands, "```", ""]
         parts += [table(report), ""]
-        agreement = agreement_table(report)
-        if agreement:
-            parts += [agreement, ""]
+        for extra in (agreement_summary(report), agreement_table(report)):
+            if extra:
+                parts += [extra, ""]
         parts += [f"![{name}]({png})", ""]
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(merged, f, indent=2, sort_keys=True)

@@ -92,6 +92,32 @@ def test_agreement_table_ranks_runs_and_marks_ties(tmp_path):
     assert minmax < repq  # higher agreement first
 
 
+def test_agreement_summary_over_seeds_ranked_by_the_task_metrics_own_measure(tmp_path):
+    """Seeds of a method merge into mean ± std in a summary table; the rank follows bbox_mAP_agreement (the primary
+    metric's own measure) even where another *_agreement measure comes first in the reports."""
+    fp = {"bbox_mAP": 16.0, "segm_mAP": 10.9}
+
+    def change(diff, lo, hi):
+        return {"diff": diff, "ci95": [lo, hi], "tie": lo <= 0 <= hi, "resamples": 1000}
+    runs = []
+    for seed, (m, ap50, ap, ch) in enumerate([("repq", 95.0, 60.0, change(-0.5, -1.0, 0.2)),
+                                              ("repq", 93.0, 62.0, change(-1.5, -2.0, -0.3)),
+                                              ("minmax", 80.0, 70.0, change(-2.0, -3.0, -1.0))]):
+        d = _run(tmp_path, f"r{seed}", "det", "bbox_mAP", fp, [(m, 4, {"bbox_mAP": 15.0, "segm_mAP": 10.0}, 1.0)],
+                 seed=seed)
+        report = json.loads(open(os.path.join(d, "report.json")).read())
+        report["results"][0]["agreement"] = {"bbox_mAP_50_agreement": ap50, "bbox_mAP_agreement": ap,
+                                             "bbox_mAP_change": ch}
+        open(os.path.join(d, "report.json"), "w").write(json.dumps(report))
+        runs.append(d)
+    assert make_results.main(runs + ["--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "results.md").read_text()
+    assert "ranked by the mean bbox_mAP_agreement" in md
+    minmax = md.index("| minmax | W4A4 | 80.00 | 70.00 | -2.00, ties 0/1 |")
+    repq = md.index("| repq | W4A4 | 94.00 ± 1.41 (2) | 61.00 ± 1.41 (2) | -1.00 ± 0.71 (2), ties 1/2 |")
+    assert minmax < repq < md.index("| minmax | W4A4 | 2 | 80 | 70 |")  # summary first, then one row per run
+
+
 def test_no_agreement_no_table(tmp_path):
     a = _run(tmp_path, "base", "vit", "top1", {"top1": 90.0}, [("repq", 4, {"top1": 80.0}, 1.0)])
     assert make_results.main([a, "--out", str(tmp_path / "page")]) == 0
