@@ -13,7 +13,8 @@
 #
 # Environment (defaults in brackets):
 #   OUT [work_dirs/det_reference]  output folder: progress.log, logs/<stage>.log, cls/, backbone_mmdet.pth, det/,
-#                                  detector_fp16.pth(.sha256), eval/report.{json,md}, summary.json
+#                                  detector_fp16.pth(.sha256), eval/report.{json,md}, summary.json,
+#                                  train_curve.{png,json} (tools/plot_train_curve.py)
 #   NGPUS [visible CUDA devices, else 1]  processes of the detector training (GPUs, or CPU processes over gloo)
 #   CLS_MAX_TIME [240]  seconds of the classifier's training loop (train_cls --max-time --fit-schedule; the schedule is
 #                       shortened to fit; data decoding, torch.compile's first epoch, the final test and saving come
@@ -162,4 +163,10 @@ with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
 print(json.dumps(summary, indent=2))
 EOF
+# The training curve (loss per iteration, validation mAP per evaluated epoch) of the newest detector run in OUT/det.
+SCALARS="$(ls -t "$OUT"/det/*/vis_data/scalars.json 2>/dev/null | head -1)"
+if [[ -n "$SCALARS" ]]; then
+    "$PYTHON" tools/plot_train_curve.py "$SCALARS" --out "$OUT/train_curve.png" --json "$OUT/train_curve.json" \
+        --title "$(basename "$DET_CONFIG" .py)" || log "no training curve (tools/plot_train_curve.py failed)"
+fi
 log "finished: $OUT/summary.json; detector weights $OUT/detector_fp16.pth sha256 $(cut -d' ' -f1 "$OUT/detector_fp16.pth.sha256")"

@@ -752,6 +752,8 @@ def test_run_det_reference_script_end_to_end(tiny, tmp_path):
     assert (out / "detector_fp16.pth.sha256").read_text().split() == [digest, "detector_fp16.pth"]
     saved = torch.load(str(weights), weights_only=True)
     assert all(v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point())
+    curve = json.loads((out / "train_curve.json").read_text())
+    assert (out / "train_curve.png").stat().st_size > 0 and "loss" in curve["train"]
     progress = (out / "progress.log").read_text()
     for stage in ("1_pretrain", "2_convert", "3_detector", "4_float16", "5_evaluate"):
         assert f"done {stage}" in progress and (out / "logs" / f"{stage}.log").stat().st_size > 0
