@@ -128,7 +128,8 @@ def agreement_summary(report):
         return (w, a, not v, -(statistics.mean(v) if v else 0.0))
     lines = ["Per method and width over its seeds (mean ± sample std (n)), ranked by the mean "
              + (rank or "agreement") + "; a change column counts the seeds whose 95 % interval holds 0 (ties):", "",
-             "| method | W/A | " + " | ".join(scalars + changes) + " |", "|" + "---|" * (2 + len(scalars) + len(changes))]
+             "| method | W/A | " + " | ".join(scalars + changes) + " |",
+             "|" + "---|" * (2 + len(scalars) + len(changes))]
     for (w, a, m), group in sorted(groups.items(), key=order):
         cells = [seed_cell(values(group, k)) if values(group, k) else "-" for k in scalars]
         for k in changes:
