@@ -181,7 +181,9 @@ def _slot(q, data, out_axis, cfg, softmax):
 def _search_site(site, calls, cfg):
     """calls: [(inputs, float output, output gradient or None)] (_Capture.get); errors add up over the calls."""
     m = site.module
-    first = [torch.cat([c[0][i].reshape(-1) for c in calls]) for i in range(len(calls[0][0]))]  # data statistics
+    # each operand over all calls, for the data statistics of _slot (no copy when there is one call)
+    first = list(calls[0][0]) if len(calls) == 1 else [torch.cat([c[0][i].reshape(-1) for c in calls])
+                                                          for i in range(len(calls[0][0]))]
     if isinstance(m, MatMul):
         softmax = site.role.value == "matmul_av"
         slots = [_slot(m.a_quantizer, first[0], 1 if m.a_quantizer is not None and m.a_quantizer.per_channel else None,
