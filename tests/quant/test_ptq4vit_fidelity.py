@@ -131,3 +131,32 @@ def test_loss_falls_back_to_a_random_projection():
     gen = torch.Generator().manual_seed(0)
     assert _loss({"boxes": t, "n": torch.ones(3, dtype=torch.long)}, "label", gen).requires_grad
     assert _loss(t, "label", gen).item() > 0  # cross-entropy against the argmax
+
+
+def test_calls_of_one_site_add_up_whatever_their_shapes():
+    """A site applied several times per forward (a detector's RPN head on each FPN level): the capture keeps one entry
+    per input size, the search adds the errors of all entries. Split into two equal-shape calls, the search picks
+    what it picks on the concatenation; with a gradient that is zero throughout it falls back to output MSE."""
+    from plugin.quant.hessian import _Capture
+    x, lin = _outlier_linear(2)
+    with torch.no_grad():
+        y = lin(x)
+    g = torch.rand(y.shape, generator=torch.Generator().manual_seed(0))
+    whole = _quant_linear(lin, x, QuantSpec(3, symmetric=True), w_bits=3)
+    split = _quant_linear(lin, x, QuantSpec(3, symmetric=True), w_bits=3)
+    _search_site(Site("fc", whole, Role.FC1), [((x,), y, g)], HessianSearchConfig())
+    _search_site(Site("fc", split, Role.FC1), [((x[:200],), y[:200], g[:200]), ((x[200:],), y[200:], g[200:])],
+                 HessianSearchConfig())
+    for a, b in ((whole.input_quantizer, split.input_quantizer), (whole.weight_quantizer, split.weight_quantizer)):
+        torch.testing.assert_close(a.scale, b.scale)
+
+    site = Site("fc", split, Role.FC1)
+    cap = _Capture([site])
+    for rows in (3, 5, 3):  # two sizes, 3-row calls twice
+        xs = torch.randn(2, rows, 16)
+        cap.inputs["fc"].append((xs,))
+        cap.outputs["fc"].append(torch.zeros(2, rows, 8))
+        cap.grads["fc"].append(torch.zeros(2, rows, 8))
+    calls = cap.get("fc")
+    assert sorted(tuple(c[0][0].shape) for c in calls) == [(2, 5, 16), (4, 3, 16)]
+    assert all(c[2] is None for c in calls)  # zero gradient everywhere: searched on output MSE
