@@ -179,48 +179,57 @@ def _slot(q, data, out_axis, cfg, softmax):
 
 
 def _search_site(site, calls, cfg):
-    """calls: [(inputs, float output, output gradient or None)] (_Capture.get); errors add up over the calls."""
+    """calls: [(inputs, float output, output gradient or None)] (_Capture.get); errors add up over the calls. While one
+    operand's candidates are tried, the other operand is quantized once, not once per candidate."""
     m = site.module
     # each operand over all calls, for the data statistics of _slot (no copy when there is one call)
     first = list(calls[0][0]) if len(calls) == 1 else [torch.cat([c[0][i].reshape(-1) for c in calls])
                                                           for i in range(len(calls[0][0]))]
-    if isinstance(m, MatMul):
+    if isinstance(m, MatMul):  # operands: 0 = a, 1 = b; a is searched first
         softmax = site.role.value == "matmul_av"
-        slots = [_slot(m.a_quantizer, first[0], 1 if m.a_quantizer is not None and m.a_quantizer.per_channel else None,
-                       cfg, softmax),
-                 _slot(m.b_quantizer, first[1], 1 if m.b_quantizer is not None and m.b_quantizer.per_channel else None,
-                       cfg, False)]
+        quantizers = (m.a_quantizer, m.b_quantizer)
+        axes = [1 if q is not None and q.per_channel else None for q in quantizers]
+        order = [(0, _slot(m.a_quantizer, first[0], axes[0], cfg, softmax)),
+                 (1, _slot(m.b_quantizer, first[1], axes[1], cfg, False))]
 
-        def output(inputs):
-            a, b = inputs
-            qa = m.a_quantizer(a) if m.a_quantizer is not None else a
-            qb = m.b_quantizer(b) if m.b_quantizer is not None else b
-            return qa @ qb
-    elif isinstance(m, (QuantLinear, QuantConv2d)):
+        def raw(k, inputs):
+            return inputs[k]
+
+        def combine(a, b):
+            return a @ b
+    elif isinstance(m, (QuantLinear, QuantConv2d)):  # operands: 0 = input, 1 = weight; the weight is searched first
         conv = isinstance(m, QuantConv2d)
-        slots = [_slot(m.weight_quantizer, m.weight, 1 if conv else -1, cfg, False),
-                 _slot(m.input_quantizer, first[0], None, cfg, False)]
+        quantizers = (m.input_quantizer, m.weight_quantizer)
+        order = [(1, _slot(m.weight_quantizer, m.weight, 1 if conv else -1, cfg, False)),
+                 (0, _slot(m.input_quantizer, first[0], None, cfg, False))]
 
-        def output(inputs):
-            x = inputs[0]
-            w = m.weight_quantizer(m.weight) if m.weight_quantizer is not None else m.weight
-            xq = m.input_quantizer(x) if m.input_quantizer is not None else x
-            return m._conv_forward(xq, w, m.bias) if conv else F.linear(xq, w, m.bias)
+        def raw(k, inputs):
+            return inputs[0] if k == 0 else m.weight
+
+        def combine(x, w):
+            return m._conv_forward(x, w, m.bias) if conv else F.linear(x, w, m.bias)
     else:
         return
-    slots = [s for s in slots if s is not None]
-    if not slots:
+
+    def operand(k, inputs):
+        v = raw(k, inputs)
+        return quantizers[k](v) if quantizers[k] is not None else v
+
+    order = [(k, slot) for k, slot in order if slot is not None]
+    if not order:
         return
     weights = [g.pow(2) if (cfg.metric == "hessian" and g is not None) else None for _, _, g in calls]
     with torch.no_grad():
-        for _ in range(cfg.rounds if len(slots) > 1 else 1):
-            for slot in slots:
+        for _ in range(cfg.rounds if len(order) > 1 else 1):
+            for k, slot in order:
+                fixed = [operand(1 - k, inputs) for inputs, _, _ in calls]
                 errs = []
                 for i in range(len(slot.candidates)):
                     slot.set(i)
                     err = 0
-                    for (inputs, y, _), weight in zip(calls, weights):
-                        d = (output(inputs) - y).pow(2)
+                    for (inputs, y, _), weight, other in zip(calls, weights, fixed):
+                        out = combine(operand(k, inputs), other) if k == 0 else combine(other, operand(k, inputs))
+                        d = (out - y).pow(2)
                         err = err + slot.group_error(d * weight if weight is not None else d)
                     errs.append(err)
                 slot.set_best(torch.stack(errs).argmin(0))  # first of equal errors, like an argmax of −error
