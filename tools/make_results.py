@@ -63,9 +63,7 @@ def agreement_table(report):
     runs = [r for r in report["results"] if r.get("agreement")]
     if not runs:
         return None
-    keys = list(dict.fromkeys(k for r in runs for k in r["agreement"]))
-    scalars = [k for k in keys if not any(isinstance(r["agreement"].get(k), dict) for r in runs)]
-    changes = [k for k in keys if k not in scalars]
+    scalars, changes = agreement_columns(runs)
     constant = [k for k in scalars if len({json.dumps(r["agreement"].get(k)) for r in runs}) == 1 and len(runs) > 1]
     scalars = [k for k in scalars if k not in constant]
     rank = agreement_rank_key(report["primary_metric"], scalars)
@@ -97,6 +95,14 @@ def agreement_table(report):
     return "\n".join(lines)
 
 
+def agreement_columns(runs):
+    """The `agreement` keys of these runs in first-seen order, split into scalar measures and task-metric changes
+    (dicts with diff and interval)."""
+    keys = list(dict.fromkeys(k for r in runs for k in r["agreement"]))
+    changes = [k for k in keys if any(isinstance(r["agreement"].get(k), dict) for r in runs)]
+    return [k for k in keys if k not in changes], changes
+
+
 def agreement_rank_key(metric, scalars):
     """The agreement measure tables rank by: the task metric's own (bbox_mAP -> bbox_mAP_agreement), else the first
     `*_agreement` measure, else the first measure."""
@@ -114,9 +120,8 @@ def agreement_summary(report):
         groups.setdefault((r["w_bits"], r["a_bits"], r["method"]), {})[r.get("seed", 0)] = r
     if not any(len(g) > 1 for g in groups.values()):
         return None
-    keys = list(dict.fromkeys(k for r in runs for k in r["agreement"]))
-    scalars = [k for k in keys if k.endswith("_agreement")]
-    changes = [k for k in keys if any(isinstance(r["agreement"].get(k), dict) for r in runs)]
+    scalars, changes = agreement_columns(runs)
+    scalars = [k for k in scalars if k.endswith("_agreement")]
     rank = agreement_rank_key(report["primary_metric"], scalars)
 
     def values(group, k):
