@@ -60,3 +60,31 @@ def load_config(path, use_mmengine=None):
         raise
     except Exception as exc:  # a syntax error or a missing base file in the user's config
         raise UserInputError(f"cannot read config {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def apply_cfg_options(cfg, options):
+    """Apply `KEY=VALUE` overrides (mmengine's --cfg-options syntax: dotted keys, values read as Python literals when
+    they parse, else kept as text) to a loaded config, in place; returns it."""
+    if not options:
+        return cfg
+    import ast
+    updates = {}
+    for item in options:
+        if "=" not in item:
+            raise UserInputError(f"--cfg-options entries must be KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        updates[key] = value
+    if hasattr(cfg, "merge_from_dict"):
+        cfg.merge_from_dict(updates)
+    else:
+        for key, value in updates.items():
+            node = cfg
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return cfg

@@ -58,11 +58,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import plugin  # noqa: F401
-    from plugin.config import load_config
+    from plugin.config import apply_cfg_options, load_config
     from plugin.quant import get_recipe, quantize
     from plugin.quant.deploy import deploy, deploy_report, format_recipe
     from plugin.tasks.base import get_task
-    from tools.ptq_test import apply_cfg_options
 
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     cfg = apply_cfg_options(load_config(args.config), args.cfg_options)
@@ -83,7 +82,7 @@ def main(argv=None):
     for method in args.method:
         recipe = get_recipe(method, args.w_bits, args.a_bits)
         torch.manual_seed(args.seed)
-        calib = task.calib_data(fp_model, recipe.calib_num, args.seed)
+        calib = task.calib_data(fp_model, recipe.calib_num or task.default_calib_num, args.seed)
         model = quantize(copy.deepcopy(fp_model), recipe, calib, log=lambda *a: None)
         fake = task.evaluate(model, False)
         fake_logits = task.last_outputs["logits"].float()

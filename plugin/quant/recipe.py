@@ -8,7 +8,9 @@ reparameterisation rule and a list of extra passes. Site keys, looked up in this
   then `act`;
 - `q`, `k` (operands of q@kᵀ), `post_softmax`, `v` (operands of attn@v), then `act`.
 
-A site mapped to None stays in float. Roles listed in `float_roles` are not quantized at all. `overrides` are
+A site mapped to None stays in float. `calib_num` is the method's own calibration size (its paper's); None leaves it
+to the task runner (its default for the task). `freeze()` makes a resolved recipe read-only: a tool resolves its
+recipes once (bit widths, pass options, iterations) and runs them unchanged. Roles listed in `float_roles` are not quantized at all. `overrides` are
 per-module rules by name, regex or role, applied before all of that (plugin.quant.overrides: first match wins).
 
 `sequential` is the calibration order: "block" sets each block's quantizers together from what the block's inputs
@@ -46,10 +48,12 @@ class Recipe:
     observe_elems: int = 2 ** 20           # sampled activation values kept per quantizer for the range searches
     passes: List[PassConfig] = field(default_factory=list)  # dict entries are turned into configs (__setattr__)
     overrides: list = field(default_factory=list)  # [(pattern, None | {slot: spec | None})], plugin.quant.overrides
-    calib_num: int = 32
+    calib_num: Optional[int] = None  # the method's own calibration size; None: the task runner's default
     version: int = RECIPE_VERSION
 
     def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise ConfigError(f"recipe {self.name} is frozen (resolved): build a new one with get_recipe")
         if name == "passes":  # whenever passes are set (built, loaded, edited): checked configs, bad options refused
             value = [pass_config(p, where=f"recipe {self.name}") for p in value]
         super().__setattr__(name, value)
@@ -67,6 +71,13 @@ class Recipe:
             if spec is not None and not isinstance(spec, QuantSpec):
                 raise ConfigError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
         self.overrides = normalize_overrides(self.overrides, where=f"recipe {self.name}")
+
+    def freeze(self):
+        """Make this recipe read-only (fields, sites, overrides, the pass list) and return it. Copies stay frozen."""
+        for name, value in (("sites", _ReadOnlyDict(self.sites)), ("overrides", tuple(self.overrides)),
+                            ("passes", tuple(self.passes)), ("_frozen", True)):
+            object.__setattr__(self, name, value)
+        return self
 
     def override_for(self, name, role):
         """(True, rule) of the first override matching this module (rule None = float), else (False, None)."""
@@ -103,9 +114,21 @@ class Recipe:
             reparam_skip_roles=tuple(d.get("reparam_skip_roles", ())),
             sequential=d.get("sequential", "block"), observe_elems=d.get("observe_elems", 2 ** 20),
             passes=[dict(p) for p in d.get("passes", [])], overrides=d.get("overrides", []),
-            calib_num=d.get("calib_num", 32),
+            calib_num=d.get("calib_num"),
             version=d.get("version", RECIPE_VERSION),
         )
+
+
+class _ReadOnlyDict(dict):
+    """The sites of a frozen recipe: a dict that refuses changes (copies and pickles keep it read-only)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise ConfigError("the sites of a frozen (resolved) recipe are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce_ex__(self, protocol):
+        return type(self), (dict(self),)
 
 
 def register_recipe(name):
@@ -164,7 +187,7 @@ def ptq4vit_recipe(w_bits, a_bits, metric="hessian", grad="label"):
     return Recipe(
         name="ptq4vit", w_bits=w_bits, a_bits=a_bits,
         weight=QuantSpec(w_bits, symmetric=True), act=act, sites=sites, sequential="none",
-        passes=[dict(type="hessian_search", metric=metric, grad=grad)],
+        passes=[dict(type="hessian_search", metric=metric, grad=grad)], calib_num=32,
     )
 
 

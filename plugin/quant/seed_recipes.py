@@ -55,9 +55,10 @@ def dopq_recipe(w_bits, a_bits, *, tanq=True, mosf=True, setting="paper", iters=
 @register_recipe("dopq_lite")
 def dopq_lite_recipe(w_bits, a_bits, *, tanq=True, name="dopq_lite"):
     """DopQ-ViT without reconstruction: TanQ and RepQ-style post-LN folding at calibration with the MOSF scale (inert
-    there: the exact fold absorbs any layer-wise scale, plugin.quant.mosf), 32 images like RepQ-ViT."""
+    there: the exact fold absorbs any layer-wise scale, plugin.quant.mosf), on the task's default calibration size
+    (32 images on classification, like RepQ-ViT)."""
     softmax = QuantSpec(a_bits, kind="tanq" if tanq else "log_sqrt2", search="mse")
-    return _base(name, w_bits, a_bits, softmax, QuantSpec(a_bits, search="mse"), reparam="mosf", calib_num=32)
+    return _base(name, w_bits, a_bits, softmax, QuantSpec(a_bits, search="mse"), reparam="mosf")
 
 
 @register_recipe("isvit")
@@ -69,7 +70,8 @@ def isvit_recipe(w_bits, a_bits, *, sulq=True, sos=True, setting="paper", iters=
     softmax = QuantSpec(a_bits, kind="sulq" if sulq else "log2", search="mse")
     post_ln = QuantSpec(a_bits, granularity="channel" if sos else "tensor", search="mse")
     passes = [_pass("sos", setting, iters=iters, batch_size=batch_size, lr=lr, rule="mean")] if sos else []
-    return _base(name, w_bits, a_bits, softmax, post_ln, reparam="mean", passes=passes, calib_num=1024)
+    return _base(name, w_bits, a_bits, softmax, post_ln, reparam="mean", passes=passes,
+                 calib_num=1024 if passes else None)
 
 
 @register_recipe("aiqvit")
@@ -85,7 +87,7 @@ def aiqvit_recipe(w_bits, a_bits, *, dfq=True, dfq_kind="dfq", lowrank=True, cur
     passes = [_pass("lowrank", setting, rank_candidates=ranks, search=False if fixed_rank else None, iters=iters,
                     batch_size=batch_size, curriculum=curriculum)] if lowrank else []
     return _base(name, w_bits, a_bits, softmax, QuantSpec(a_bits, search="mse"),
-                 reparam="mean", passes=passes, calib_num=1024)
+                 reparam="mean", passes=passes, calib_num=1024 if passes else None)
 
 
 ABLATIONS = {
