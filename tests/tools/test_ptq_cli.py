@@ -100,7 +100,7 @@ def test_pickled_checkpoint_refused(tmp_path, capsys):
 def test_pickle_refusal_is_one_plain_line(tmp_path, capsys):
     bad = tmp_path / "pickled.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": NotATensor()}, bad)
-    assert run_cli(CONFIG, bad, "--out", tmp_path, "--quiet") == 2
+    assert run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert "\x1b" not in err and len(err.splitlines()) == 1
 
@@ -111,7 +111,7 @@ def test_damaged_checkpoint_is_not_sent_to_unsafe_load(tmp_path, capsys, damage)
     torch.save({"w": torch.zeros(100)}, good)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(good.read_bytes()[:120] if damage == "truncated" else bytes(range(7, 250)) * 8)
-    assert run_cli(CONFIG, bad, "--out", tmp_path, "--quiet") == 2
+    assert run_cli(CONFIG, bad, "--out", tmp_path / "out", "--quiet") == 2
     err = capsys.readouterr().err
     assert "not a readable" in err and "--unsafe-load" not in err and "Traceback" not in err
 
@@ -127,7 +127,7 @@ def test_shape_mismatch_names_both_shapes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["--bits", "9"], ["--bits", "1"], ["--calib-num", "0"], ["--w-bits", "x"],
-                                  ["--fp-only", "--no-fp"]])
+                                  ["--recon-iters", "0"], ["--recon-setting", "huge"]])
 def test_bad_numbers_rejected_by_parser(tmp_path, argv):
     with pytest.raises(SystemExit) as exc:
         run_cli(CONFIG, CKPT, "--out", tmp_path, *argv)
@@ -185,16 +185,16 @@ def test_triton_backend_refused_where_it_cannot_run(tmp_path, capsys, extra, mes
 
 def test_w_and_a_bits_reach_the_quantizers(tmp_path, monkeypatch):
     """--w-bits and --a-bits set the weight and the activation quantizers separately (not --bits for both)."""
-    import plugin.quant as pq
+    import plugin.pipeline.run as pipeline
     from plugin.quant.calibrate import iter_quantizers
-    seen, real = {}, pq.quantize
+    seen, real = {}, pipeline.quantize
 
     def spy(model, recipe, *args, **kwargs):
         out = real(model, recipe, *args, **kwargs)
         seen.update({name: q.bits for name, q in iter_quantizers(out)})
         return out
 
-    monkeypatch.setattr(pq, "quantize", spy)
+    monkeypatch.setattr(pipeline, "quantize", spy)
     assert run_cli(CONFIG, CKPT, "--w-bits", "3", "--a-bits", "6", "--method", "minmax", "--no-fp", "--out", tmp_path,
                    "--quiet", "--device", "cpu") == 0
     weights = {b for n, b in seen.items() if n.endswith("weight_quantizer")}
@@ -235,9 +235,9 @@ def test_unwritable_out_fails_up_front(tmp_path, capsys):
 
 
 def test_failed_run_leaves_no_saved_models(tmp_path, capsys, monkeypatch):
-    import plugin.quant as pq
+    import plugin.pipeline.run as pipeline
     from plugin.errors import CalibrationError
-    calls, real = [], pq.quantize
+    calls, real = [], pipeline.quantize
 
     def second_fails(*args, **kwargs):
         calls.append(1)
@@ -245,7 +245,7 @@ def test_failed_run_leaves_no_saved_models(tmp_path, capsys, monkeypatch):
             raise CalibrationError("simulated failure of the second method")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pq, "quantize", second_fails)
+    monkeypatch.setattr(pipeline, "quantize", second_fails)
     _assert_failed(capsys, run_cli(CONFIG, CKPT, "--method", "minmax", "repq", "--save-model", "--no-fp", "--out",
                                    tmp_path, "--quiet", "--device", "cpu"), tmp_path, ["simulated failure"])
     assert os.listdir(tmp_path) == []  # neither models/ nor a staging folder
@@ -274,5 +274,119 @@ def test_markdown_agreement_reads_undefined_as_na_and_marks_ties():
               "fp": {"bbox_mAP": 8.6}, "results": [
                   {"method": "repq", "w_bits": 4, "a_bits": 4, "metrics": {"bbox_mAP": 8.9}, "calib_time_s": 1.0,
                    "calib_num": 1, "agreement": {"bbox_mAP_agreement": None, "bbox_mAP_change": change}}]}
-    md = ptq_test.markdown_report(report)
+    from plugin.pipeline import markdown_report
+    md = markdown_report(report)
     assert "| repq | 4/4 | bbox_mAP_agreement n/a | bbox_mAP_change +0.30 [-0.40, +1.00] (tie) |" in md
+
+
+def _nonempty(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    return out
+
+
+# (argv after CONFIG CKPT, words of the one error line); each runs with --out tmp_path/out
+BAD_INPUTS = [
+    (["--fp-only", "--no-fp"], ["exclude each other"]),
+    (["--w-bits", "3", "--bits", "4", "6"], ["cannot be combined"]),
+    (["--method", "repq", "ptq4vit", "--recon-iters", "5"], ["--recon-iters", "none of repq, ptq4vit"]),
+    (["--method", "minmax", "--recon-setting", "small"], ["--recon-setting", "none of minmax"]),
+    (["--method", "nosuch"], ["nosuch"]),
+    (["--onnx-nonuniform", "float"], ["add --export-onnx"]),
+    (["--cfg-options", "novalue"], ["KEY=VALUE"]),
+    (["--cfg-options", "task=nosuch"], ["unknown task", "nosuch"]),
+    (["--method", "isvit"], ["isvit needs 1024", "(method default)", "holds 512"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, argv, words):
+    out = tmp_path / "out"
+    _assert_failed(capsys, run_cli(CONFIG, CKPT, *argv, "--out", out, "--quiet", "--device", "cpu"), out, words)
+    assert os.listdir(tmp_path) == []  # no staging folder beside --out either
+
+
+def test_non_empty_out_refused_without_overwrite(tmp_path, capsys):
+    out = _nonempty(tmp_path)
+    assert run_cli(CONFIG, CKPT, "--method", "minmax", "--out", out, "--quiet", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not empty" in err and "--overwrite" in err
+    assert os.listdir(out) == ["report.json"] and (out / "report.json").read_text() == "{}"
+
+
+def test_overwrite_replaces_the_previous_run_and_keeps_foreign_files(tmp_path):
+    out = tmp_path / "out"
+    common = ["--save-model", "--no-fp", "--calib-num", "8", "--out", out, "--quiet", "--device", "cpu"]
+    assert run_cli(CONFIG, CKPT, "--method", "minmax", *common) == 0
+    (out / "command.txt").write_text("what a script wrote")
+    assert run_cli(CONFIG, CKPT, "--method", "repq", "--overwrite", *common) == 0
+    assert sorted(os.listdir(out)) == ["command.txt", "models", "report.json", "report.md"]
+    assert sorted(os.listdir(out / "models")) == ["repq_w4a4.json", "repq_w4a4.safetensors"]  # no stale minmax
+    assert [r["method"] for r in json.load(open(out / "report.json"))["results"]] == ["repq"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # the staging folder is gone
+    assert oct(os.stat(out).st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+
+
+def test_report_records_the_job_iterations_and_calibration_source(tmp_path):
+    """isvit with --recon-iters: the iterations that ran are in the report (no `iters: null`), with the batch and
+    where the calibration size came from."""
+    code = run_cli(CONFIG, CKPT, "--method", "isvit", "--recon-iters", "2", "--calib-num", "8", "--no-fp",
+                   "--out", tmp_path / "o", "--quiet", "--device", "cpu")
+    assert code == 0
+    report = json.load(open(tmp_path / "o" / "report.json"))
+    entry = report["results"][0]
+    assert entry["calib_num"] == 8 and entry["calib_source"] == "--calib-num"
+    assert entry["recon"] == [{"kind": "sos", "setting": "paper", "iters": 2, "batch_size": 64, "batch_used": 8}]
+    assert entry["recipe"]["passes"][0]["iters"] == 2 and entry["recipe"]["passes"][0]["batch_size"] == 64
+    assert report["job"]["recon_iters"] == 2 and report["job"]["plans"][0]["calib_source"] == "--calib-num"
+    assert "isvit W4A4: 8 samples (--calib-num), sos 2 iterations batch 8" in open(tmp_path / "o" / "report.md").read()
+
+
+def test_w_bits_alone_is_weight_only(tmp_path):
+    assert run_cli(CONFIG, CKPT, "--w-bits", "8", "--method", "minmax", "--out", tmp_path / "o", "--quiet",
+                   "--device", "cpu") == 0
+    report = json.load(open(tmp_path / "o" / "report.json"))
+    entry = report["results"][0]
+    assert (entry["w_bits"], entry["a_bits"], entry["weight_only"]) == (8, 16, True)
+    assert abs(entry["metrics"]["top1"] - report["fp"]["top1"]) <= 1.0  # W8 weights alone barely matter
+    md = open(tmp_path / "o" / "report.md").read()
+    assert "| minmax | 8/16 (weight-only) |" in md and "activations stay in float" in md
+
+
+def test_dry_run_describes_without_calibrating(tmp_path, capsys, monkeypatch):
+    """Issue 25.1's command line resolves (the setting reaches isvit's sos pass only), prints the plan and sites,
+    calibrates and writes nothing."""
+    import plugin.pipeline.run as pipeline
+    monkeypatch.setattr(pipeline, "quantize", lambda *a, **k: pytest.fail("--dry-run calibrated"))
+    code = run_cli(CONFIG, CKPT, "--method", "repq", "ptq4vit", "isvit", "--recon-setting", "small", "--calib-num",
+                   "64", "--dry-run", "--out", tmp_path / "o", "--device", "cpu")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "isvit W4A4: 64 calibration samples (--calib-num); passes: sos; sos small: 250 iterations, batch 32" in out
+    assert "ptq4vit W4A4: 64 calibration samples (--calib-num); passes: hessian_search" in out
+    assert "repq_w4a4: 26 quantized modules" in out and os.listdir(tmp_path) == []
+
+
+def _foreign_model(tmp_path, name, **kwargs):
+    """A timm model no adapter knows, on the embedded data (28x28 grey, 10 classes), with its random weights."""
+    import timm
+    from safetensors.torch import save_file
+    kwargs = dict(num_classes=10, in_chans=1, **kwargs)
+    state = timm.create_model(name, **kwargs).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(f"_base_ = [{CONFIG!r}]\nmodel = dict(_delete_=True, name={name!r}, kwargs={kwargs!r})\n")
+    return cfg, tmp_path / "w.safetensors"
+
+
+@pytest.mark.parametrize("name, kwargs, arch", [
+    ("test_resnet", {}, "ResNet"),
+    ("mixer_s16_224", dict(img_size=32), "MlpMixer")])  # the model of issue 25.6, on 2x2 patches
+def test_unsupported_architecture_refused_before_evaluation(tmp_path, capsys, monkeypatch, name, kwargs, arch):
+    from plugin.classification.task import ClassificationTask
+    monkeypatch.setattr(ClassificationTask, "evaluate", lambda *a, **k: pytest.fail("evaluated first"))
+    cfg, ckpt = _foreign_model(tmp_path, name, **kwargs)
+    out = tmp_path / "out"
+    _assert_failed(capsys, run_cli(cfg, ckpt, "--out", out, "--quiet", "--device", "cpu"), out,
+                   [f"no adapter knows the architecture {arch}"])
