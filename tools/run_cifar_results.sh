@@ -20,7 +20,7 @@ run() {  # model ckpt group bits seed methods...
   local fp=--no-fp; [ "$group" = base ] && [ "$seed" = 0 ] && fp=  # one full-precision evaluation per model
   local cmd=("$PY" tools/ptq_test.py "configs/classification/cifar10_${model}.py" "$ckpt" --device cuda --quiet
              --cfg-options "data.path=$NPZ" --out "$dir" --bits "$bits" --seed "$seed" $fp
-             --recon-setting "$SETTING" --method "$@")
+             --recon-setting "$SETTING" --overwrite --method "$@")  # --overwrite: command.txt and log.txt are already in $dir
   echo "${cmd[*]}" > "$dir/command.txt"
   timeout "$LIMIT" "${cmd[@]}" > "$dir/log.txt" 2>&1 || echo "FAILED or timed out: $dir (see $dir/log.txt)"
 }
