@@ -244,9 +244,6 @@ def resolve_job(config, checkpoint, *, method=("repq",), bits=None, w_bits=None,
             recon = tuple(ReconPlan(p.kind, p.setting, p.iters, p.batch_size, min(p.batch_size, num))
                           for p in recipe.passes if isinstance(p, ReconConfig))
             plans.append(MethodPlan(m, w, a, recipe, num, source, recon))
-    if (recon_setting or recon_iters) and plans and not any(p.recon for p in plans):
-        flag = "--recon-iters" if recon_iters else "--recon-setting"
-        raise UserInputError(f"{flag} applies to reconstruction passes, and none of {', '.join(methods)} has one")
     out_dir = os.path.abspath(out or os.path.join("work_dirs", "ptq", os.path.splitext(os.path.basename(config))[0]))
     check_out_dir(out_dir, overwrite=overwrite, resume=resume, protect=(config, checkpoint))
     device = _check_device(device, freeze, int8_backend, export_onnx, onnx_nonuniform, task_cls, task_name)

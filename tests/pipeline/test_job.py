@@ -29,6 +29,8 @@ def test_recon_setting_reaches_reconstruction_passes_only(tmp_path):
     assert (sos.kind, sos.setting, sos.iters, sos.batch_size) == ("sos", "small", 250, 32)
     assert plans["isvit"].recipe.passes[0].iters == 250  # the recipe says what runs (no `iters: null`)
     assert not (tmp_path / "out").exists()
+    # methods without a reconstruction pass take the flags too (scripts pass one setting to every group of methods)
+    assert job(tmp_path, method=["minmax"], recon_setting="small", recon_iters=5).plans[0].recon == ()
 
 
 @pytest.mark.parametrize("bits, setting, iters, expected", [
@@ -99,7 +101,6 @@ def test_weight_only_recipe_has_no_activation_quantizer():
 @pytest.mark.parametrize("options, words", [
     (dict(fp_only=True, no_fp=True), "exclude each other"),
     (dict(w_bits=3, bits=[4, 6]), "cannot be combined"),
-    (dict(method=["repq", "ptq4vit"], recon_iters=5), "none of repq, ptq4vit has one"),
     (dict(method=["nosuch"]), "nosuch"),
     pytest.param(dict(device="cuda"), "no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")),

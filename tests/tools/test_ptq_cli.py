@@ -290,8 +290,6 @@ def _nonempty(tmp_path):
 BAD_INPUTS = [
     (["--fp-only", "--no-fp"], ["exclude each other"]),
     (["--w-bits", "3", "--bits", "4", "6"], ["cannot be combined"]),
-    (["--method", "repq", "ptq4vit", "--recon-iters", "5"], ["--recon-iters", "none of repq, ptq4vit"]),
-    (["--method", "minmax", "--recon-setting", "small"], ["--recon-setting", "none of minmax"]),
     (["--method", "nosuch"], ["nosuch"]),
     (["--onnx-nonuniform", "float"], ["add --export-onnx"]),
     (["--cfg-options", "novalue"], ["KEY=VALUE"]),
