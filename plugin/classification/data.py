@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import UserInputError, check_calib_num
 from ..utils.paths import REPO_ROOT as PATHS_REPO_ROOT, resolve_data_path
+from .timm_models import input_size, patch_embedding
 
 REPO_ROOT = Path(PATHS_REPO_ROOT)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -336,20 +337,13 @@ def image_data_config(data_cfg, model):
         size = args["input_size"]
         size = (size, size) if isinstance(size, int) else tuple(size)
         if len(size) == 2:
-            size = (_in_chans(model),) + size
+            size = (input_size(model)[0] if patch_embedding(model) is not None else 3,) + size
         if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
             raise UserInputError(f"data.input_size must be an int, (H, W) or (C, H, W), got {data_cfg['input_size']!r}")
         args["input_size"] = size
-    else:
-        img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-        if img_size is not None:
-            args["input_size"] = (_in_chans(model),) + tuple(img_size)
+    elif patch_embedding(model) is not None:  # timm's resolve_data_config would take the name's preset size
+        args["input_size"] = input_size(model)
     return timm.data.resolve_data_config(args, model=model)
-
-
-def _in_chans(model):
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    return getattr(proj, "in_channels", 3)
 
 
 def _required(data_cfg, key):
