@@ -15,6 +15,7 @@ ALLOWED = {
     "classification": {"quant", "tasks", "errors", "utils", "config"},
     "detection": {"quant", "tasks", "errors", "utils", "config"},
     "pointcloud": {"quant", "tasks", "errors", "utils", "config"},
+    "bench": {"quant", "classification", "errors", "utils"},
 }
 
 

@@ -43,8 +43,32 @@ def data_config_for(model, **overrides):
     """timm's `resolve_data_config` for `model`, with the input size it was built for (not its name's preset) unless
     `overrides` give `input_size`; `overrides` (mean, std, interpolation, crop_pct, crop_mode) replace the model's
     pretrained config. Feed the result to `timm.data.create_transform(**cfg)`."""
-    from .data import image_data_config
     return image_data_config(overrides, model)
+
+
+PREPROCESS_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+def image_data_config(data_cfg, model):
+    """timm's preprocessing for an image folder: what the config's `data` gives (input_size, mean, std, interpolation,
+    crop_pct, crop_mode), the rest from the model's pretrained_cfg; the input size from the model as built (its
+    kwargs applied, e.g. img_size=64), not from the preset of its name."""
+    import timm.data
+    args = {k: data_cfg[k] for k in PREPROCESS_KEYS if data_cfg.get(k) is not None}
+    for key in ("mean", "std"):
+        if key in args:
+            args[key] = tuple(float(v) for v in (args[key] if isinstance(args[key], (list, tuple)) else [args[key]]))
+    if "input_size" in args:
+        size = args["input_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if len(size) == 2:
+            size = (input_size(model)[0] if patch_embedding(model) is not None else 3,) + size
+        if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise UserInputError(f"data.input_size must be an int, (H, W) or (C, H, W), got {data_cfg['input_size']!r}")
+        args["input_size"] = size
+    elif patch_embedding(model) is not None:  # timm's resolve_data_config would take the name's preset size
+        args["input_size"] = input_size(model)
+    return timm.data.resolve_data_config(args, model=model)
 
 
 # --- the record of a timm model, for load_quantized(path) --------------------------------------------------------

@@ -13,7 +13,6 @@ loader once reached.
 """
 import torch
 
-from .calibrate import CalibData
 from .errors import CalibrationError, ConfigError
 from .recipe import Recipe, get_recipe
 
@@ -53,14 +52,9 @@ def _device(model):
     return next((p.device for p in model.parameters()), None)
 
 
-def as_calib_data(calib, model, forward=None, calib_num=None):
-    """`calib` as a CalibData: a CalibData unchanged; a tensor as one batch; any iterable (DataLoader, list,
-    generator) read batch by batch, stopping after `calib_num` samples when given."""
-    if isinstance(calib, CalibData):
-        if forward is not None or calib_num is not None:
-            raise ConfigError("forward/calib_num apply to a DataLoader or list; a CalibData has its own batches and "
-                              "forward")
-        return calib
+def calib_batches(calib, model, forward=None, calib_num=None):
+    """(batches, forward) of calibration data given as a tensor (one batch) or any iterable (DataLoader, list,
+    generator), read batch by batch, stopping after `calib_num` samples when given."""
     if calib is None:
         raise ConfigError("quantize needs calibration data: calib=<DataLoader or list of batches> (from a training "
                           "split, never the evaluation split)")
@@ -89,7 +83,7 @@ def as_calib_data(calib, model, forward=None, calib_num=None):
             break
     if calib_num is not None and taken < calib_num:
         raise CalibrationError(f"calib_num={calib_num} but the calibration data holds {taken} samples")
-    return CalibData(batches, forward if forward is not None else _run_model)
+    return batches, (forward if forward is not None else _run_model)
 
 
 def _run_model(model, x):

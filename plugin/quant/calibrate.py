@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from .attach import Site, attach_quantizers, set_submodule  # noqa: F401  (Site, set_submodule: re-exported)
 from .block_skip import BlockSkip, StopForward  # noqa: F401  (StopForward: re-exported)
+from .calib_input import calib_batches, resolve_recipe
 from .errors import CalibrationError, CheckpointError, ConfigError
 from .passes import check_passes
 from .quant_state import QuantState, attach_state
@@ -197,9 +198,11 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
     `skip_finished_blocks` (plugin.quant.block_skip) keeps the calibration forwards from recomputing the blocks
     already calibrated; False runs every forward from the input (the same model, slower on deep models)."""
     from .adapter import Adapter, find_adapter
-    from .calib_input import as_calib_data, resolve_recipe
     recipe = resolve_recipe(recipe, w_bits, a_bits)
-    calib = as_calib_data(calib, model, forward, calib_num)
+    if not isinstance(calib, CalibData):
+        calib = CalibData(*calib_batches(calib, model, forward, calib_num))
+    elif forward is not None or calib_num is not None:
+        raise ConfigError("forward/calib_num apply to a DataLoader or list; a CalibData has its own batches and forward")
     if log is None:
         log = logger.info
     if resume and not checkpoint_dir:
