@@ -20,7 +20,8 @@ __all__ = [
     "MatMul", "Observation", "PASSES", "PassConfig", "QUANTIZERS", "QuantConv2d", "QuantLinear", "QuantSpec",
     "QuantState", "Quantizer", "RECIPES", "Recipe", "Role", "attach_quantizers", "build_quantizer", "get_recipe",
     "iter_quantizers", "load_quantized", "quantize", "read_meta", "register_pass", "register_quantizer",
-    "register_model_recorder", "register_recipe", "register_reparam_rule", "save_quantized", "set_quant_enabled", "state",
+    "register_model_recorder", "register_recipe", "register_reparam_rule", "save_quantized", "set_quant_enabled",
+    "state",
 ]
 
 from . import baseline_quantizers, seed_quantizers  # noqa: F401,E402  (registration of the non-uniform grids)

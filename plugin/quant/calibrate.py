@@ -202,7 +202,8 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
     if not isinstance(calib, CalibData):
         calib = CalibData(*calib_batches(calib, model, forward, calib_num))
     elif forward is not None or calib_num is not None:
-        raise ConfigError("forward/calib_num apply to a DataLoader or list; a CalibData has its own batches and forward")
+        raise ConfigError("forward/calib_num apply to a DataLoader or list; a CalibData has its own batches and "
+                          "forward")
     if log is None:
         log = logger.info
     if resume and not checkpoint_dir:

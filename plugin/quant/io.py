@@ -2,9 +2,9 @@
 
 Nothing here needs pickle. `load_quantized(fp_model, path)` rebuilds the quantized structure on a freshly built float
 model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters);
-`load_quantized(path)` first builds that float model from the JSON's `model` record (plugin.quant.model_record). A frozen
-model (plugin.quant.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor arguments,
-and loading rebuilds them in place of the quantized Linears before the tensors load.
+`load_quantized(path)` first builds that float model from the JSON's `model` record (plugin.quant.model_record).
+A frozen model (plugin.quant.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor
+arguments, and loading rebuilds them in place of the quantized Linears before the tensors load.
 """
 import inspect
 import json

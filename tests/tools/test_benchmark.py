@@ -28,8 +28,8 @@ MODELS_RUN_KEYS = sorted(
     + [f"models.deit_small_patch16_224.methods.minmax.{k}" for k in _METHOD])
 _PATHS = ["bf16_compiled", "ours_fp8", "ours_w8a8", "torchao_fp8_dynamic", "torchao_int8_dynamic"]
 E2E_RUN_KEYS = sorted(
-    ["command", "compile", "compile_s.vit_base_patch16_224:2:bf16_compiled", "compile_s.vit_base_patch16_224:2:ours_w8a8",
-     "device", "method", "notes[]", "profile{}", "quick", "timing", "torch", "total_s",
+    ["command", "compile", "compile_s.vit_base_patch16_224:2:bf16_compiled",
+     "compile_s.vit_base_patch16_224:2:ours_w8a8", "device", "method", "notes[]", "profile{}", "quick", "timing", "torch", "total_s",
      "rows[].batch", "rows[].device", "rows[].model", "rows[].torch"]
     + [f"recipes.vit_base_patch16_224.bf16_compiled[].{k}" for k in ("op", "recipe", "role")]
     + [f"recipes.vit_base_patch16_224.ours_w8a8[].{k}" for k in ("count", "op", "recipe", "role", "sites[]")]
