@@ -29,11 +29,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from plugin.bench.e2e import E2E_BATCHES, E2E_MODELS, E2E_PATHS, gpu_slug, run_e2e  # noqa: E402
-from plugin.bench.linear import triton_status  # noqa: E402
-from plugin.bench.models import METHODS, MODELS  # noqa: E402
-from plugin.bench.run import run_benchmark  # noqa: E402
-from plugin.bench.settings import BenchSettings, E2ESettings  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,8 +36,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    p.add_argument("--model", nargs="+", default=MODELS, help="timm model names (created with pretrained=False)")
-    p.add_argument("--method", nargs="+", default=METHODS, help="recipes to calibrate (reconstruction ones: "
+    p.add_argument("--model", nargs="+", default=None, help="timm model names (created with pretrained=False; default: "
+                   "deit_small_patch16_224 vit_base_patch16_224)")
+    p.add_argument("--method", nargs="+", default=None, help="recipes to calibrate (default: minmax ptq4vit repq "
+                   "dopq_lite; reconstruction ones: "
                    "isvit, aiqvit — set --iters to keep them short)")
     p.add_argument("--w-bits", type=int, default=8)
     p.add_argument("--a-bits", type=int, default=8)
@@ -83,6 +80,7 @@ def parse_args(argv=None):
                         "(values parsed as Python literals)")
     add_e2e_args(p)
     args = p.parse_args(argv)
+    _library_defaults(p, args)
     if args.quick:
         args.batch_size = min(args.batch_size, 8)
         args.calib_num = min(args.calib_num, 8)
@@ -101,6 +99,18 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(f"--model-kwargs: {e}")
     return args
+
+
+def _library_defaults(p, args):
+    """Model, method and --e2e defaults from plugin.bench, imported once the options parsed (a fast --help)."""
+    from plugin.bench.e2e import E2E_BATCHES, E2E_MODELS, E2E_PATHS
+    from plugin.bench.models import METHODS, MODELS
+    args.model, args.method = args.model or MODELS, args.method or METHODS
+    args.e2e_models, args.e2e_batches = args.e2e_models or E2E_MODELS, args.e2e_batches or E2E_BATCHES
+    args.e2e_paths = args.e2e_paths or E2E_PATHS
+    for path in args.e2e_paths:
+        if path not in E2E_PATHS:
+            p.error(f"argument --e2e-paths: invalid choice: {path!r} (choose from {', '.join(E2E_PATHS)})")
 
 
 def _literal_kv(text):
@@ -186,6 +196,9 @@ def main(argv=None):
     import plugin  # noqa: F401  (registers adapters, recipes, passes)
     if args.e2e:
         return e2e_main(args)
+    from plugin.bench.linear import triton_status
+    from plugin.bench.run import run_benchmark
+    from plugin.bench.settings import BenchSettings
     from plugin.quant.freeze import set_int8_backend
     device = torch.device(args.device)
     if args.int8_backend != "int_mm" and triton_status(device) is not None:
@@ -208,6 +221,8 @@ def main(argv=None):
 
 
 def e2e_main(args):
+    from plugin.bench.e2e import gpu_slug, run_e2e
+    from plugin.bench.settings import E2ESettings
     device = torch.device(args.device)
     out = args.out or os.path.join(REPO, "docs", "results", "performance", f"e2e_{gpu_slug(device)}.json")
     report = run_e2e(E2ESettings.from_namespace(args), device, "python " + " ".join(sys.argv), _write_json(out),
@@ -225,9 +240,10 @@ def add_e2e_args(p):
     g.add_argument("--e2e", action="store_true", help="whole-model throughput of bf16_compiled, "
                    "torchao_int8_dynamic, torchao_fp8_dynamic, ours_w8a8, ours_fp8 (all torch.compile + CUDA graph "
                    "replays), written to docs/results/performance/e2e_<gpu>.json unless --out")
-    g.add_argument("--e2e-models", nargs="+", default=E2E_MODELS)
-    g.add_argument("--e2e-batches", nargs="+", type=int, default=E2E_BATCHES)
-    g.add_argument("--e2e-paths", nargs="+", default=E2E_PATHS, choices=E2E_PATHS)
+    # defaults and choices: plugin.bench.e2e, filled in after parsing (--help imports no plugin code)
+    g.add_argument("--e2e-models", nargs="+", default=None)
+    g.add_argument("--e2e-batches", nargs="+", type=int, default=None)
+    g.add_argument("--e2e-paths", nargs="+", default=None)
     g.add_argument("--e2e-method", default="minmax", help="recipe calibrated for the ours_* paths (W8A8)")
     g.add_argument("--e2e-min-time", type=float, default=0.5, help="seconds of timed replays per measurement")
     g.add_argument("--e2e-budget-s", type=float, default=None, help="start no new (model, path) after this many "
@@ -243,6 +259,7 @@ def add_e2e_args(p):
 
 
 def print_e2e(report):
+    from plugin.bench.e2e import E2E_PATHS
     print(f"device: {report['device']}  torch {report['torch']}  ({report['timing']})")
     for note in report["notes"]:
         print(f"note: {note}")
