@@ -8,8 +8,9 @@ import time
 
 import torch
 
+from ..classification.timm_models import input_size
 from ..utils.timing import capture_graph, timed
-from .models import QUICK_MODEL_ARGS, input_size, random_calib
+from .models import QUICK_MODEL_ARGS, random_calib
 from .profile import forward_profile
 
 E2E_MODELS = ["vit_base_patch16_224", "deit_small_patch16_224", "swin_tiny_patch4_window7_224"]

@@ -5,7 +5,6 @@ import os
 
 import torch
 
-from ..classification.timm_models import input_size
 from ..utils.paths import REPO_ROOT
 
 MODELS = ["deit_small_patch16_224", "vit_base_patch16_224"]
@@ -56,5 +55,4 @@ def random_calib(shape, num, batch, device):
     return images, CalibData(list(images.split(batch)), lambda m, b: m(b))
 
 
-__all__ = ["EMBEDDED", "METHODS", "MODELS", "QUICK_MODEL_ARGS", "bench_recipe", "build_model", "input_size",
-           "random_calib"]
+__all__ = ["EMBEDDED", "METHODS", "MODELS", "QUICK_MODEL_ARGS", "bench_recipe", "build_model", "random_calib"]

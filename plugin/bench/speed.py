@@ -7,8 +7,9 @@ import time
 
 import torch
 
+from ..classification.timm_models import input_size
 from ..utils.timing import forward_throughput, peak_gib_so_far, timed
-from .models import bench_recipe, build_model, input_size, random_calib
+from .models import bench_recipe, build_model, random_calib
 
 
 def throughput(model, device, shape, s, autocast_bf16=False):

@@ -1,7 +1,6 @@
 """Wall-clock and GPU-memory measurement of torch code (torch only): synchronised timing, CUDA-graph capture, and the
 images/s of a model's forward. Used by plugin/bench and the tools; nothing here knows a model family or a method."""
 import time
-from contextlib import contextmanager
 
 import torch
 
@@ -46,17 +45,6 @@ def time_op(fn, device, reps, warmup=2, graph=False):
         return seconds / reps
     _, seconds = timed(lambda: [fn() for _ in range(reps)], device)
     return seconds / reps
-
-
-@contextmanager
-def peak_memory(device, into, key):
-    """Resets CUDA's peak-memory counter on entry and writes the peak bytes allocated inside the block to
-    `into[key]` on exit (CUDA only: on other devices nothing is written)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    yield
-    if device.type == "cuda":
-        into[key] = torch.cuda.max_memory_allocated(device)
 
 
 def forward_throughput(model, x, eval_batches, warmup, cuda_graph=False, compile=False, autocast_bf16=False):
