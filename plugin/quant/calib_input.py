@@ -40,11 +40,21 @@ def _model_input(batch):
     return x
 
 
+def _sample_count(batch):
+    """Samples in a batch for `calib_num`: the first dimension of the tensor it is or starts with."""
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise ConfigError(f"calib_num counts samples along the first dimension of each batch (a tensor or a tuple "
+                          f"starting with one); a batch of type {type(batch).__name__} cannot be counted: pass the "
+                          f"batches you want and no calib_num")
+    return x.shape[0]
+
+
 def _cut(batch, n):
     """The first `n` samples of a tensor batch or of each same-length tensor of a tuple/list batch."""
     if isinstance(batch, torch.Tensor):
         return batch[:n]
-    size = _model_input(batch).shape[0]
+    size = _sample_count(batch)
     return type(batch)(t[:n] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == size else t for t in batch)
 
 
@@ -71,7 +81,7 @@ def calib_batches(calib, model, forward=None, calib_num=None):
     batches, taken = [], 0
     for batch in batches_in:
         if calib_num is not None:
-            size = _model_input(batch).shape[0]
+            size = _sample_count(batch)
             if taken + size > calib_num:
                 batch, size = _cut(batch, calib_num - taken), calib_num - taken
             taken += size

@@ -59,6 +59,8 @@ def test_calibration_input_errors(fmnist):
         quantize(float_model(), "minmax", calib=[x], calib_num=100)
     with pytest.raises(ConfigError, match="pass forward="):
         quantize(float_model(), "minmax", calib=[{"img": x}])
+    with pytest.raises(ConfigError, match="batch of type dict cannot be counted"):
+        quantize(float_model(), "minmax", calib=[{"img": x}], forward=lambda m, b: m(b["img"]), calib_num=4)
     with pytest.raises(ConfigError, match="w_bits/a_bits apply to a recipe name"):
         quantize(float_model(), get_recipe("minmax", 8, 8), calib=[x], w_bits=4)
     with pytest.raises(ConfigError, match="needs calibration data"):
