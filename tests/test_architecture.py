@@ -16,6 +16,7 @@ ALLOWED = {
     "detection": {"quant", "tasks", "errors", "utils", "config"},
     "pointcloud": {"quant", "tasks", "errors", "utils", "config"},
     "pipeline": {"quant", "tasks", "errors", "config"},
+    "bench": {"quant", "classification", "errors", "utils"},
 }
 
 
@@ -93,3 +94,12 @@ def test_extension_examples_run():
     namespace = {"__name__": "architecture_examples"}
     for block in blocks:
         exec(compile(block, "docs/architecture.md", "exec"), namespace)
+
+
+def test_core_api_example_runs():
+    """The first example of docs/architecture.md's "Core API" section (the one-call quantize, input size, save and
+    load_quantized(path) without a float model), executed as written."""
+    text = (pathlib.Path(REPO) / "docs" / "architecture.md").read_text()
+    section = text.split("## Core API", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "docs/architecture.md", "exec"), {"__name__": "core_api_example"})

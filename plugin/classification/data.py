@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import UserInputError, check_calib_num
 from ..utils.paths import REPO_ROOT as PATHS_REPO_ROOT, resolve_data_path
+from .timm_models import image_data_config  # noqa: F401  (used by _imagefolder_datasets; re-exported)
 
 REPO_ROOT = Path(PATHS_REPO_ROOT)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -318,38 +319,6 @@ def _imagefolder_datasets(data_cfg, model):
             raise UserInputError(f"image folder split {root / split} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
         out.append(ImageFolderDataset(samples, classes, transform))
     return tuple(out)
-
-
-PREPROCESS_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
-
-
-def image_data_config(data_cfg, model):
-    """timm's preprocessing for an image folder: what the config's `data` gives (input_size, mean, std, interpolation,
-    crop_pct, crop_mode), the rest from the model's pretrained_cfg; the input size from the model as built (its
-    kwargs applied, e.g. img_size=64), not from the preset of its name."""
-    import timm.data
-    args = {k: data_cfg[k] for k in PREPROCESS_KEYS if data_cfg.get(k) is not None}
-    for key in ("mean", "std"):
-        if key in args:
-            args[key] = tuple(float(v) for v in (args[key] if isinstance(args[key], (list, tuple)) else [args[key]]))
-    if "input_size" in args:
-        size = args["input_size"]
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        if len(size) == 2:
-            size = (_in_chans(model),) + size
-        if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise UserInputError(f"data.input_size must be an int, (H, W) or (C, H, W), got {data_cfg['input_size']!r}")
-        args["input_size"] = size
-    else:
-        img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-        if img_size is not None:
-            args["input_size"] = (_in_chans(model),) + tuple(img_size)
-    return timm.data.resolve_data_config(args, model=model)
-
-
-def _in_chans(model):
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    return getattr(proj, "in_channels", 3)
 
 
 def _required(data_cfg, key):

@@ -4,6 +4,7 @@ from .adapter import ADAPTERS, Adapter, find_adapter, register_adapter
 from .calibrate import CalibData, attach_quantizers, iter_quantizers, quantize, set_quant_enabled
 from .errors import CalibrationError, CheckpointError, ConfigError, QuantError
 from .io import load_quantized, read_meta, save_quantized
+from .model_record import register_model_recorder
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .passes import PASSES, PassConfig, register_pass
 from .quant_state import QuantState, state
@@ -19,7 +20,8 @@ __all__ = [
     "MatMul", "Observation", "PASSES", "PassConfig", "QUANTIZERS", "QuantConv2d", "QuantLinear", "QuantSpec",
     "QuantState", "Quantizer", "RECIPES", "Recipe", "Role", "attach_quantizers", "build_quantizer", "get_recipe",
     "iter_quantizers", "load_quantized", "quantize", "read_meta", "register_pass", "register_quantizer",
-    "register_recipe", "register_reparam_rule", "save_quantized", "set_quant_enabled", "state",
+    "register_model_recorder", "register_recipe", "register_reparam_rule", "save_quantized", "set_quant_enabled",
+    "state",
 ]
 
 from . import baseline_quantizers, seed_quantizers  # noqa: F401,E402  (registration of the non-uniform grids)

@@ -9,7 +9,11 @@
    post-LayerNorm reparameterisation of the group (if the recipe has one), then the group's weight and activation
    quantizers are set from what was seen. A forward stops early after the group's last module when it can;
 4. the recipe's extra passes (block reconstruction, low-rank compensation, …) run in order.
+
+`quantize(model, "repq", w_bits=4, a_bits=4, calib=loader)` is the same call with a recipe name and a DataLoader or
+list of batches (plugin/quant/calib_input.py). Progress goes to the `logging` logger "plugin.quant" (INFO).
 """
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
@@ -19,11 +23,14 @@ import torch.nn as nn
 
 from .attach import Site, attach_quantizers, set_submodule  # noqa: F401  (Site, set_submodule: re-exported)
 from .block_skip import BlockSkip, StopForward  # noqa: F401  (StopForward: re-exported)
+from .calib_input import calib_batches, resolve_recipe
 from .errors import CalibrationError, CheckpointError, ConfigError
 from .passes import check_passes
 from .quant_state import QuantState, attach_state
 from .quantizers import Observation
 from .reparam import REPARAM_RULES, reparameterize_group  # noqa: F401  (REPARAM_RULES: re-exported)
+
+logger = logging.getLogger("plugin.quant")
 
 
 @dataclass
@@ -176,9 +183,14 @@ def calibrate_group(ctx, members, stop_after=None):
                 q.calibrate(obs)
 
 
-def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print, seed=0, checkpoint_dir=None,
-             resume=False, skip_finished_blocks=True):
+def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=0, checkpoint_dir=None,
+             resume=False, skip_finished_blocks=True, *, w_bits=None, a_bits=None, forward=None, calib_num=None):
     """Quantize `model` in place with `recipe`, calibrating on `calib`. Returns the model (eval mode).
+
+    `recipe` is a Recipe or a registered name, built at `w_bits`/`a_bits`; `calib` is a CalibData, or a DataLoader /
+    list of batches run through `forward(model, batch)` (default: the model on the batch's `x`), `calib_num` samples
+    of it at most (plugin.quant.calib_input). `log(message)` receives progress lines (default: logging, INFO, logger
+    "plugin.quant").
 
     With `checkpoint_dir`, the reconstruction passes write a checkpoint there after each finished unit; with `resume`
     as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). What the run left
@@ -186,6 +198,14 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     `skip_finished_blocks` (plugin.quant.block_skip) keeps the calibration forwards from recomputing the blocks
     already calibrated; False runs every forward from the input (the same model, slower on deep models)."""
     from .adapter import Adapter, find_adapter
+    recipe = resolve_recipe(recipe, w_bits, a_bits)
+    if not isinstance(calib, CalibData):
+        calib = CalibData(*calib_batches(calib, model, forward, calib_num))
+    elif forward is not None or calib_num is not None:
+        raise ConfigError("forward/calib_num apply to a DataLoader or list; a CalibData has its own batches and "
+                          "forward")
+    if log is None:
+        log = logger.info
     if resume and not checkpoint_dir:
         raise ConfigError("resume needs a checkpoint directory")
     passes = check_passes(recipe)

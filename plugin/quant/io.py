@@ -1,9 +1,10 @@
 """Save and reload a calibrated model: safetensors for tensors, JSON for the recipe, adapter and versions.
 
 Nothing here needs pickle. `load_quantized(fp_model, path)` rebuilds the quantized structure on a freshly built float
-model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters). A frozen
-model (plugin.quant.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor arguments,
-and loading rebuilds them in place of the quantized Linears before the tensors load.
+model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters);
+`load_quantized(path)` first builds that float model from the JSON's `model` record (plugin.quant.model_record).
+A frozen model (plugin.quant.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor
+arguments, and loading rebuilds them in place of the quantized Linears before the tensors load.
 """
 import inspect
 import json
@@ -74,7 +75,8 @@ def write_json(path, obj, indent=2):
 
 def save_quantized(model: nn.Module, path: str, extra_meta=None):
     """Write `path.safetensors` and `path.json` (each atomically; a `.safetensors` suffix on `path` is dropped).
-    Returns the two file paths."""
+    The JSON's `model` entry (how to build the float model again) is `extra_meta["model"]` when given, else what a
+    registered model recorder says of `model` (timm models, once `import plugin` ran). Returns the two file paths."""
     path = model_prefix(path)
     from safetensors.torch import save_file
     qstate = require_state(model, "save_quantized")
@@ -83,6 +85,11 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
             "adapter": qstate.adapter, "versions": package_versions(),
             "state": {"rollbacks": qstate.rollbacks, "units": qstate.units, "ranks": qstate.ranks},
             **(extra_meta or {})}
+    if "model" not in meta:
+        from .model_record import describe_model
+        record = describe_model(model)
+        if record is not None:
+            meta["model"] = record
     frozen = _frozen_layers(model)
     if frozen or qstate.frozen:
         meta["frozen"] = frozen
@@ -140,17 +147,25 @@ def read_meta(path: str):
     return meta
 
 
-def load_quantized(fp_model: nn.Module, path: str, device=None):
+def load_quantized(fp_model, path=None, device=None):
     """Rebuild the quantized model saved at `path` on top of `fp_model` (a float model of the same architecture).
 
-    `path` is the prefix given to save_quantized, or either of its two files."""
-    path = model_prefix(path)
+    `path` is the prefix given to save_quantized, or either of its two files. `load_quantized(path)` (no float model)
+    builds it from the JSON's `model` record; CheckpointError when the file has none."""
+    if path is None and isinstance(fp_model, (str, os.PathLike)):
+        fp_model, path = None, fp_model
+    path = model_prefix(os.fspath(path))
     from safetensors.torch import load_file
     from .adapter import find_adapter
     from .attach import attach_quantizers
     from .recipe import Recipe
     from safetensors import SafetensorError
     meta = read_meta(path)
+    if fp_model is None:
+        from .model_record import build_recorded_model
+        fp_model = build_recorded_model(meta.get("model"), f"{path}.json")
+        if device is not None:
+            fp_model = fp_model.to(device)
     try:
         recipe = Recipe.from_dict(meta["recipe"])
     except ConfigError as exc:  # a well-formed recipe this library refuses (a newer version, a bit width out of range)

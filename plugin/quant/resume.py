@@ -15,6 +15,7 @@ the same tensors as an uninterrupted one.
 """
 import hashlib
 import json
+import logging
 import os
 
 import torch
@@ -80,8 +81,8 @@ def _comparable_recipe(d):
 class CalibCheckpoint:
     """Writes a checkpoint after every finished unit; with `resume`, says which units to skip and restores the state."""
 
-    def __init__(self, directory, recipe, model, calib, seed, resume=False, log=print):
-        self.dir, self.log = directory, log
+    def __init__(self, directory, recipe, model, calib, seed, resume=False, log=None):
+        self.dir, self.log = directory, log or logging.getLogger("plugin.quant").info
         self.identity = {"recipe": recipe.to_dict(), "model": model_fingerprint(model),
                          "calib": data_fingerprint(calib.batches), "seed": int(seed)}
         self.step = 0

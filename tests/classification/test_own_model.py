@@ -94,3 +94,26 @@ def test_input_size_mismatch_is_one_line(own_model, tmp_path, capsys):
                           "--device", "cpu", "--cfg-options", "data.input_size=48"])
     err = capsys.readouterr().err
     assert code == 2 and "48x48 images but the model was built for 64x64" in err and "Traceback" not in err, err
+
+
+def test_reload_of_a_save_model_output_as_documented(own_model, monkeypatch):
+    """docs/own_model.md "Reloading a --save-model output": its command (on this module's my_vit.py) and its Python
+    block, executed as written; the model rebuilt from the JSON equals one loaded onto a float model built by hand."""
+    import re
+    import shlex
+    from plugin.quant import load_quantized
+    tmp, _, _, _ = own_model
+    text = open(os.path.join(REPO, "docs", "own_model.md")).read()
+    section = text.split("### Reloading a `--save-model` output", 1)[1].split("\n### ", 1)[0]
+    command = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1)
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp)
+    assert ptq_test.main(shlex.split(command)[2:] + ["--quiet", "--device", "cpu", "--no-fp"]) == 0
+    namespace = {}
+    exec(compile(block, "docs/own_model.md", "exec"), namespace)
+    assert namespace["logits"].shape == (1, 10)
+    by_hand = load_quantized(timm.create_model("vit_small_patch16_224", num_classes=10, img_size=64),
+                             "out/my_vit/models/minmax_w8a8")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(namespace["model"](x), by_hand(x))
