@@ -8,16 +8,23 @@ in docs/results.md calibrate on images of this subset (seed 0), which keeps the 
 machine. Not for committing: CIFAR-10 images stay out of the repository.
 """
 import argparse
+import os
+import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from plugin.errors import ToolParser, nonnegative_int, positive_int, tool_main  # noqa: E402
+
+
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src")
     p.add_argument("out")
-    p.add_argument("--train-num", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-num", type=positive_int, default=2048)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     args = p.parse_args(argv)
     d = np.load(args.src)
     offsets, data = d["train_offsets"], d["train_bytes"]
@@ -31,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,10 +36,10 @@ def methods_epilog():
 
 
 def parse_args(argv=None):
-    from plugin.errors import positive_int
+    from plugin.errors import ToolParser, positive_int
     asked_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=methods_epilog() if asked_help else None)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                   epilog=methods_epilog() if asked_help else None)
     p.add_argument("config", help="task config (.py)")
     p.add_argument("checkpoint", help="float checkpoint (.safetensors, or .pth/.pt loaded with weights_only)")
     p.add_argument("--bits", type=bit_width, nargs="+", default=None,
