@@ -9,6 +9,7 @@ Bad input gives one error line and exit code 2.
 import argparse
 import copy
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -87,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--verbose", action="store_true", help="also the libraries' own log (detection: mmengine's runner "
+                   "and pycocotools, otherwise quiet)")
     args = p.parse_args(argv)
     if args.bits and len(args.bits) > 1 and (args.w_bits or args.a_bits):
         p.error("--w-bits/--a-bits cannot be combined with several --bits values")
@@ -418,6 +421,8 @@ def main(argv=None):
     args = parse_args(argv)
     args.command = "python " + shlex.join(["tools/ptq_test.py"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
     from plugin.errors import run_cli
+    if args.verbose:  # the libraries' INFO output (plugin/detection/runner_quiet.py) follows the plugin logger
+        logging.getLogger("plugin").setLevel(logging.INFO)
     try:
         return run_cli(run, args)
     except KeyboardInterrupt:
