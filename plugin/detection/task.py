@@ -142,6 +142,7 @@ def _percent(name, value):
 @register_task("detection")
 class DetectionTask(Task):
     primary_metric = "bbox_mAP"
+    distributed = True  # mmengine shards the test set and gathers the results (module docstring)
     # RepQ-ViT / PTQ4ViT-style calibration uses one image for detection; reconstruction recipes carry their own number.
     default_calib_num = 1
 
