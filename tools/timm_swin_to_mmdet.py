@@ -37,6 +37,9 @@ def describe(state):
         if m:
             blocks.setdefault(int(m.group(1)), []).append(state[k].shape)
     stages = sorted(blocks)
+    if not stages:  # a ViT, say: a patch embedding but no windowed attention
+        raise UserInputError("not a timm Swin Transformer checkpoint: no layers.<i>.blocks.<j>.attn."
+                             "relative_position_bias_table")
     depths = [len(blocks[i]) for i in stages]
     heads = [blocks[i][0][1] for i in stages]
     window = round(((blocks[stages[0]][0][0]) ** 0.5 + 1) / 2)

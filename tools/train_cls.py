@@ -215,7 +215,12 @@ def fitted_epochs(epochs, done, elapsed, epoch_s, max_time):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """The exit code: 0, or 2 with one error line."""
+    return run_cli(train, parse_args(argv))
+
+
+def train(args):
+    """Train as `args` (parse_args) say; returns the metrics written to OUT/metrics.json."""
     import safetensors.torch
     import timm
 
@@ -361,4 +366,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())

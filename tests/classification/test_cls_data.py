@@ -413,7 +413,8 @@ def test_train_cls_upscales_and_stops_at_max_time(tmp_path):
     cfg_path = tmp_path / "tiny_swin.py"
     cfg_path.write_text(TINY_SWIN_CONFIG.format(path=str(_packed_cifar(tmp_path / "c.npz"))))
     out = tmp_path / "run"
-    metrics = _train_cls().main([str(cfg_path), "--out", str(out), "--max-time", "1e-6", "--half"])
+    train_cls = _train_cls()
+    metrics = train_cls.train(train_cls.parse_args([str(cfg_path), "--out", str(out), "--max-time", "1e-6", "--half"]))
     assert metrics["epochs"] == 1 and metrics["epochs_planned"] == 3 and metrics["stopped_by_max_time"]
     assert metrics["img_size"] == [64, 64] and [h["epoch"] for h in metrics["history"]] == [1]
     task = ClassificationTask(load_config(str(cfg_path)), str(out / "model.safetensors"))
@@ -436,11 +437,12 @@ def test_train_cls_max_time_and_img_size_options(tmp_path):
             train_cls.parse_args(base + bad)
         assert info.value.code == 2
     with pytest.raises(UserInputError, match="--img-size=16x16 is smaller than the stored 32x32"):
-        train_cls.main(base + ["--img-size", "16"])
+        train_cls.train(train_cls.parse_args(base + ["--img-size", "16"]))
     with pytest.raises(UserInputError, match="built for 64x64 inputs but would be trained at 48x48"):
-        train_cls.main(base + ["--img-size", "48"])
+        train_cls.train(train_cls.parse_args(base + ["--img-size", "48"]))
     # A budget that is never reached changes nothing: all epochs, the schedule as planned.
-    metrics = train_cls.main(base + ["--img-size", "64", "--max-time", "1e6", "--fit-schedule", "--epochs", "3"])
+    metrics = train_cls.train(train_cls.parse_args(base + ["--img-size", "64", "--max-time", "1e6", "--fit-schedule",
+                                                           "--epochs", "3"]))
     assert metrics["epochs"] == 3 and not metrics["stopped_by_max_time"] and metrics["img_size"] == [64, 64]
 
 
