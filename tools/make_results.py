@@ -199,7 +199,6 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="Results")
     args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
     merged, parts = {}, [f"# {args.title}", ""]
     for run in args.runs:  # first pass: merge
         path = os.path.join(run, "report.json")
@@ -218,6 +217,7 @@ def main(argv=None):
             continue
         report["commands"] = [report.get("command")]
         merged[name] = report
+    os.makedirs(args.out, exist_ok=True)  # only once every report has been read: a refused run leaves no folder
     for name, report in merged.items():
         png = f"{name}_bits.png"
         plot(report, os.path.join(args.out, png))
@@ -230,10 +230,9 @@ def main(argv=None):
             if extra:
                 parts += [extra, ""]
         parts += [f"![{name}]({png})", ""]
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(parts))
+    from plugin.quant.io import write_json, write_text  # atomic: a full disk leaves the old page, not half a new one
+    write_json(os.path.join(args.out, "results.json"), merged)
+    write_text(os.path.join(args.out, "results.md"), "\n".join(parts))
     print(f"wrote {args.out}/results.md")
     return 0
 
