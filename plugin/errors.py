@@ -109,29 +109,25 @@ class ToolParser(argparse.ArgumentParser):
 
 
 def run_cli(body, *args):
-    """A tool's exit code for `body(*args)`: 0, or 2 with one `<tool>: error: <message>` line on stderr (no
-    traceback) when it raises one of USER_ERRORS or an OSError (a missing or unwritable file, a full disk)."""
+    """A tool's exit code for `body(*args)`: what it returns when that is an int (other results count as success:
+    0), or 2 with one `<tool>: error: <message>` line on stderr (no traceback) when it raises one of USER_ERRORS or an
+    OSError (a missing or unwritable file, a full disk)."""
     try:
-        body(*args)
+        result = body(*args)
     except USER_ERRORS as exc:
         print(error_line(exc), file=sys.stderr)
         return 2
     except OSError as exc:
         print(error_line(describe_os_error(exc)), file=sys.stderr)
         return 2
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def tool_main(main):
-    """Decorator for a tool's `main(argv=None)`: its return value, or 2 with one error line as in `run_cli`."""
+    """Decorator for a tool's `main(argv=None)`: its exit code through `run_cli`."""
     @functools.wraps(main)
     def wrapped(argv=None):
-        code = None
-
-        def body():
-            nonlocal code
-            code = main(argv)
-        return run_cli(body) or code
+        return run_cli(main, argv)
     return wrapped
 
 
