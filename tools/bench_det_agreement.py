@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, positive_int, tool_main  # noqa: E402
 
 
 def synthetic(n_images, n_objects, n_dets, n_classes, size, seed, masks=True):
@@ -60,14 +61,15 @@ def synthetic(n_images, n_objects, n_dets, n_classes, size, seed, masks=True):
     return gt, fp, q, list(range(1, n_classes + 1))
 
 
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, nargs="+", default=[100])
-    p.add_argument("--objects", type=int, default=7, help="annotated objects per image (COCO val: about 7)")
-    p.add_argument("--dets", type=int, default=50, help="predictions per image")
-    p.add_argument("--classes", type=int, default=80)
-    p.add_argument("--resamples", type=int, default=1000)
-    p.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=positive_int, nargs="+", default=[100])
+    p.add_argument("--objects", type=positive_int, default=7, help="annotated objects per image (COCO val: about 7)")
+    p.add_argument("--dets", type=positive_int, default=50, help="predictions per image")
+    p.add_argument("--classes", type=positive_int, default=80)
+    p.add_argument("--resamples", type=positive_int, default=1000)
+    p.add_argument("--size", type=positive_int, nargs=2, default=[480, 640], metavar=("H", "W"))
     p.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
     args = p.parse_args(argv)
     import torch

@@ -26,6 +26,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import (ToolParser, bit_width, nonnegative_int, positive_float, positive_int,  # noqa: E402
+                           tool_main)
 
 import torch  # noqa: E402
 
@@ -34,24 +36,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--model", nargs="+", default=None, help="timm model names (created with pretrained=False; default: "
                    "deit_small_patch16_224 vit_base_patch16_224)")
     p.add_argument("--method", nargs="+", default=None, help="recipes to calibrate (default: minmax ptq4vit repq "
                    "dopq_lite; reconstruction ones: "
                    "isvit, aiqvit — set --iters to keep them short)")
-    p.add_argument("--w-bits", type=int, default=8)
-    p.add_argument("--a-bits", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
-    p.add_argument("--calib-num", type=int, default=32, help="calibration images")
-    p.add_argument("--calib-batch", type=int, default=32, help="calibration images per forward")
-    p.add_argument("--iters", type=int, default=None, help="iterations of reconstruction / low-rank passes")
-    p.add_argument("--eval-batches", type=int, default=10, help="timed evaluation batches per model variant")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches before each timing")
-    p.add_argument("--micro-m", type=int, default=None, help="tokens of the Linear micro-benchmark "
+    p.add_argument("--w-bits", type=bit_width, default=8)
+    p.add_argument("--a-bits", type=bit_width, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch size")
+    p.add_argument("--calib-num", type=positive_int, default=32, help="calibration images")
+    p.add_argument("--calib-batch", type=positive_int, default=32, help="calibration images per forward")
+    p.add_argument("--iters", type=positive_int, default=None, help="iterations of reconstruction / low-rank passes")
+    p.add_argument("--eval-batches", type=positive_int, default=10, help="timed evaluation batches per model variant")
+    p.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed batches before each timing")
+    p.add_argument("--micro-m", type=positive_int, default=None, help="tokens of the Linear micro-benchmark "
                    "(default batch-size·197)")
-    p.add_argument("--micro-reps", type=int, default=20)
+    p.add_argument("--micro-reps", type=positive_int, default=20)
     p.add_argument("--no-micro", action="store_true", help="skip the Linear micro-benchmark")
     p.add_argument("--micro-only", action="store_true", help="only the Linear micro-benchmark")
     p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
@@ -63,8 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--onnx", action="store_true", help="also export each calibrated model as an ONNX QDQ graph and the "
                    "float model as an FP32 graph, and time both with ONNX Runtime on the CPU (latency at batch 1, "
                    "throughput at --batch-size), in the same run; needs pip install -e '.[onnx]'")
-    p.add_argument("--onnx-threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: torch's)")
-    p.add_argument("--onnx-reps", type=int, default=20, help="timed batch-1 runs per ONNX model and round")
+    p.add_argument("--onnx-threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: torch's)")
+    p.add_argument("--onnx-reps", type=positive_int, default=20, help="timed batch-1 runs per ONNX model and round")
     p.add_argument("--quick", action="store_true", help="toy model and layer sizes (a smoke run on CPU)")
     p.add_argument("--out", default=None, help="write the JSON here")
     p.add_argument("--verbose", action="store_true", help="calibration progress to stderr")
@@ -191,9 +193,26 @@ def _write_json(path):
     return (lambda report: write_json(path, report)) if path else None
 
 
+def check_names(args):
+    """Unknown methods or models: one line before any model is built (timm would raise deep inside a run)."""
+    import timm
+
+    from plugin.bench.models import EMBEDDED
+    from plugin.errors import UserInputError
+    from plugin.quant import RECIPES
+    unknown = [m for m in args.method if m not in RECIPES]
+    if unknown:
+        raise UserInputError(f"unknown method(s) {unknown}; known: {', '.join(sorted(RECIPES))}")
+    unknown = [m for m in args.model if m not in EMBEDDED and not timm.is_model(m)]
+    if unknown:
+        raise UserInputError(f"unknown model(s) {unknown}: not timm model names (timm.list_models() lists them)")
+
+
+@tool_main
 def main(argv=None):
     args = parse_args(argv)
     import plugin  # noqa: F401  (registers adapters, recipes, passes)
+    check_names(args)
     if args.e2e:
         return e2e_main(args)
     from plugin.bench.linear import triton_status
@@ -242,11 +261,11 @@ def add_e2e_args(p):
                    "replays), written to docs/results/performance/e2e_<gpu>.json unless --out")
     # defaults and choices: plugin.bench.e2e, filled in after parsing (--help imports no plugin code)
     g.add_argument("--e2e-models", nargs="+", default=None)
-    g.add_argument("--e2e-batches", nargs="+", type=int, default=None)
+    g.add_argument("--e2e-batches", nargs="+", type=positive_int, default=None)
     g.add_argument("--e2e-paths", nargs="+", default=None)
     g.add_argument("--e2e-method", default="minmax", help="recipe calibrated for the ours_* paths (W8A8)")
-    g.add_argument("--e2e-min-time", type=float, default=0.5, help="seconds of timed replays per measurement")
-    g.add_argument("--e2e-budget-s", type=float, default=None, help="start no new (model, path) after this many "
+    g.add_argument("--e2e-min-time", type=positive_float, default=0.5, help="seconds of timed replays per measurement")
+    g.add_argument("--e2e-budget-s", type=positive_float, default=None, help="start no new (model, path) after this many "
                    "seconds; the rows say what was skipped")
     g.add_argument("--e2e-profile", nargs="*", default=None, metavar="MODEL:BATCH",
                    help="time per op class (GEMM, attention, norm/elementwise, quantize) of one forward of each "

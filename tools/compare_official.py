@@ -54,6 +54,7 @@ import types
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -422,7 +423,7 @@ def markdown(rows, fp, model_name):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoint")
     p.add_argument("--official", nargs="+", required=True, metavar="METHOD=PATH",

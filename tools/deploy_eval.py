@@ -11,7 +11,6 @@ evaluate it on the same test images. Prints top-1 of each, the change deployed â
 and the deployment recipe of every site (what is not quantized at inference is listed). `--num-test N` takes the
 first N test images.
 """
-import argparse
 import copy
 import json
 import os
@@ -19,6 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, bit_width, nonnegative_int, positive_int, tool_main  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -36,25 +36,26 @@ class CastInput(nn.Module):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
     p.add_argument("checkpoint")
     p.add_argument("--method", nargs="+", default=["minmax"])
-    p.add_argument("--w-bits", type=int, default=8)
-    p.add_argument("--a-bits", type=int, default=8)
+    p.add_argument("--w-bits", type=bit_width, default=8)
+    p.add_argument("--a-bits", type=bit_width, default=8)
     p.add_argument("--mode", nargs="+", default=["int8", "fp8"], choices=["int8", "fp8"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--stem", default="gemm", choices=["gemm", "conv"], help="patch embedding as a GEMM over patches "
                    "(default) or the convolution (plugin.quant.deploy.deploy's stem)")
     p.add_argument("--compile", action="store_true", help="torch.compile the deployed models (as benchmarked)")
-    p.add_argument("--num-test", type=int, default=None, help="first N test images (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-test", type=positive_int, default=None, help="first N test images (default: all)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
     p.add_argument("--out", default=None, help="write the JSON here")
     return p.parse_args(argv)
 
 
+@tool_main
 def main(argv=None):
     args = parse_args(argv)
     import plugin  # noqa: F401

@@ -16,17 +16,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, bit_width, positive_int, tool_main  # noqa: E402
 
 
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoint")
     p.add_argument("--targets", choices=["own", "float", "none"], required=True)
     p.add_argument("--method", default="repq")
-    p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--iters", type=int, default=100)
-    p.add_argument("--calib-num", type=int, default=8)
+    p.add_argument("--bits", type=bit_width, default=4)
+    p.add_argument("--iters", type=positive_int, default=100)
+    p.add_argument("--calib-num", type=positive_int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--work-dir", default=None)
     args = p.parse_args(argv)

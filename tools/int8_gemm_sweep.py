@@ -14,12 +14,12 @@ For each shape (M = 64·197 tokens, K → N of qkv, proj, fc1, fc2), all timed a
   code generation apart from the int8 path.
 Prints a table per shape (ms and speed-up over cuBLAS BF16) and writes JSON. Not part of the test suite.
 """
-import argparse
 import itertools
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, UserInputError, positive_int, tool_main  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -55,15 +55,15 @@ def _try(fn):
         return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
 
 
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--m", type=int, default=64 * 197)
+    p = ToolParser(description=__doc__.splitlines()[0])
+    p.add_argument("--m", type=positive_int, default=64 * 197)
     p.add_argument("--full-grid", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("error: needs a CUDA GPU", file=sys.stderr)
-        return 2
+        raise UserInputError("needs a CUDA GPU")
     import triton
     from plugin.quant import triton_int8 as ti
     grid = (list(itertools.product([64, 128, 256], [64, 128, 256], [64, 128, 256], [4, 8], [2, 3, 4, 5]))

@@ -8,19 +8,32 @@ in docs/results.md calibrate on images of this subset (seed 0), which keeps the 
 machine. Not for committing: CIFAR-10 images stay out of the repository.
 """
 import argparse
+import os
+import sys
+import zipfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from plugin.errors import ToolParser, UserInputError, nonnegative_int, positive_int, tool_main  # noqa: E402
+
+
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src")
     p.add_argument("out")
-    p.add_argument("--train-num", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-num", type=positive_int, default=2048)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     args = p.parse_args(argv)
-    d = np.load(args.src)
-    offsets, data = d["train_offsets"], d["train_bytes"]
+    try:
+        d = np.load(args.src)
+        offsets, data = d["train_offsets"], d["train_bytes"]
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:  # not a packed CIFAR-10 npz
+        raise UserInputError(f"{args.src} is not a packed CIFAR-10 file ({type(exc).__name__}: {exc})") from None
+    if args.train_num > len(offsets) - 1:
+        raise UserInputError(f"--train-num {args.train_num} exceeds the {len(offsets) - 1} training images of {args.src}")
     idx = np.sort(np.random.RandomState(args.seed).choice(len(offsets) - 1, args.train_num, replace=False))
     parts = [data[offsets[i]:offsets[i + 1]] for i in idx]
     new_offsets = np.concatenate([[0], np.cumsum([len(x) for x in parts])]).astype(np.int64)
@@ -31,4 +44,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,7 +7,6 @@ Takes 512 calibration images at random from Fashion-MNIST's train split and 1000
 `dataset-fashion-mnist` installs them in /usr/share/datasets/fashion-mnist). The model trained on the full train split
 ships beside it (configs/classification/fmnist_vit_tiny.py, trained with tools/train_cls.py).
 """
-import argparse
 import hashlib
 import os
 import sys
@@ -15,6 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, nonnegative_int, tool_main  # noqa: E402
 
 from plugin.classification import data as cls_data  # noqa: E402
 
@@ -71,10 +71,11 @@ The subset and the trained weights derived from it are distributed under the sam
 """
 
 
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ToolParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fashion-mnist", default=cls_data.FASHION_MNIST_DIR, help="folder of the idx .gz files")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default=ASSETS, help="assets folder to write into")
     args = p.parse_args(argv)
 
@@ -106,4 +107,4 @@ def _sha256(path):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,6 +19,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, UserInputError, tool_main  # noqa: E402
 
 
 # Metrics shown together in one cell, after the primary one (detection: box and mask mAP).
@@ -179,20 +180,31 @@ def plot(report, path):
     plt.close(fig)
 
 
+def read_report(path):
+    """A ptq_test report, or one line saying why the file is not one."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not text
+        raise UserInputError(f"{path} is not a JSON report ({exc})") from None
+    if not isinstance(report, dict) or not {"config", "results", "primary_metric"} <= set(report):
+        raise UserInputError(f"{path} is not a tools/ptq_test.py report (no config, results, primary_metric)")
+    return report
+
+
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="Results")
     args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
     merged, parts = {}, [f"# {args.title}", ""]
     for run in args.runs:  # first pass: merge
         path = os.path.join(run, "report.json")
         if not os.path.isfile(path):
-            print(f"error: no report.json in {run}", file=sys.stderr)
-            return 2
-        report = json.load(open(path))
+            raise UserInputError(f"no report.json in {run}")
+        report = read_report(path)
         for r in report["results"]:
             r.setdefault("seed", report.get("seed", 0))
         cmd = os.path.join(run, "command.txt")
@@ -205,6 +217,7 @@ def main(argv=None):
             continue
         report["commands"] = [report.get("command")]
         merged[name] = report
+    os.makedirs(args.out, exist_ok=True)  # only once every report has been read: a refused run leaves no folder
     for name, report in merged.items():
         png = f"{name}_bits.png"
         plot(report, os.path.join(args.out, png))
@@ -217,10 +230,9 @@ def main(argv=None):
             if extra:
                 parts += [extra, ""]
         parts += [f"![{name}]({png})", ""]
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(parts))
+    from plugin.quant.io import write_json, write_text  # atomic: a full disk leaves the old page, not half a new one
+    write_json(os.path.join(args.out, "results.json"), merged)
+    write_text(os.path.join(args.out, "results.md"), "\n".join(parts))
     print(f"wrote {args.out}/results.md")
     return 0
 

@@ -11,25 +11,22 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, nonnegative_int, positive_int, tool_main  # noqa: E402
 
 
+@tool_main
 def main(argv=None):
-    from plugin.errors import UserInputError
     from plugin.pointcloud.synthetic import CATEGORIES, generate
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
-    ap.add_argument("--train", type=int, default=150, help="training shapes per category")
-    ap.add_argument("--val", type=int, default=10, help="validation shapes per category")
-    ap.add_argument("--test", type=int, default=50, help="test shapes per category")
-    ap.add_argument("--points", type=int, default=2048, help="points per shape")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train", type=nonnegative_int, default=150, help="training shapes per category")
+    ap.add_argument("--val", type=nonnegative_int, default=10, help="validation shapes per category")
+    ap.add_argument("--test", type=nonnegative_int, default=50, help="test shapes per category")
+    ap.add_argument("--points", type=positive_int, default=2048, help="points per shape")
+    ap.add_argument("--seed", type=nonnegative_int, default=0)
     args = ap.parse_args(argv)
     counts = {k: v for k, v in (("train", args.train), ("val", args.val), ("test", args.test)) if v > 0}
-    try:
-        n = generate(args.out_dir, counts, args.points, args.seed)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    n = generate(args.out_dir, counts, args.points, args.seed)
     print(f"wrote SYNTHETIC part-segmentation set to {args.out_dir}: {len(CATEGORIES)} categories, {n} parts, "
           f"shapes per category {counts}")
     return 0

@@ -14,6 +14,9 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from plugin.errors import ToolParser, UserInputError, tool_main  # noqa: E402
 
 
 SIDES = ("official", "ours")
@@ -33,7 +36,7 @@ def merge(rows):
                 if value is None:
                     continue
                 if side in slot:
-                    raise ValueError(f"{key}: seed {seed} of the {side} code appears in two runs")
+                    raise UserInputError(f"{key}: seed {seed} of the {side} code appears in two runs")
                 slot[side] = value
                 if r.get(f"calib_s_{side}") is not None:  # a row recovered from a log has no times
                     m["times"][side].append(r[f"calib_s_{side}"])
@@ -54,9 +57,10 @@ def merge(rows):
     return sorted(out, key=lambda m: (m["model"], m["method"], -m["w_bits"]))
 
 
+@tool_main
 def main(argv=None):
     from compare_official import markdown
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -64,14 +68,16 @@ def main(argv=None):
     for run in args.runs:
         path = os.path.join(run, "fidelity.json")
         if not os.path.isfile(path):
-            print(f"error: no fidelity.json in {run}", file=sys.stderr)
-            return 2
-        rows += json.load(open(path))
-    try:
-        merged = merge(rows)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            raise UserInputError(f"no fidelity.json in {run}")
+        try:
+            with open(path) as f:
+                table = json.load(f)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not text
+            raise UserInputError(f"{path} is not a JSON table ({exc})") from None
+        if not isinstance(table, list) or not all(isinstance(r, dict) and "model" in r for r in table):
+            raise UserInputError(f"{path} is not a tools/compare_official.py table (a list of rows with a model)")
+        rows += table
+    merged = merge(rows)
     from plugin.quant.io import write_json, write_text
     write_json(os.path.join(args.out, "fidelity.json"), merged)
     models = list(dict.fromkeys(r["model"] for r in merged))
@@ -83,5 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

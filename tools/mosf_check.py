@@ -12,7 +12,6 @@ tools/ptq_test.py. docs/methods.md (DopQ-ViT) has the numbers and commands.
     python tools/mosf_check.py configs/classification/fmnist_vit_tiny.py \
         plugin/assets/fmnist_vit_tiny.safetensors --bits 3 --calib-num 256 --seeds 0 1 2
 """
-import argparse
 import copy
 import json
 import os
@@ -20,19 +19,21 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, bit_width, nonnegative_int, positive_int, tool_main  # noqa: E402
 
 import torch  # noqa: E402
 
 RULES = ("mean", "mosf", "mosf_exact")
 
 
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ToolParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
     p.add_argument("checkpoint")
-    p.add_argument("--bits", type=int, default=3)
-    p.add_argument("--calib-num", type=int, default=256)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--bits", type=bit_width, default=3)
+    p.add_argument("--calib-num", type=positive_int, default=256)
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recon", choices=["small", "paper"], help="run SOS's reconstructions in this setting")
     args = p.parse_args(argv)
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from plugin.errors import ToolParser  # noqa: E402
 from plugin.errors import UserInputError, run_cli  # noqa: E402
 
 
@@ -79,7 +81,7 @@ def run(args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("checkpoint")
     src = ap.add_mutually_exclusive_group(required=True)

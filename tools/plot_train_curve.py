@@ -15,11 +15,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, UserInputError, tool_main  # noqa: E402
 
 
 def read_scalars(path):
     """(train, val): train {name: [(iteration, value)]} for every loss*, val {metric: [(epoch, percent)]}."""
-    from plugin.errors import UserInputError
     train, val = {}, {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -67,21 +67,17 @@ def plot(train, val, out, title):
     os.replace(tmp, out)
 
 
+@tool_main
 def main(argv=None):
-    from plugin.errors import UserInputError
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scalars", help="mmengine vis_data/scalars.json")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--json", help="also write the plotted points here")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    try:
-        if not os.path.isfile(args.scalars):
-            raise UserInputError(f"no such file: {args.scalars}")
-        train, val = read_scalars(args.scalars)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not os.path.isfile(args.scalars):
+        raise UserInputError(f"no such file: {args.scalars}")
+    train, val = read_scalars(args.scalars)
     plot(train, val, args.out, args.title or os.path.basename(args.scalars))
     if args.json:
         with open(args.json, "w") as f:

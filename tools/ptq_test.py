@@ -11,6 +11,7 @@ behind, and a DIR that holds files is refused unless --overwrite (or --resume) i
 Bad input gives one error line and exit code 2.
 """
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -41,9 +42,9 @@ def methods_epilog():
 
 
 def parse_args(argv=None):
-    from plugin.errors import positive_int
+    from plugin.errors import ToolParser, positive_int
     asked_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=methods_epilog() if asked_help else None)
     p.add_argument("config", help="task config (.py)")
     p.add_argument("checkpoint", help="float checkpoint (.safetensors, or .pth/.pt loaded with weights_only)")
@@ -100,6 +101,8 @@ def parse_args(argv=None):
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--verbose", action="store_true", help="also the libraries' own log (detection: mmengine's runner "
+                   "and pycocotools, otherwise quiet)")
     return p.parse_args(argv)
 
 
@@ -121,6 +124,8 @@ def main(argv=None):
     args = parse_args(argv)
     args.command = "python " + shlex.join(["tools/ptq_test.py"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
     from plugin.errors import run_cli
+    if args.verbose:  # the libraries' INFO output (plugin/detection/runner_quiet.py) follows the plugin logger
+        logging.getLogger("plugin").setLevel(logging.INFO)
     try:
         return run_cli(run, args)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser  # noqa: E402
 
 
 def describe(state):
@@ -36,6 +37,9 @@ def describe(state):
         if m:
             blocks.setdefault(int(m.group(1)), []).append(state[k].shape)
     stages = sorted(blocks)
+    if not stages:  # a ViT, say: a patch embedding but no windowed attention
+        raise UserInputError("not a timm Swin Transformer checkpoint: no layers.<i>.blocks.<j>.attn."
+                             "relative_position_bias_table")
     depths = [len(blocks[i]) for i in stages]
     heads = [blocks[i][0][1] for i in stages]
     window = round(((blocks[stages[0]][0][0]) ** 0.5 + 1) / 2)
@@ -108,7 +112,7 @@ def run(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--check-config", metavar="DET_CONFIG",

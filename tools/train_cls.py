@@ -15,7 +15,6 @@ saved, the recipe, the wall time and the command line).
 
 Needs torch, timm, numpy, pillow and safetensors only (no mmengine: plugin.config falls back to its plain loader).
 """
-import argparse
 import contextlib
 import json
 import math
@@ -29,46 +28,39 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser  # noqa: E402
 
 from plugin.config import load_config  # noqa: E402
-from plugin.errors import UserInputError, positive_int  # noqa: E402
+from plugin.errors import (UserInputError, check_settings, fraction, nonnegative_float, nonnegative_int,  # noqa: E402
+                           positive_float, positive_int, run_cli)
 from plugin.classification import data as cls_data  # noqa: E402
 
 # Recipe defaults; a config's `train` dict and then the command line override them.
 DEFAULTS = dict(data=None, epochs=100, batch_size=256, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=5,
                 label_smoothing=0.1, crop_padding=4, hflip=False, mixup=0.0, cutmix=0.0, mix_prob=1.0,
                 drop_path=0.0, grad_clip=None, eval_every=10)
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+# What each recipe value may be, on the command line (--epochs …) and in a config's `train` dict alike.
+RECIPE_TYPES = dict(epochs=positive_int, batch_size=positive_int, lr=positive_float, min_lr=nonnegative_float,
+                    weight_decay=nonnegative_float, warmup_epochs=nonnegative_float, label_smoothing=fraction,
+                    crop_padding=nonnegative_int, mixup=nonnegative_float, cutmix=nonnegative_float, mix_prob=fraction,
+                    drop_path=fraction, grad_clip=positive_float, eval_every=positive_int)
+RECIPE_HELP = dict(lr="peak learning rate of AdamW", mixup="Mixup Beta alpha (0: off)",
+                   cutmix="CutMix Beta alpha (0: off)", drop_path="stochastic depth rate while training",
+                   eval_every="evaluate on the test split every N epochs")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ToolParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="classification config (configs/classification/*.py)")
     p.add_argument("--out", required=True, help="output folder for model.safetensors and metrics.json")
     p.add_argument("--data", choices=["fashion_mnist", "cifar10"], help="training data (default: the config's)")
     p.add_argument("--data-path", help="Fashion-MNIST folder of idx .gz files, or the packed CIFAR-10 .npz "
                                        "(default: Debian's Fashion-MNIST folder / the config's data path)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate of AdamW")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--mixup", type=float, help="Mixup Beta alpha (0: off)")
-    p.add_argument("--cutmix", type=float, help="CutMix Beta alpha (0: off)")
-    p.add_argument("--drop-path", type=float, help="stochastic depth rate while training")
-    p.add_argument("--eval-every", type=int, help="evaluate on the test split every N epochs")
+    for option, kind in RECIPE_TYPES.items():
+        if option != "data":
+            p.add_argument("--" + option.replace("_", "-"), type=kind, help=RECIPE_HELP.get(option))
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward/backward")
     p.add_argument("--half", action="store_true", help="save the weights as float16 (top-1 is measured on those)")
@@ -82,9 +74,11 @@ def parse_args(argv=None):
                    help="with --max-time: after the second epoch (the first includes compiling and warm-up), shorten "
                    "the epoch count to what fits the budget at the measured epoch time, so the cosine schedule "
                    "still decays to min_lr; never lengthens it")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--train-num", type=int, help="train on this many images only, a seeded random subset (smoke tests)")
-    p.add_argument("--test-num", type=int, help="test on this many images only, a seeded random subset (smoke tests)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+    p.add_argument("--train-num", type=positive_int,
+                   help="train on this many images only, a seeded random subset (smoke tests)")
+    p.add_argument("--test-num", type=positive_int,
+                   help="test on this many images only, a seeded random subset (smoke tests)")
     args = p.parse_args(argv)
     if args.fit_schedule and not args.max_time:
         p.error("--fit-schedule needs --max-time")
@@ -105,6 +99,7 @@ def recipe_from(cfg, args):
         recipe["data"] = {"cifar10_packed": "cifar10"}.get(cfg["data"].get("type"))
     if recipe["data"] is None:
         raise UserInputError("say which training data to use: --data fashion_mnist|cifar10")
+    check_settings(recipe, RECIPE_TYPES, f"{args.config}: train")
     return recipe
 
 
@@ -220,7 +215,12 @@ def fitted_epochs(epochs, done, elapsed, epoch_s, max_time):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """The exit code: 0, or 2 with one error line."""
+    return run_cli(train, parse_args(argv))
+
+
+def train(args):
+    """Train as `args` (parse_args) say; returns the metrics written to OUT/metrics.json."""
     import safetensors.torch
     import timm
 
@@ -229,7 +229,10 @@ def main(argv=None):
     if cfg.get("task") != "classification":
         raise UserInputError(f"{args.config} is not a classification config (task={cfg.get('task')!r})")
     recipe = recipe_from(cfg, args)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserInputError(f"--device: not a device name: {args.device!r} (cpu, cuda, cuda:1 …)") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -363,7 +366,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserInputError as exc:
-        sys.exit(f"error: {exc}")
+    sys.exit(main())

@@ -14,18 +14,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser, nonnegative_int, positive_float, tool_main  # noqa: E402
 
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--work-dir", help="default: the config's work_dir, else ./work_dirs/<config name>")
     p.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, fp16)")
     p.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by total batch / auto_scale_lr.base")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from CKPT, or from the latest in work dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--max-time", type=positive_float, default=None, metavar="SECONDS",
                    help="stop after the last epoch that ends inside this wall-time budget (the epoch count and lr "
                    "schedule stay the config's: set them so training fits; this is a guard, not a schedule)")
     p.add_argument("--fit-schedule", action="store_true",
@@ -43,8 +44,8 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    from mmengine.config import Config
-    cfg = Config.fromfile(args.config)
+    from plugin.config import load_config
+    cfg = load_config(args.config, use_mmengine=True)  # a missing or broken config: one line, not mmengine's trace
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
@@ -147,6 +148,7 @@ def time_budget_hook(seconds, fit=False):
     return TimeBudgetHook()
 
 
+@tool_main
 def main(argv=None):
     args = parse_args(argv)
     import plugin.detection  # noqa: F401  (mmcv-lite ops and QuantSwin, before the runner imports mmdet's models)

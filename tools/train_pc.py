@@ -24,13 +24,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugin.errors import ToolParser  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from plugin.config import load_config  # noqa: E402
-from plugin.errors import UserInputError, run_cli  # noqa: E402
+from plugin.errors import (UserInputError, check_settings, fraction, nonnegative_float, nonnegative_int,  # noqa: E402
+                           positive_float, positive_int, run_cli)
 from plugin.pointcloud.data import build_dataset, collate  # noqa: E402
 from plugin.pointcloud.engine import evaluate  # noqa: E402
 from plugin.pointcloud.models import build_model  # noqa: E402
@@ -38,24 +40,27 @@ from plugin.pointcloud.models import build_model  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_DEFAULTS = dict(epochs=100, batch_size=32, lr=5e-4, weight_decay=0.05, warmup_epochs=10, label_smoothing=0.0,
                       grad_clip=10.0, aug=dict(scale=(2 / 3, 3 / 2), shift=0.2, permute=True))
+# What each of those may be, in the config's `train` dict and on the command line alike.
+TRAIN_TYPES = dict(epochs=positive_int, batch_size=positive_int, lr=positive_float, weight_decay=nonnegative_float,
+                   warmup_epochs=nonnegative_float, label_smoothing=fraction, grad_clip=positive_float)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data-root", help="override data.root (e.g. .devdata/modelnet10/modelnet10_1024.npz)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--amp", choices=["bf16", "none"], default="bf16", help="autocast on CUDA (default bf16)")
     p.add_argument("--fp16", action="store_true", help="also write model_fp16.safetensors (half the size)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (GPU: fewer launches)")
-    p.add_argument("--max-minutes", type=float, help="stop after the last epoch that fits in this time; --resume")
+    p.add_argument("--max-minutes", type=positive_float, help="stop after the last epoch that fits in this time; --resume")
     p.add_argument("--resume", action="store_true", help="continue from DIR/train_state.pt")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers")
-    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs (logged only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader workers")
+    p.add_argument("--eval-every", type=nonnegative_int, default=0, help="also evaluate every N epochs (logged only)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", default=None, help="default: cuda when available")
     return p.parse_args(argv)
 
@@ -66,6 +71,7 @@ def settings(cfg, args):
     for key in ("epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
+    check_settings(train, TRAIN_TYPES, f"{args.config}: train")
     data = dict(cfg["data"])
     if args.data_root:
         data["root"] = args.data_root
@@ -127,10 +133,12 @@ def train(args):
     if task not in ("pointcloud_cls", "pointcloud_partseg"):
         raise UserInputError(f"{args.config}: task must be pointcloud_cls or pointcloud_partseg, not {task!r}")
     tcfg, dcfg = settings(cfg, args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserInputError(f"--device: not a device name: {args.device!r} (cpu, cuda, cuda:1 …)") from None
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
 
     train_set = build_dataset(dcfg, dcfg.get("train_split", "train"), base_dirs=[REPO])
     eval_set = build_dataset(dcfg, dcfg.get("eval_split", "test"), base_dirs=[REPO])
@@ -147,6 +155,7 @@ def train(args):
         persistent_workers=args.workers > 0)
     if len(loader) == 0:
         raise UserInputError(f"the training split has {len(train_set)} shapes, fewer than one batch")
+    os.makedirs(args.out, exist_ok=True)  # only now: a refused run leaves no folder behind
     opt = torch.optim.AdamW(param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], fused=device.type == "cuda")
     total, warm = tcfg["epochs"] * len(loader), tcfg["warmup_epochs"] * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warm))

@@ -2,7 +2,9 @@
 # ../shared/data/coco_person (700 train / 100 val images, longer side <= 512 px, one class).
 #   train:    python tools/train_det.py configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person.py
 #   quantize: python tools/ptq_test.py configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person.py \
-#                 work_dirs/<this config>/epoch_100.pth --bits 4 6 --method repq ptq4vit minmax
+#                 work_dirs/<this config>/model_final.pth --bits 4 6 --method repq ptq4vit minmax
+# (model_final.pth is the plain state dict train_det.py exports at the end; mmengine's own epoch_N.pth files hold
+# pickled objects and are refused without --unsafe-load.)
 # The data folder can be moved with the environment variable COCO_PERSON_ROOT (a path ending in '/').
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['plugin'], allow_failed_imports=False)

@@ -7,7 +7,6 @@ so that tools/train_cls.py decodes pixels exactly as the evaluation does. The ar
 `img_size` (an int or (H, W)): each image is upscaled bilinearly after normalisation (`resize_images`, the function
 tools/train_cls.py applies to whole batches on its device).
 """
-import contextlib
 import gzip
 import io
 import os
@@ -22,9 +21,9 @@ from torch.utils.data import Dataset, Subset
 from ..errors import UserInputError, check_calib_num
 from ..utils.paths import REPO_ROOT as PATHS_REPO_ROOT, resolve_data_path
 from .timm_models import image_data_config  # noqa: F401  (used by _imagefolder_datasets; re-exported)
+from .image_files import ImageFolderDataset, image_errors, image_files, open_rgb, patch_size
 
 REPO_ROOT = Path(PATHS_REPO_ROOT)
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -96,6 +95,8 @@ def calib_subset(dataset, num, seed):
     indices = np.random.RandomState(seed).choice(len(dataset), int(num), replace=False)
     subset = Subset(dataset, indices.tolist())
     subset.classes = getattr(dataset, "classes", None)
+    if hasattr(dataset, "warn_small"):  # image folders: the sampled images only (a training split can be huge)
+        dataset.warn_small(subset.indices, "calibration images")
     return subset
 
 
@@ -140,45 +141,9 @@ class PackedJpegDataset(Dataset):
         return _to_input(image, self.mean, self.std, self.img_size), int(self.labels[j])
 
 
-class ImageFolderDataset(Dataset):
-    """Image files with labels, read with PIL as RGB and passed through `transform`."""
-
-    def __init__(self, samples, classes, transform):
-        self.samples, self.classes, self.transform = samples, classes, transform
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        with _image_errors(path):
-            im = _open_rgb(path)
-        return self.transform(im), label
-
-
-# What PIL raises for a damaged, truncated or absurdly large image (UnidentifiedImageError is an OSError).
-def _pil_errors():
-    from PIL import Image
-    return (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
-
-
-@contextlib.contextmanager
-def _image_errors(where):
-    try:
-        yield
-    except _pil_errors() as exc:
-        raise UserInputError(f"cannot decode image {where}: {type(exc).__name__}: {exc}") from exc
-
-
-def _open_rgb(source):
-    from PIL import Image
-    with Image.open(source) as im:
-        return im.convert("RGB")  # decodes the whole image here, so damage shows up inside _image_errors
-
-
 def decode_jpeg(data, offsets, i):
-    with _image_errors(f"number {i} of the packed file"):
-        return np.array(_open_rgb(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())))
+    with image_errors(f"number {i} of the packed file"):
+        return np.array(open_rgb(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())))
 
 
 def _load_npz(path, keys):
@@ -282,15 +247,6 @@ def _cifar10_packed_datasets(data_cfg):
     return calib, PackedJpegDataset(data, offsets, labels, mean, std, classes, indices, img_size)
 
 
-def _image_files(split_dir, classes):
-    samples = []
-    for label, name in enumerate(classes):
-        for entry in sorted(os.scandir(split_dir / name), key=lambda e: e.name):
-            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                samples.append((entry.path, label))
-    return samples
-
-
 def _imagefolder_datasets(data_cfg, model):
     import timm.data
     if data_cfg.get("img_size") is not None:
@@ -314,10 +270,11 @@ def _imagefolder_datasets(data_cfg, model):
     transform = timm.data.create_transform(**image_data_config(data_cfg, model))
     out = []
     for split in splits:
-        samples = _image_files(root / split, classes)
+        samples = image_files(root / split, classes)
         if not samples:
-            raise UserInputError(f"image folder split {root / split} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
-        out.append(ImageFolderDataset(samples, classes, transform))
+            raise UserInputError(f"image folder split {root / split} holds no images (no file of a format PIL reads)")
+        out.append(ImageFolderDataset(samples, classes, transform, patch_size(model)))
+    out[1].warn_small(range(len(out[1])), f"image folder {root / splits[1]}")  # every one is evaluated
     return tuple(out)
 
 

@@ -3,7 +3,8 @@
 The config is an ordinary mmdet config (``_base_`` on mmdet's own, ``custom_imports=dict(imports=['plugin'])``,
 ``task = 'detection'``). The detector is built through mmengine's ``Runner`` exactly as mmdet's ``tools/test.py``
 builds it (``--cfg-options`` are merged into the config by the CLI; ``work_dir`` is ``--work-dir``, else the config's,
-else ``./work_dirs/<config name>``; ``launcher`` as given), except that the checkpoint is loaded here, without pickle.
+else a temporary folder; ``launcher`` as given), except that the checkpoint is loaded here, without pickle. mmengine's
+INFO log and pycocotools' prints show only when asked for (plugin/detection/runner_quiet.py).
 
 Calibration images come from the config's *training* annotations (``train_dataloader.dataset``, dataset wrappers
 unwrapped) run through the *test* pipeline, one image per batch, and go through ``model.test_step`` (data
@@ -23,14 +24,13 @@ the float model: the float evaluation's predictions are the reference, so no sec
 """
 import contextlib
 import copy
-import io
-import logging
 import os
 
 import numpy as np
 
 from ..errors import UserInputError, check_calib_num
 from ..tasks.base import Task, register_task
+from .runner_quiet import quiet_runner, scratch_work_dir, set_log_level, verbose
 
 # every module outside the backbone: the neck, RPN and RoI heads
 HEADS_FLOAT_PATTERN = r"re:(?!backbone\.).*"
@@ -134,12 +134,6 @@ def _as_user_error(what):
         raise UserInputError(f"{what}: {_first_line(exc)}") from exc
 
 
-def _set_log_level(logger, level):
-    logger.setLevel(level)
-    for handler in logger.handlers:
-        handler.setLevel(level)
-
-
 def _percent(name, value):
     """CocoMetric reports AP as a fraction rounded to 3 decimals; the reports use percentages."""
     return round(100.0 * value, 1) if "_mAP" in name and value >= 0 else float(value)
@@ -148,6 +142,7 @@ def _percent(name, value):
 @register_task("detection")
 class DetectionTask(Task):
     primary_metric = "bbox_mAP"
+    distributed = True  # mmengine shards the test set and gathers the results (module docstring)
     # RepQ-ViT / PTQ4ViT-style calibration uses one image for detection; reconstruction recipes carry their own number.
     default_calib_num = 1
 
@@ -172,8 +167,7 @@ class DetectionTask(Task):
         if self.work_dir is not None:
             cfg.work_dir = self.work_dir
         elif cfg.get("work_dir", None) is None:
-            name = os.path.splitext(os.path.basename(cfg.filename or "detection"))[0]
-            cfg.work_dir = os.path.join("./work_dirs", name)
+            cfg.work_dir = scratch_work_dir()
         cfg.launcher = self.launcher
         cfg.load_from, cfg.resume = None, False  # the checkpoint is loaded below, with weights_only
         return cfg
@@ -189,14 +183,14 @@ class DetectionTask(Task):
         if missing:
             raise UserInputError(f"annotation file(s) not found: {', '.join(missing[:3])} (working folder "
                                  f"{os.getcwd()}); point the config at the data with --data-root DIR")
-        level = cfg.get("log_level", "INFO")
+        level = cfg.get("log_level", "INFO") if verbose() else "WARNING"
         cfg.log_level = "WARNING"  # the runner's environment and full-config dump; the test loop logs at `level`
         try:
             self.runner = Runner.from_cfg(cfg)
         except (KeyError, TypeError, ValueError) as exc:
             raise UserInputError(f"cannot build the detector from {self.cfg.filename}: {type(exc).__name__}: {exc}") \
                 from exc
-        _set_log_level(self.runner.logger, level)
+        set_log_level(self.runner.logger, level)
         model = self.runner.model.module if is_model_wrapper(self.runner.model) else self.runner.model
         state = load_state_dict_file(self.checkpoint, unsafe=self.unsafe_load)
         load_into(model, state, self.checkpoint, filter_fn=detector_checkpoint_filter)
@@ -245,17 +239,11 @@ class DetectionTask(Task):
         if self.runner is None:
             raise RuntimeError("build_model() must run before evaluate()")
         broadcast_from_rank0(model)
-        level = self.runner.logger.level
-        if not progress:
-            _set_log_level(self.runner.logger, logging.WARNING)
-        self.runner.logger.info(f"[{desc}] {len(self.runner.test_dataloader.dataset)} images")
         self.runner.model = model  # the test loop runs runner.model.test_step; any model of this config fits
-        collector = _attach_collector(self.runner.test_loop.evaluator)
-        try:  # quiet: also pycocotools' prints
-            with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
-                metrics = self.runner.test()
-        finally:
-            _set_log_level(self.runner.logger, level)
+        with quiet_runner(self.runner.logger, progress and verbose()):  # also pycocotools' prints
+            collector = _attach_collector(self.runner.test_loop.evaluator)  # the first access builds the loop
+            self.runner.logger.info(f"[{desc}] {len(self.runner.test_dataloader.dataset)} images")
+            metrics = self.runner.test()
         self.last_outputs = self._outputs(collector)
         out = {}
         for key, value in metrics.items():

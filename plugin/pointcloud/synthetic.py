@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 
 from ..errors import UserInputError
+from ..quant.io import umask_mode
 
 
 def _o3d():
@@ -252,7 +253,7 @@ def generate(out_dir, per_category, num_points=2048, seed=0):
                     f"parts, composite objects of Open3D primitives, made by plugin/pointcloud/synthetic.py "
                     f"(tools/make_synthetic_parts.py) with seed {seed}, {num_points} points per shape, shapes per "
                     f"category {per_category}. Report results on it as SYNTHETIC.\n")
-        os.chmod(tmp, 0o755)   # mkdtemp makes it private
+        os.chmod(tmp, umask_mode(directory=True))   # mkdtemp makes it private
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -46,6 +46,15 @@ def package_versions():
     return versions
 
 
+def umask_mode(directory=False):
+    """The mode `open()` / `os.makedirs` would give a new file (0o666) or folder (0o777) under the process umask,
+    e.g. 0o644 / 0o755 under umask 022. Temporary files from `tempfile` are private (0600, 0700): whatever is moved
+    into place from one gets this mode first, so a colleague can read the outputs as with any other file."""
+    mask = os.umask(0)  # the only way to read the umask: set it and put it back at once
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def _atomic_write(path, write_fn):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -53,6 +62,7 @@ def _atomic_write(path, write_fn):
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

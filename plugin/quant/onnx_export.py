@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError, QuantError
+from .io import umask_mode
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .quantizers import Quantizer, UniformQuantizer
 
@@ -333,6 +334,7 @@ def _atomic_export(module, example, path, dynamic_batch):
         except Exception as exc:  # a model the tracer cannot handle: one line, not the exporter's traceback
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise QuantError(f"ONNX export failed: {type(exc).__name__}: {first}") from exc
+        os.chmod(tmp, umask_mode())  # mkstemp's file is private; the export is an ordinary output
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

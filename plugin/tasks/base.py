@@ -3,6 +3,7 @@
 A task builds the float model from a config and a checkpoint, gives calibration batches from a training split and
 evaluates a model to a dict of metrics. Everything method-specific lives in plugin/quant.
 """
+from ..errors import UserInputError
 from ..quant.registry import Registry
 
 TASKS = Registry("task")  # name -> Task subclass
@@ -26,8 +27,14 @@ class Task:
     primary_metric = "metric"
     # Default number of calibration samples when the user gives no --calib-num (the papers' defaults).
     default_calib_num = 32
+    # Whether evaluation runs sharded under a launcher (torchrun, --launcher pytorch) with the result of one process.
+    # A task without it refuses a launcher rather than have every rank run the whole job unasked.
+    distributed = False
 
     def __init__(self, cfg, checkpoint, device="cpu", work_dir=None, launcher="none", unsafe_load=False):
+        if launcher != "none" and not self.distributed:
+            raise UserInputError(f"--launcher {launcher}: the {self.name} task evaluates in one process only; run "
+                                 f"it without --launcher and without torchrun")
         self.cfg, self.checkpoint, self.device, self.work_dir, self.launcher = cfg, checkpoint, device, work_dir, launcher
         self.unsafe_load = unsafe_load  # load the checkpoint with pickle (only for files the user trusts)
 

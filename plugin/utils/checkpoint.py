@@ -43,18 +43,46 @@ def load_state_dict_file(path, unsafe=False, map_location="cpu"):
 
 
 def _load_error(path, exc):
-    """One line for a torch.load failure: a refused pickled object (named, with the --unsafe-load hint) or a file
-    that is no readable checkpoint (where --unsafe-load would not help)."""
+    """One line for a torch.load failure: a refused global (named, with the --unsafe-load hint) or a file that is no
+    readable checkpoint (where --unsafe-load would not help)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's message carries terminal colour codes
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if refused:
-        return (f"checkpoint {path} needs the pickled object {refused.group(1)}, which safe loading refuses; if you "
-                f"trust this file, pass --unsafe-load (this can execute code from the file)")
+    # torch's weights-only unpickler names the global it refuses in one of two forms (torch/_weights_only_unpickler.py):
+    # a module on its block list (os, posix, subprocess, …) or any other global not allow-listed.
+    refused = (re.search(r"unsupported GLOBAL ([\w.]+) whose module", text)
+               or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text))
+    names = [refused.group(1)] if refused else (_pickled_globals(path) if "Unsupported operand" in text else [])
+    if names:
+        return (f"checkpoint {path} refused: loading it would run code ({', '.join(names[:3])}); --unsafe-load only "
+                f"for files you trust")
     if "WeightsUnpickler error:" in text:  # what the unpickler tripped over, not torch's general advice
         text = text.split("WeightsUnpickler error:", 1)[1]
     detail = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     detail = detail.split(". ")[0].rstrip(".")
     return f"checkpoint {path} is not a readable PyTorch checkpoint (damaged, truncated or another format): {detail}"
+
+
+# Globals that tensor checkpoints name and torch's weights-only unpickler accepts: not code the user must vet.
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset")
+
+
+def _pickled_globals(path):
+    """The globals a plain (non-zip) pickle would import, read from its opcodes without running any: torch's
+    weights-only unpickler stops at opcodes it does not know (protocol 4's FRAME) before naming them. [] when the
+    file is no pickle."""
+    import pickletools
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001  (any opcode error: a damaged file, reported as such)
+        return []
+    return list(dict.fromkeys(n for n in names if not n.startswith(_TENSOR_GLOBALS)))
 
 
 def load_into(model, state, path, filter_fn=None):

@@ -100,6 +100,30 @@ def test_imagefolder_custom_splits(tmp_path, tiny_timm_model):
     assert len(calib) == len(evaluation) == 1
 
 
+def test_imagefolder_reads_every_pil_format_and_warns_about_skipped_and_tiny_images(tmp_path, tiny_timm_model,
+                                                                                     caplog):
+    formats = ["png", "webp", "bmp", "tif", "gif", "jpeg"]
+    _make_imagefolder(tmp_path, {split: {"a": [((10, 20, 30), ext) for ext in formats]} for split in ("train", "val")})
+    for split in ("train", "val"):
+        (tmp_path / split / "a" / "notes.txt").write_text("not an image")
+        (tmp_path / split / "a" / "data.csv").write_text("1,2")
+        (tmp_path / split / "a" / ".DS_Store").write_bytes(b"\0")  # hidden: skipped without a word
+    _solid((1, 2, 3), size=(1, 1)).save(tmp_path / "val" / "a" / "tiny.png")
+    _solid((1, 2, 3), size=(200, 8)).save(tmp_path / "val" / "a" / "flat.webp")
+    with caplog.at_level("WARNING"):
+        calib, evaluation = build_cls_datasets({"type": "imagefolder", "root": str(tmp_path)}, tiny_timm_model)
+    assert len(calib) == len(formats) and len(evaluation) == len(formats) + 2
+    assert evaluation[len(formats)][0].shape == (3, 224, 224)  # the 1x1 image is still read (and upscaled)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("skipped 2 file(s)" in m for m in lines) == 2, lines  # one line per split, with the count
+    small = [m for m in lines if "smaller than the model's 16x16 patch" in m]
+    assert len(small) == 1 and ": 2 image(s)" in small[0], lines
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        calib_subset(evaluation, len(evaluation), 0)
+    assert any("calibration images: 2 image(s) smaller" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("case, match", [
     ("missing_root", "split not found"),
     ("missing_split", "split not found"),
@@ -389,7 +413,8 @@ def test_train_cls_upscales_and_stops_at_max_time(tmp_path):
     cfg_path = tmp_path / "tiny_swin.py"
     cfg_path.write_text(TINY_SWIN_CONFIG.format(path=str(_packed_cifar(tmp_path / "c.npz"))))
     out = tmp_path / "run"
-    metrics = _train_cls().main([str(cfg_path), "--out", str(out), "--max-time", "1e-6", "--half"])
+    train_cls = _train_cls()
+    metrics = train_cls.train(train_cls.parse_args([str(cfg_path), "--out", str(out), "--max-time", "1e-6", "--half"]))
     assert metrics["epochs"] == 1 and metrics["epochs_planned"] == 3 and metrics["stopped_by_max_time"]
     assert metrics["img_size"] == [64, 64] and [h["epoch"] for h in metrics["history"]] == [1]
     task = ClassificationTask(load_config(str(cfg_path)), str(out / "model.safetensors"))
@@ -412,11 +437,12 @@ def test_train_cls_max_time_and_img_size_options(tmp_path):
             train_cls.parse_args(base + bad)
         assert info.value.code == 2
     with pytest.raises(UserInputError, match="--img-size=16x16 is smaller than the stored 32x32"):
-        train_cls.main(base + ["--img-size", "16"])
+        train_cls.train(train_cls.parse_args(base + ["--img-size", "16"]))
     with pytest.raises(UserInputError, match="built for 64x64 inputs but would be trained at 48x48"):
-        train_cls.main(base + ["--img-size", "48"])
+        train_cls.train(train_cls.parse_args(base + ["--img-size", "48"]))
     # A budget that is never reached changes nothing: all epochs, the schedule as planned.
-    metrics = train_cls.main(base + ["--img-size", "64", "--max-time", "1e6", "--fit-schedule", "--epochs", "3"])
+    metrics = train_cls.train(train_cls.parse_args(base + ["--img-size", "64", "--max-time", "1e6", "--fit-schedule",
+                                                           "--epochs", "3"]))
     assert metrics["epochs"] == 3 and not metrics["stopped_by_max_time"] and metrics["img_size"] == [64, 64]
 
 

@@ -220,6 +220,31 @@ def task_and_model(tiny):
     return task, task.build_model()
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_mmengine_quiet_unless_verbose_and_no_work_dirs_in_the_working_folder(tiny, tmp_path, monkeypatch, capfd,
+                                                                              verbose):
+    import logging
+
+    from plugin.config import load_config
+    from plugin.detection.task import DetectionTask
+    cfg_path, ckpt, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger("plugin")
+    old = logger.level
+    logger.setLevel(logging.INFO if verbose else old)  # what tools/ptq_test.py --verbose sets
+    try:
+        task = DetectionTask(load_config(cfg_path), ckpt, device="cpu")
+        model = task.build_model()
+        capfd.readouterr()
+        task.evaluate(model, progress=True)
+        out = capfd.readouterr()
+    finally:
+        logger.setLevel(old)
+    lines = (out.out + out.err).strip().splitlines()
+    assert (len(lines) > 10) if verbose else (lines == []), lines  # runner log and pycocotools tables
+    assert os.listdir(tmp_path) == []  # the runner's work dir is a temporary folder, not ./work_dirs
+
+
 def test_registry_holds_quantswin():
     from mmdet.models.backbones import SwinTransformer
     from mmdet.registry import MODELS

@@ -285,3 +285,19 @@ def test_quant_state_survives_save_and_load(saved_vit, tmp_path):
     assert state(build("vit")) is None
     with pytest.raises(ConfigError, match="needs a model returned by quantize"):
         save_quantized(build("vit"), str(tmp_path / "float"))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_get_the_umask_mode_not_mkstemps_private_one(tmp_path, umask, mode):
+    import os
+
+    from plugin.quant.io import write_json
+    model = quantized("vit", "minmax")
+    old = os.umask(umask)
+    try:
+        files = list(save_quantized(model, str(tmp_path / "m")))
+        write_json(str(tmp_path / "r.json"), {"a": 1})
+    finally:
+        os.umask(old)
+    for path in files + [str(tmp_path / "r.json")]:
+        assert os.stat(path).st_mode & 0o777 == mode, path

@@ -26,7 +26,7 @@ def _refused(capsys, tmp_path, *argv, words=()):
     err = capsys.readouterr().err
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1 and ": error: " in lines[0], err
     assert all(w.lower() in lines[0].lower() for w in words), lines[0]
     assert not out.exists()  # refused before any work
     return lines[0]

@@ -38,4 +38,4 @@ def test_not_a_scalars_log_is_one_error(tmp_path, capsys, text):
     bad.write_text(text)
     assert plot_train_curve.main([str(bad), "--out", str(tmp_path / "c.png")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "c.png").exists()
+    assert ": error: " in err and err.count("\n") == 1 and not (tmp_path / "c.png").exists()
