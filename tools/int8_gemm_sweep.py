@@ -23,7 +23,7 @@ from plugin.errors import ToolParser, UserInputError, positive_int, tool_main  #
 
 import torch  # noqa: E402
 
-from benchmark import _capture  # noqa: E402  (tools/ is on the path when this runs as a script)
+from plugin.utils.timing import capture_graph  # noqa: E402
 
 SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
 # persistent-kernel variants: (FLATTEN, WARP_SPEC, SUBTILE)
@@ -36,7 +36,7 @@ def graph_time(fn, reps=50):
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    g = _capture(fn, torch.device("cuda"), reps)
+    g = capture_graph(fn, torch.device("cuda"), reps)
     best = float("inf")
     for _ in range(5):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

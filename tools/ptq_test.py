@@ -109,7 +109,7 @@ def parse_args(argv=None):
 def run(args):
     """Resolve the job (every check that needs no model), then run it, or with --dry-run describe it."""
     from plugin.pipeline import dry_run, markdown_report, resolve_job, run_job
-    options = {k: v for k, v in vars(args).items() if k not in ("local_rank",)}
+    options = {k: v for k, v in vars(args).items() if k not in ("local_rank", "verbose")}
     job = resolve_job(**options)
     if job.dry_run:
         print("\n".join(dry_run(job)))
