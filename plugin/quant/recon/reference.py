@@ -50,7 +50,9 @@ class FloatReference:
                 m.enabled = flag
 
     def _swap_in(self, swapped):
-        skip = [n + "." for n, m in self.model.named_modules() if getattr(m, "is_compensation", False)]
+        # compensation branches and quantizers are off while the reference runs: their parameters (scales a
+        # reconstruction made trainable) keep their values
+        skip = [n + "." for n, m in self.model.named_modules() if _is_switch(m)]
         done = set()
         for mod_name, mod in self.model.named_modules(remove_duplicate=False):
             for pname, p in mod._parameters.items():
