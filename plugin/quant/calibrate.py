@@ -85,9 +85,9 @@ class CalibContext:
         self.checkpoint = checkpoint
         self.pass_index, self.pass_kind = None, None
         self.batch_index = None  # the calibration batch run_calib is running
-        # the float network as it was before a "pre" pass changed it (plugin.quant.mlp_relu), else None: the target
-        # of a reconstruction that follows the original model
-        self.float_teacher = None
+        # {module name: the original float module} for the modules a "pre" pass replaced (plugin.quant.mlp_relu):
+        # the float reference of reconstruction runs these, so it follows the original network
+        self.float_originals = {}
         self.state = state if state is not None else QuantState(recipe, adapter.name)
         if checkpoint is not None:  # a resumed run carries on the units' records of the run it continues
             self.state.rollbacks, self.state.units = checkpoint.rollbacks, checkpoint.units
@@ -217,7 +217,7 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     sites = attach_quantizers(model, recipe, adapter)
     ctx = CalibContext(model, recipe, calib, adapter, sites, log, max_elems=recipe.observe_elems, seed=seed,
                        checkpoint=checkpoint, state=pre_ctx.state)
-    ctx.float_teacher = pre_ctx.float_teacher
+    ctx.float_originals = pre_ctx.float_originals
     ctx.calib = CalibData(calib.batches[:ctx.stat_batches()], calib.forward)  # the quantizers' images (stat_fraction)
     t0 = time.time()
     if recipe.sequential == "none":
@@ -254,7 +254,7 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         t1 = time.time()
         p.run(ctx)
         log(f"[calibrate {recipe.name}] pass {p.kind} done, {time.time() - t1:.1f}s")
-    ctx.float_teacher = None
+    ctx.float_originals = {}
     if checkpoint is not None and checkpoint.resume_step is not None:
         raise CheckpointError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
     return attach_state(model, ctx.state)

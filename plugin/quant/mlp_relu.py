@@ -22,9 +22,9 @@ nn.GELU inside it becomes nn.ReLU. The official optimiser also lists the block's
 (the MLP is run on norm2's output), so only fc1 and fc2 learn here.
 
 The fitted float network is the one the quantizers then start from. `relu_float_model(fp_model, quantized)` rebuilds it
-(for reporting its float accuracy); the original float network, a copy taken before the change, which the original float network, which APHQ-ViT's
-block reconstruction uses as its target, is `ctx.float_teacher` for the passes that follow (dropped when quantize
-returns).
+(for reporting its float accuracy). The original MLPs (the copies taken before the change) are `ctx.float_originals`
+for the passes that follow: the float reference of reconstruction runs them, so block reconstruction targets the
+original GELU network as the official code's `full_model` does (dropped when quantize returns).
 """
 import copy
 from dataclasses import dataclass
@@ -213,9 +213,9 @@ class MlpRelu(PassConfig):
         iters = self.iters if self.iters is not None else SETTINGS[self.setting]
         gen = torch.Generator().manual_seed(ctx.seed)
         teacher = copy.deepcopy(model).requires_grad_(False)
-        ctx.float_teacher = teacher
         for mlp, fc1, fc2 in mlp_names(model, ctx.adapter):
             replace_gelu(model, mlp)
+            ctx.float_originals[mlp] = teacher.get_submodule(mlp)
             data = _MlpData(ctx, teacher, mlp, fc2, self.clamp_pct, gen)
             weight = data.aph_weight(ctx, teacher, mlp, self.temperature, log) if self.loss == "aph" else None
             _fit(model.get_submodule(fc1), model.get_submodule(fc2), model.get_submodule(mlp), data, weight, iters,

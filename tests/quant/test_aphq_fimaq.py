@@ -3,6 +3,7 @@ before any quantizer), the `output_search` pass, `Recipe.stat_fraction`, and the
 tiny iteration counts (CPU)."""
 import copy
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch.nn as nn
 import timm_toys as T
 from plugin.quant import CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, save_quantized
 from plugin.quant.errors import ConfigError
+from plugin.quant.passes import PassConfig, register_pass
+from plugin.quant.recon import float_reference
 from plugin.quant.methods.aphq import aphq_recipe
 from plugin.quant.methods.fimaq import fimaq_recipe
 from plugin.quant.mlp_relu import relu_float_model
@@ -154,3 +157,28 @@ def test_recipes_run_end_to_end_and_round_trip(build, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), out)
     assert isinstance(loaded.blocks[0].mlp.act, nn.ReLU if recipe.name == "aphq" else nn.GELU)
+
+
+# --- the float reference follows the original network -----------------------------------------------------------------
+PROBE = []
+
+
+@register_pass("_probe_float_reference")
+@dataclass
+class _ProbeReference(PassConfig):
+    """Records the model's output under the reconstruction's float reference (test only)."""
+
+    def run(self, ctx):
+        with float_reference(ctx).active(), torch.no_grad():
+            PROBE.append(ctx.model(T.images(4, 9)))
+
+
+def test_reconstruction_reference_runs_the_original_gelu_mlps():
+    fp = T.build("vit")
+    recipe = with_mlp_pass(iters=3, loss="mse")
+    recipe.passes = [*recipe.passes, dict(type="_probe_float_reference")]
+    PROBE.clear()
+    model = quantize(copy.deepcopy(fp), recipe, calib(2), **QUIET)
+    with torch.no_grad():
+        assert torch.allclose(PROBE[0], fp(T.images(4, 9)), atol=1e-6)
+    assert isinstance(model.blocks[0].mlp.act, nn.ReLU)  # put back after the reference ran
