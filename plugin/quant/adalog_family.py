@@ -11,7 +11,9 @@ their `wrap_modules_in_net` and calibrator set it up (read from GoatWu/APHQ-ViT 
   per tensor; only when the activation and weight widths are equal (`cur_a_bit == w_bit` in the official code);
 - every quantizer is calibrated on the float model (the official calibrator keeps every module unquantized until all
   are searched), then `output_search` scores candidates on each module's float output (3 rounds);
-- 128 images set the quantizers, 1024 train (calib_num 1024, stat_fraction 1/8), batch 32.
+- 128 images set the quantizers, 1024 train (calib_num 1024, stat_fraction 1/8), batch 32;
+- FIMA-Q only (`token_channel_wise = True`): after the search, Linear inputs of three dimensions and the attention
+  operands get one scale per token (left operand: per row; right operand: per column), trained apart by reconstruction.
 """
 from .errors import ConfigError
 from .passes import PASSES
@@ -26,17 +28,19 @@ def grid(bits, granularity="tensor", **options):
     return QuantSpec(bits, kind="percentile_grid", granularity=granularity, options=options)
 
 
-def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=(), post_gelu=None, eq_n=128):
+def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=(), post_gelu=None, eq_n=128,
+                         token_wise=False):
     """The shared skeleton (module docstring): the method's `pre` passes, `output_search`, its `post` passes;
-    `post_gelu` replaces the FC2-input spec."""
+    `post_gelu` replaces the FC2-input spec; `token_wise`: FIMA-Q's per-token input and operand scales."""
     if setting not in CALIB_NUM:
         raise ConfigError(f"{name}: unknown setting {setting!r}; known: {', '.join(CALIB_NUM)}")
-    act = grid(a_bits, eq_n=eq_n)
-    operand = grid(a_bits, "head", mode="pair_value", eq_n=eq_n)
+    rows, cols = (dict(token_axis=-2), dict(token_axis=-1)) if token_wise else ({}, {})
+    act = grid(a_bits, eq_n=eq_n, **rows)
+    left, right = (grid(a_bits, "head", mode="pair_value", eq_n=eq_n, **t) for t in (rows, cols))
     sites = {
         "patch_embed.input": QuantSpec(8, symmetric=True),
         "patch_embed.weight": grid(w_bits, "channel", mode="pair_pct", eq_n=eq_n),
-        "q": operand, "k": operand, "post_softmax": operand, "v": operand,
+        "q": left, "k": right, "post_softmax": left, "v": right,  # k enters q@kᵀ transposed
         "post_ln": act,
     }
     if post_gelu is not None:

@@ -14,7 +14,8 @@ The order follows the official `hyperparameter_searching` of each module type:
 - "pair" quantizers (attention operands, Conv weights): every one starts at candidate eq_n − 1, each is searched over
   the paired (lower, upper) candidates, then `rounds` rounds of a coordinate search per quantizer: the lower bound over
   all lower candidates with the upper one fixed, then the upper bound with the lower one fixed.
-Quantizers of other kinds (the patch embedding's 8-bit input) keep their calibration.
+Quantizers of other kinds (the patch embedding's 8-bit input) keep their calibration. Last, quantizers with a
+`token_axis` get one scale per token (FIMA-Q's `token_channel_wise`; plugin.quant.percentile_grid).
 """
 from dataclasses import dataclass
 
@@ -126,6 +127,19 @@ def _search_site(site, calls, rounds, gen):
                 state[slot][2] = search.pick(slot, q, *q.pair_params(lower, uppers))  # upper bound, lower fixed
 
 
+def _expand_tokens(site, calls):
+    """FIMA-Q's per-token scales, where a quantizer asks for them (`token_axis`): as the official code, for Linear
+    inputs of shape (batch, tokens, channels) and attention operands (batch, heads, rows, columns) of one fixed size
+    (the classifier's (batch, features) input, Swin's (batch, H, W, C) ones keep their scale)."""
+    for slot, q in site.quantizers():
+        if not isinstance(q, PercentileGridQuantizer) or q.token_axis is None or slot == "weight_quantizer":
+            continue
+        arg, dims = (1 if slot == "b_quantizer" else 0), (4 if isinstance(site.module, MatMul) else 3)
+        shapes = {args[arg].shape for args, _ in calls}
+        if all(len(shape) == dims for shape in shapes) and len({shape[q.token_axis] for shape in shapes}) == 1:
+            q.expand_tokens(next(iter(shapes))[q.token_axis])
+
+
 @register_pass("output_search")
 @dataclass
 class OutputSearch(PassConfig):
@@ -139,7 +153,9 @@ class OutputSearch(PassConfig):
         gen = torch.Generator().manual_seed(ctx.seed)
         for site in ctx.sites:
             if any(isinstance(q, PercentileGridQuantizer) for _, q in site.quantizers()):
-                _search_site(site, _capture(ctx, site), self.rounds, gen)
+                calls = _capture(ctx, site)
+                _search_site(site, calls, self.rounds, gen)
+                _expand_tokens(site, calls)
 
 
 __all__ = ["OutputSearch"]

@@ -16,7 +16,9 @@ q = clamp(round(x/s) + z, 0, 2^b − 1), x̂ = s·(q − z); only where (s, z) c
   z = −round(lower / s) (not clamped to the code range, as in the official code).
 - "pair_pct" (Conv weights, per output channel): (q(1 − p_i), q(p_i)) with p_i = l + (r − l)·(i/(eq_n − 1))^k,
   l = 0.99, r = 0.9999, k = 0.5.
-The official loops score `eq_n` candidates; the extra last one its code builds is never scored, so it is left out.
+`token_axis` (-2: the token axis of Linear inputs and the rows of the left matmul operand; -1: the columns of the right
+operand): after the search, `expand_tokens` gives every token (every column) its own copy of the scale — FIMA-Q's
+`token_channel_wise`, which only matters once reconstruction trains the scales. The official loops score `eq_n` candidates; the extra last one its code builds is never scored, so it is left out.
 
 `calibrate()` keeps the candidate with the least squared error on the quantizer's own input, per channel or head
 when the granularity says so: the official first step for Linear sites ("self" search). The official search then
@@ -27,7 +29,7 @@ of each site (`Recipe.observe_elems` values), where the official code takes the 
 import torch
 
 from .errors import ConfigError
-from .quantizers import UniformQuantizer, _quantile_rows, register_quantizer
+from .quantizers import UniformQuantizer, _broadcast, _quantile_rows, register_quantizer
 
 MODES = {"range": (0.9, 1.0), "pair_value": (0.99, 0.99999), "pair_pct": (0.99, 0.9999)}
 
@@ -56,6 +58,9 @@ class PercentileGridQuantizer(UniformQuantizer):
         self.lo_pct, self.hi_pct = opts.get("lo_pct", MODES[self.mode][0]), opts.get("hi_pct", MODES[self.mode][1])
         self.pct_power = opts.get("pct_power", 0.5)
         self.zero_fixed = bool(opts.get("zero_fixed", False))
+        self.token_axis = opts.get("token_axis")
+        if self.token_axis not in (None, -1, -2):
+            raise ConfigError(f"percentile_grid: token_axis must be -1, -2 or None, got {self.token_axis!r}")
         self.is_input = channel_axis != 0  # weights are quantized along axis 0 (output channels)
         if not (isinstance(self.eq_n, int) and self.eq_n >= 2):
             raise ConfigError(f"percentile_grid: eq_n must be an integer >= 2, got {self.eq_n!r}")
@@ -105,6 +110,21 @@ class PercentileGridQuantizer(UniformQuantizer):
         cols = torch.arange(scales.shape[1], device=scales.device)
         self._set(scale=scales[idx, cols], zero_point=zeros[idx, cols])
         return idx
+
+    def expand_tokens(self, n):
+        """FIMA-Q's `token_channel_wise`: one scale per token along `token_axis` (n of them), each starting at the
+        searched value, so that reconstruction can train them apart; the zero point stays per tensor / head."""
+        self._set(scale=self.scale.reshape(-1, 1).expand(-1, n))
+
+    def quantize(self, x):
+        if self.scale.dim() < 2:
+            return super().quantize(x)
+        groups, n = self.scale.shape
+        shape = [1] * x.dim()
+        shape[self.token_axis] = n
+        if groups > 1:
+            shape[self.channel_axis] = groups
+        return self.fake_quant(x, self.scale.reshape(shape), _broadcast(self.zero_point, x, self.channel_axis))
 
     def _calibrate(self, obs):
         lo, hi, rows = self._reduce_stats(obs)

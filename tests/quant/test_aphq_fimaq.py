@@ -182,3 +182,23 @@ def test_reconstruction_reference_runs_the_original_gelu_mlps():
     with torch.no_grad():
         assert torch.allclose(PROBE[0], fp(T.images(4, 9)), atol=1e-6)
     assert isinstance(model.blocks[0].mlp.act, nn.ReLU)  # put back after the reference ran
+
+
+def test_fimaq_token_wise_scales_one_per_token_and_trainable(tmp_path):
+    fp = T.build("vit")                                               # 32x32 images, 8x8 patches: 17 tokens
+    model = quantize(copy.deepcopy(fp), fimaq_recipe(4, 4, recon=False, eq_n=32), calib(2), **QUIET)
+    blk = model.blocks[0]
+    assert blk.attn.qkv.input_quantizer.scale.shape == (1, 17)
+    assert blk.attn.matmul_qk.a_quantizer.scale.shape == (4, 17)       # q: per head, per query token
+    assert blk.attn.matmul_av.b_quantizer.scale.shape == (4, 16)       # v: per head, per channel (head dim 16)
+    assert model.head.input_quantizer.scale.shape == (1,)              # (batch, features): unchanged
+    # every token starts at the searched value: the model is the per-tensor one until scales are trained
+    plain = quantize(copy.deepcopy(fp), fimaq_recipe(4, 4, recon=False, eq_n=32, token_wise=False), calib(2), **QUIET)
+    x = T.images(4, 9)
+    with torch.no_grad():
+        assert torch.allclose(model(x), plain(x), atol=1e-6)
+        blk.attn.qkv.input_quantizer.scale[0, 3] *= 2                  # tokens can now differ
+        assert not torch.allclose(model(x), plain(x), atol=1e-6)
+    save_quantized(model, os.path.join(tmp_path, "q"))
+    with torch.no_grad():
+        assert torch.equal(load_quantized(T.build("vit"), os.path.join(tmp_path, "q"))(x), model(x))
