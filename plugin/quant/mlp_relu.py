@@ -139,12 +139,13 @@ class _MlpData:
             finally:
                 handle.remove()
             grads[sign] = torch.cat(acc)
-        w = (grads[1.0] - grads[-1.0]).abs().mean(0, keepdim=True)
-        norm = w.pow(2).sum()
-        if not torch.isfinite(norm) or norm == 0:
-            log(f"[mlp_relu] {mlp}: the ±{PERTURB} perturbation left no gradient; unweighted loss")
+        # float64: the difference is float-rounding sized, and its squares underflow (then 0/0 or x/0) in float32
+        w = (grads[1.0].double() - grads[-1.0].double()).abs().mean(0, keepdim=True)
+        w = (w * torch.sqrt(w.numel() / w.pow(2).sum())).float()
+        if not bool(torch.isfinite(w).all()):
+            log(f"[mlp_relu] {mlp}: the ±{PERTURB} perturbation left no usable gradient; unweighted loss")
             return None
-        return w * torch.sqrt(w.numel() / norm)
+        return w
 
 
 def _fit(fc1, fc2, mlp_mod, data, weight, iters, batch_size, lr, quant_weight, gen):
