@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibrate import set_quant_enabled
+from .calibrate import iter_quantizers, set_quant_enabled
 from .errors import CalibrationError
 from .modules import MatMul, QuantConv2d
 from .passes import PassConfig, is_int, register_pass
@@ -42,16 +42,20 @@ def _subsample(rows, gen):
     return rows[torch.randperm(rows.shape[0], generator=gen)[:MAX_ROWS].to(rows.device)]
 
 
-def _capture(ctx, site):
-    """[(args, float output)] of every call of the site over the statistics images."""
+def _capture(ctx, site, once):
+    """[(args, float output)] of every call of the site over the statistics images (each forward stops after the
+    site when it runs once per forward)."""
     calls = []
     handle = site.module.register_forward_hook(lambda m, args, out: calls.append((args, out)))
+    switches = list(iter_quantizers(ctx.model))
+    flags = [q.enabled for _, q in switches]
     set_quant_enabled(ctx.model, False)
     try:
-        ctx.run_calib(stop_after=site.module, first=ctx.stat_batches())
+        ctx.run_calib(stop_after=site.module if once else None, first=ctx.stat_batches())
     finally:
         handle.remove()
-        set_quant_enabled(ctx.model, True)
+        for (_, q), flag in zip(switches, flags):
+            q.enabled = flag
     if not calls:
         raise CalibrationError(f"output_search: {site.name} was never reached by the calibration data")
     return calls
@@ -151,9 +155,10 @@ class OutputSearch(PassConfig):
 
     def run(self, ctx):
         gen = torch.Generator().manual_seed(ctx.seed)
+        _, per_forward = ctx.execution_order()
         for site in ctx.sites:
             if any(isinstance(q, PercentileGridQuantizer) for _, q in site.quantizers()):
-                calls = _capture(ctx, site)
+                calls = _capture(ctx, site, once=per_forward.get(site.name, 0) == 1)
                 _search_site(site, calls, self.rounds, gen)
                 _expand_tokens(site, calls)
 
