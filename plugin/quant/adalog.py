@@ -51,7 +51,8 @@ class AdaLogQuantizer(Quantizer):
         return scale * torch.pow(2.0, -k.clamp(0, self.levels - 1) * q / self.r) * keep
 
     def quantize(self, x):
-        return self.fake_quant(x, _broadcast(self.scale, x, self.channel_axis), _broadcast(self.q, x, self.channel_axis))
+        axis = self.channel_axis
+        return self.fake_quant(x, _broadcast(self.scale, x, axis), _broadcast(self.q, x, axis))
 
     def _calibrate(self, obs):
         lo, hi, rows = self._reduce_stats(obs)

@@ -18,7 +18,8 @@ q = clamp(round(x/s) + z, 0, 2^b − 1), x̂ = s·(q − z); only where (s, z) c
   l = 0.99, r = 0.9999, k = 0.5.
 `token_axis` (-2: the token axis of Linear inputs and the rows of the left matmul operand; -1: the columns of the right
 operand): after the search, `expand_tokens` gives every token (every column) its own copy of the scale — FIMA-Q's
-`token_channel_wise`, which only matters once reconstruction trains the scales. The official loops score `eq_n` candidates; the extra last one its code builds is never scored, so it is left out.
+`token_channel_wise`, which only matters once reconstruction trains the scales. The official loops score `eq_n`
+candidates; the extra last one its code builds is never scored, so it is left out.
 
 `calibrate()` keeps the candidate with the least squared error on the quantizer's own input, per channel or head
 when the granularity says so: the official first step for Linear sites ("self" search). The official search then

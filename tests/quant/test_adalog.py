@@ -138,7 +138,7 @@ def test_adalog_base_follows_the_depth_of_the_data():
 
 
 def test_adalog_per_head_bases_and_negative_input_refused():
-    a = torch.cat([softmax_batch(temperature=0.5, shape=(2, 1, 9, 9)), softmax_batch(temperature=6, shape=(2, 1, 9, 9))], 1)
+    a = torch.cat([softmax_batch(temperature=t, shape=(2, 1, 9, 9)) for t in (0.5, 6.0)], 1)
     q = adalog(3, "head", axis=1).calibrate(Observation.from_tensor(a, 1))
     assert q.q.shape == (2,)
     with pytest.raises(ConfigError):
