@@ -207,7 +207,8 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         from .resume import CalibCheckpoint
         checkpoint = CalibCheckpoint(checkpoint_dir, recipe, model, calib, seed, resume=resume, log=log)
     adapter.prepare(model)
-    pre_ctx = CalibContext(model, recipe, calib, adapter, [], log, max_elems=recipe.observe_elems, seed=seed)
+    pre_ctx = CalibContext(model, recipe, calib, adapter, [], log, max_elems=recipe.observe_elems, seed=seed,
+                           checkpoint=checkpoint)
     for pass_index, p in enumerate(passes):
         if p.STAGE == "pre":  # passes that change the float network run before any quantizer exists
             pre_ctx.pass_index, pre_ctx.pass_kind = pass_index, p.kind

@@ -27,6 +27,9 @@ for the passes that follow: the float reference of reconstruction runs them, so 
 original GELU network as the official code's `full_model` does (dropped when quantize returns).
 """
 import copy
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CalibrationError, ConfigError
+from .errors import CalibrationError, CheckpointError, ConfigError
 from .passes import PassConfig, is_int, is_number, register_pass
 from .quant_state import require_state
 from .spec import Role
@@ -178,6 +181,39 @@ def _fit(fc1, fc2, mlp_mod, data, weight, iters, batch_size, lr, quant_weight, g
         clamp.remove()
 
 
+class _Progress:
+    """The fitted parameters so far, written after each MLP to `DIR/pre-<pass index>-mlp_relu.safetensors` when
+    quantize() has a checkpoint directory, so a resumed run (`resume=True`) loads the MLPs already fitted instead of
+    fitting them again. The file carries the run's identity (recipe, model, data, seed: plugin.quant.resume)."""
+
+    def __init__(self, ctx):
+        ck = ctx.checkpoint
+        self.path = self.identity = None
+        self.saved, self.done = {}, 0
+        if ck is None:
+            return
+        self.path = os.path.join(ck.dir, f"pre-{ctx.pass_index}-mlp_relu.safetensors")
+        self.identity = hashlib.sha256(json.dumps(ck.identity, sort_keys=True, default=str).encode()).hexdigest()
+        if ck.resuming and os.path.isfile(self.path):
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+            with safe_open(self.path, "pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("identity") != self.identity:
+                raise CheckpointError(f"cannot resume from {self.path}: it was written for another run")
+            self.saved, self.done = load_file(self.path), int(meta["done"])
+            ctx.log(f"[mlp_relu] resuming: {self.done} MLPs already fitted ({self.path})")
+
+    def save(self, params, done):
+        if self.path is None:
+            return
+        from safetensors.torch import save_file
+        from .io import _atomic_write
+        tensors = {k: v.contiguous() for k, v in params.items()}
+        _atomic_write(self.path, lambda p: save_file(tensors, p, metadata={"identity": self.identity,
+                                                                             "done": str(done)}))
+
+
 @register_pass("mlp_relu")
 @dataclass
 class MlpRelu(PassConfig):
@@ -214,17 +250,24 @@ class MlpRelu(PassConfig):
         iters = self.iters if self.iters is not None else SETTINGS[self.setting]
         gen = torch.Generator().manual_seed(ctx.seed)
         teacher = copy.deepcopy(model).requires_grad_(False)
-        for mlp, fc1, fc2 in mlp_names(model, ctx.adapter):
+        progress = _Progress(ctx)
+        for i, (mlp, fc1, fc2) in enumerate(mlp_names(model, ctx.adapter)):
             replace_gelu(model, mlp)
             ctx.float_originals[mlp] = teacher.get_submodule(mlp)
-            data = _MlpData(ctx, teacher, mlp, fc2, self.clamp_pct, gen)
-            weight = data.aph_weight(ctx, teacher, mlp, self.temperature, log) if self.loss == "aph" else None
-            _fit(model.get_submodule(fc1), model.get_submodule(fc2), model.get_submodule(mlp), data, weight, iters,
-                 min(self.batch_size, data.x.shape[0]), self.lr, self.quant_weight, gen)
-            log(f"[mlp_relu] {mlp}: fc2 input clamp {data.bound:.4g}, {iters} steps")
-            for name in (fc1, fc2):
-                for key, p in model.get_submodule(name).named_parameters():
-                    ctx.state.float_params[f"{name}.{key}"] = p.detach().cpu().clone()
+            names = [f"{n}.{k}" for n in (fc1, fc2) for k, _ in model.get_submodule(n).named_parameters()]
+            if i < progress.done:  # fitted by the run this one resumes
+                with torch.no_grad():
+                    for name in names:
+                        model.get_parameter(name).copy_(progress.saved[name])
+            else:
+                data = _MlpData(ctx, teacher, mlp, fc2, self.clamp_pct, gen)
+                weight = data.aph_weight(ctx, teacher, mlp, self.temperature, log) if self.loss == "aph" else None
+                _fit(model.get_submodule(fc1), model.get_submodule(fc2), model.get_submodule(mlp), data, weight,
+                     iters, min(self.batch_size, data.x.shape[0]), self.lr, self.quant_weight, gen)
+                log(f"[mlp_relu] {mlp}: fc2 input clamp {data.bound:.4g}, {iters} steps")
+            for name in names:
+                ctx.state.float_params[name] = model.get_parameter(name).detach().cpu().clone()
+            progress.save(ctx.state.float_params, i + 1)
         ctx.state.float_edits.append(self.to_dict())
 
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import timm_toys as T
 from plugin.quant import CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, save_quantized
-from plugin.quant.errors import ConfigError
+from plugin.quant.errors import CheckpointError, ConfigError
 from plugin.quant.passes import PassConfig, register_pass
 from plugin.quant.recon import float_reference
 from plugin.quant.methods.aphq import aphq_recipe
@@ -205,3 +205,22 @@ def test_fimaq_token_wise_scales_one_per_token_and_trainable(tmp_path):
     save_quantized(model, os.path.join(tmp_path, "q"))
     with torch.no_grad():
         assert torch.equal(load_quantized(T.build("vit"), os.path.join(tmp_path, "q"))(x), model(x))
+
+
+def test_mlp_relu_resumes_from_its_progress_file(tmp_path, monkeypatch):
+    import plugin.quant.mlp_relu as mlp_relu
+    fp, data = T.build("vit"), calib(2)
+    recipe = with_mlp_pass(iters=4, loss="mse")
+    first = quantize(copy.deepcopy(fp), recipe, data, checkpoint_dir=str(tmp_path), **QUIET)
+    assert os.path.isfile(os.path.join(tmp_path, "pre-0-mlp_relu.safetensors"))
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a resumed run fitted an MLP again")
+    monkeypatch.setattr(mlp_relu, "_fit", no_fit)
+    again = quantize(copy.deepcopy(fp), recipe, data, checkpoint_dir=str(tmp_path), resume=True, **QUIET)
+    x = T.images(4, 9)
+    with torch.no_grad():
+        assert torch.equal(again(x), first(x))
+    with pytest.raises(CheckpointError, match="another run"):
+        quantize(copy.deepcopy(fp), with_mlp_pass(iters=5, loss="mse"), data, checkpoint_dir=str(tmp_path),
+                 resume=True, **QUIET)
