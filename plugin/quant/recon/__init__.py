@@ -22,6 +22,7 @@ from .reference import FloatReference, float_reference
 from .sos import CHANNEL_FOLDS, SosConfig, register_channel_fold, reparameterize_channelwise
 
 __all__ = ["BlockRecon", "CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "LOSSES", "Learnables", "LowRank",
-           "LowRankConfig", "QDropRecon", "QDropReconConfig", "ReconConfig", "ReconMethod", "SETTINGS", "Sampler", "SosConfig", "Unit", "UnitCache", "capture_inputs",
-           "capture_outputs", "default_iters", "float_reference", "item_errors", "reconstruct", "reconstruct_unit",
-           "reconstruction_units", "register_channel_fold", "register_loss", "reparameterize_channelwise"]
+           "LowRankConfig", "QDropRecon", "QDropReconConfig", "ReconConfig", "ReconMethod", "SETTINGS", "Sampler",
+           "SosConfig", "Unit", "UnitCache", "capture_inputs", "capture_outputs", "default_iters", "float_reference",
+           "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units", "register_channel_fold",
+           "register_loss", "reparameterize_channelwise"]
