@@ -224,3 +224,22 @@ def test_mlp_relu_resumes_from_its_progress_file(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="another run"):
         quantize(copy.deepcopy(fp), with_mlp_pass(iters=5, loss="mse"), data, checkpoint_dir=str(tmp_path),
                  resume=True, **QUIET)
+
+
+@pytest.mark.parametrize("name", ["aphq", "fimaq"])
+def test_recipes_run_on_the_point_cloud_part_segmenter(name):
+    """Point-MAE's blocks (their own MLP class) and an output of per-point scores (the MLP step's APH weight falls
+    back to an unweighted loss there)."""
+    from plugin.pointcloud import build_model
+    torch.manual_seed(0)
+    model = build_model(dict(type="PointMAEPartSeg", num_categories=2, num_parts=6, num_group=8, trans_dim=16, depth=2,
+                             num_heads=2, group_size=8, encoder_channels=(8, 16), propagation_mlp=(16, 16),
+                             head_hidden=(16, 8))).eval()
+    x, c = torch.randn(4, 64, 3), torch.tensor([0, 1, 1, 0])
+    run = lambda m, b: m(b[0], b[1])  # noqa: E731
+    build = aphq_recipe if name == "aphq" else fimaq_recipe
+    extra = dict(mlp_iters=3) if name == "aphq" else {}
+    recipe = build(4, 4, setting="small", iters=2, eq_n=16, batch_size=2, **extra)
+    quantize(model, recipe, CalibData([(x[:2], c[:2]), (x[2:], c[2:])], run), **QUIET)
+    assert torch.isfinite(run(model, (x, c))).all()
+    assert all(isinstance(b.mlp.act, nn.ReLU if name == "aphq" else nn.GELU) for b in model.blocks.blocks)
