@@ -45,6 +45,11 @@ class Registry(Mapping):
         self._items[name] = obj
         return obj
 
+    def unregister(self, name):
+        """Remove `name` (a plugin or a test that registered something only for a while); unknown names raise."""
+        self.lookup(name)
+        del self._items[name]
+
     def lookup(self, name, where=None):
         """The object registered as `name`; an unknown name raises ConfigError ("<where>: unknown <what> ...")."""
         try:

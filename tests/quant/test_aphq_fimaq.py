@@ -12,7 +12,7 @@ import torch.nn as nn
 import timm_toys as T
 from plugin.quant import CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, save_quantized
 from plugin.quant.errors import CheckpointError, ConfigError
-from plugin.quant.passes import PassConfig, register_pass
+from plugin.quant.passes import PASSES, PassConfig, register_pass
 from plugin.quant.recon import float_reference
 from plugin.quant.methods.aphq import aphq_recipe
 from plugin.quant.methods.fimaq import fimaq_recipe
@@ -166,7 +166,6 @@ def test_recipes_run_end_to_end_and_round_trip(arch, build, tmp_path):
 PROBE = []
 
 
-@register_pass("_probe_float_reference")
 @dataclass
 class _ProbeReference(PassConfig):
     """Records the model's output under the reconstruction's float reference (test only)."""
@@ -178,10 +177,14 @@ class _ProbeReference(PassConfig):
 
 def test_reconstruction_reference_runs_the_original_gelu_mlps():
     fp = T.build("vit")
-    recipe = with_mlp_pass(iters=3, loss="mse")
-    recipe.passes = [*recipe.passes, dict(type="_probe_float_reference")]
-    PROBE.clear()
-    model = quantize(copy.deepcopy(fp), recipe, calib(2), **QUIET)
+    register_pass("_probe_float_reference")(_ProbeReference)
+    try:  # registered only while this test runs (other tests list the registered passes)
+        recipe = with_mlp_pass(iters=3, loss="mse")
+        recipe.passes = [*recipe.passes, dict(type="_probe_float_reference")]
+        PROBE.clear()
+        model = quantize(copy.deepcopy(fp), recipe, calib(2), **QUIET)
+    finally:
+        PASSES.unregister("_probe_float_reference")
     with torch.no_grad():
         assert torch.allclose(PROBE[0], fp(T.images(4, 9)), atol=1e-6)
     assert isinstance(model.blocks[0].mlp.act, nn.ReLU)  # put back after the reference ran
