@@ -181,9 +181,11 @@ def resolve_recipe(method, w_bits, a_bits, overrides=(), recon_setting=None, rec
     recipe.__post_init__()
     passes = []
     for p in recipe.passes:
+        changes = {k: v for k, v in (("setting", recon_setting), ("iters", recon_iters)) if v is not None}
         if isinstance(p, ReconConfig):
-            changes = {k: v for k, v in (("setting", recon_setting), ("iters", recon_iters)) if v is not None}
             p = p.replace(**changes).resolved(recipe)
+        elif p.STAGE == "pre" and changes and all(hasattr(p, k) for k in changes):  # APHQ-ViT's MLP step
+            p = p.replace(**changes)
         passes.append(p)
     recipe.passes = passes
     return recipe.freeze()

@@ -32,6 +32,9 @@ def markdown_report(report):
         lines.append(f"| {r['method']} | {r['w_bits']}/{r['a_bits']}{' (weight-only)' * bool(r.get('weight_only'))} | "
                      + " | ".join(f"{r['metrics'][k]:.2f}" for k in metric_names)
                      + f" | {r['calib_time_s']:.1f} |")
+        if r.get("float_relu"):  # APHQ-ViT changes the float network (ReLU MLPs): its own float metric
+            lines.append(f"| {r['method']} float network (ReLU MLPs, unquantized) | 32/32 | "
+                         + " | ".join(f"{r['float_relu'][k]:.2f}" for k in metric_names) + " | - |")
         if r.get("onnx"):
             o = r["onnx"]
             lines.append(f"| {r['method']} (ONNX Runtime, QDQ, {o['bytes'] / 2 ** 20:.2f} MiB = "

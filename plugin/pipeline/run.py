@@ -15,6 +15,7 @@ from collections import Counter
 from ..quant import (attach_quantizers, find_adapter, freeze, frozen_summary, quantize, save_quantized,
                      state)
 from ..errors import UserInputError
+from ..quant.mlp_relu import relu_float_model
 from .outdir import OutputFolder
 from .report import write_reports
 
@@ -118,6 +119,7 @@ def run_plan(job, task, fp_model, plan, fp_outputs, staging, fp32_bytes, log):
     cuda = job.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     ckpt_dir = job.ckpt_dir(plan)
     quantize(model, plan.recipe, calib, log=log, seed=job.seed, checkpoint_dir=ckpt_dir,
@@ -125,13 +127,19 @@ def run_plan(job, task, fp_model, plan, fp_outputs, staging, fp32_bytes, log):
     if cuda:
         torch.cuda.synchronize()
     calib_time = time.time() - t0
+    peak_gib = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
     label = f"{plan.method} W{plan.w_bits}A{plan.a_bits}"
     metrics = task.evaluate(model, not job.quiet, desc=f"eval {label}")
     log(f"{label}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")
-    entry = {**plan.to_dict(), "metrics": metrics, "calib_time_s": calib_time, "recipe": plan.recipe.to_dict(),
+    entry = {**plan.to_dict(), "metrics": metrics, "calib_time_s": calib_time, "calib_peak_gib": peak_gib,
+             "recipe": plan.recipe.to_dict(),
              "rolled_back": list(state(model).rollbacks)}
     if task.agreement is not None and fp_outputs is not None:  # before --freeze evaluates again
         entry["agreement"] = task.agreement(fp_outputs, task.last_outputs)
+    relu_fp = relu_float_model(fp_model, model)  # APHQ-ViT's MLP step changed the float network: report it too
+    if relu_fp is not None:
+        entry["float_relu"] = task.evaluate(relu_fp, not job.quiet, desc=f"eval {label} float (ReLU MLPs)")
+        log(f"{label}: float model with ReLU MLPs {json.dumps(entry['float_relu'])}")
     if ckpt_dir:
         entry["checkpoint_dir"] = ckpt_dir
     models = os.path.join(staging, "models")
