@@ -50,8 +50,9 @@ CPU_MEMORY = 4 * 2 ** 30  # reported as the "GPU" memory on a CPU: bounds how ma
 MODULES = ("utils", "quant_layers", "quantizers", "test_quant", "best")  # "best": their config module's name
 
 
-def config_path(repo_dir, w_bits, a_bits):
-    return os.path.join(repo_dir, "configs", f"{w_bits}bit", "best.py")
+def config_path(repo_dir, bits):
+    """Their config of one bit width (weights and activations alike, as every official config is)."""
+    return os.path.join(repo_dir, "configs", f"{bits}bit", "best.py")
 
 
 def settings(options, calib_num, w_bits, a_bits):
@@ -65,7 +66,7 @@ def check_run(title, repo_dir, model, bits, options, calib_num, min_iters=1):
     """Refuse, with one clear error and before any work, what their code cannot run here."""
     from plugin.errors import UserInputError
     check_model(model, title)
-    missing = [b for b in bits if not os.path.isfile(config_path(repo_dir, b, b))]
+    missing = [b for b in bits if not os.path.isfile(config_path(repo_dir, b))]
     if missing:
         have = sorted(d for d in os.listdir(os.path.join(repo_dir, "configs")) if d.endswith("bit"))
         raise UserInputError(f"the official {title} code has no config for {', '.join(f'{b}bit' for b in missing)} "
@@ -176,7 +177,7 @@ def run_main(code, repo_dir, fp_model, images, w_bits, a_bits, seed, device, opt
     repo_dir = os.path.abspath(repo_dir)
     captured = {}
     with official_import_path(code, repo_dir), scratch_process_state(), cuda_calls_stay_on(device):
-        cfg_file = config_path(repo_dir, w_bits, a_bits)
+        cfg_file = config_path(repo_dir, w_bits)
         sys.path.insert(0, os.path.dirname(cfg_file))
         cfg_module = importlib.import_module("best")  # their main() imports it by this name: it gets this one
 

@@ -21,7 +21,7 @@ class OfficialCode:
     chdir: bool = False         # run with the checkout as working folder
     # (checkout, fp_model, bits list, options, calib_num) -> None: refuses what the code cannot run, before any work
     preflight: object = None
-    # (options, calib_num) -> dict: the settings the official side runs with, recorded in fidelity.json
+    # (options, calib_num, w_bits, a_bits) -> dict: the settings the official side runs with (fidelity.json)
     settings: object = None
 
 
