@@ -1,6 +1,7 @@
-"""The AdaLog family (GoatWu/AdaLog and its forks APHQ-ViT, ShiheWang/FIMA-Q; one layout: test_quant.py,
-configs/<b>bit/best.py, utils/{calibrator,block_recon,wrap_net}.py, quant_layers/, quantizers/): their own
-`test_quant.main()` runs unmodified on our float model, our images and our evaluation.
+"""Two forks of AdaLog (GoatWu/AdaLog) with one layout, GoatWu/APHQ-ViT and ShiheWang/FIMA-Q (test_quant.py,
+configs/<b>bit/best.py, utils/{calibrator,block_recon,wrap_net}.py, quant_layers/, quantizers/; AdaLog itself keeps
+its configs as configs/<b>bit.py and is not a peer): their own `test_quant.main()` runs unmodified on our float model,
+our images and our evaluation.
 
 What the harness gives their main() (their command line, parsed by their own parser):
     --model deit_small --config configs/<b>bit/best.py --calibrate --optimize --seed SEED --w_bit B --a_bit B
@@ -31,8 +32,8 @@ deleted afterwards, and the print and logging handlers are put back.
 
 On a CPU (smoke tests only): their batching quantizers size candidate batches from
 `torch.cuda.get_device_properties(0)` and raise without CUDA; while they run, a device of CPU_MEMORY bytes is
-reported to them (their modules' view of torch only), and their `.cuda()` calls leave tensors on the CPU (harness.cuda_calls_stay_on). On a GPU nothing is
-patched.
+reported to them (their modules' view of torch only), and their `.cuda()` calls leave tensors on the CPU
+(harness.cuda_calls_stay_on). On a GPU nothing is patched.
 """
 import contextlib
 import copy
