@@ -24,4 +24,6 @@ __all__ = [
 
 from . import baseline_quantizers, seed_quantizers  # noqa: F401,E402  (registration of the non-uniform grids)
 from . import hessian, lowrank, mosf, recon, seed_recipes  # noqa: F401,E402  ("mosf", passes, recipes)
+from . import adalog, mlp_relu, output_search, percentile_grid  # noqa: F401,E402  (AdaLog-family calibration, APHQ's MLP pass)
+from . import methods  # noqa: F401,E402  (one package per method: aphq, fimaq)
 from .freeze import Int8Linear, freeze, frozen_summary  # noqa: E402,F401  (W8A8 integer path)

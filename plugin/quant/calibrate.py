@@ -9,6 +9,8 @@
    post-LayerNorm reparameterisation of the group (if the recipe has one), then the group's weight and activation
    quantizers are set from what was seen. A forward stops early after the group's last module when it can;
 4. the recipe's extra passes (block reconstruction, low-rank compensation, …) run in order.
+Passes whose STAGE is "pre" (they change the float network: APHQ-ViT's ReLU MLP reconstruction) run between 1 and 2,
+before any quantizer exists. Step 3 sees the first `Recipe.stat_fraction` of the calibration batches, step 4 all.
 """
 import time
 from dataclasses import dataclass
@@ -83,6 +85,9 @@ class CalibContext:
         self.checkpoint = checkpoint
         self.pass_index, self.pass_kind = None, None
         self.batch_index = None  # the calibration batch run_calib is running
+        # {module name: the original float module} for the modules a "pre" pass replaced (plugin.quant.mlp_relu):
+        # the float reference of reconstruction runs these, so it follows the original network
+        self.float_originals = {}
         self.state = state if state is not None else QuantState(recipe, adapter.name)
         if checkpoint is not None:  # a resumed run carries on the units' records of the run it continues
             self.state.rollbacks, self.state.units = checkpoint.rollbacks, checkpoint.units
@@ -105,6 +110,11 @@ class CalibContext:
         finally:
             if handle is not None:
                 handle.remove()
+
+    def stat_batches(self):
+        """How many of the first calibration batches set the quantizers (`Recipe.stat_fraction` of them, at least
+        one); passes that train use every batch."""
+        return max(1, round(len(self.calib.batches) * self.recipe.stat_fraction))
 
     def execution_order(self):
         """Sites in the order the first calibration batch reaches them, and how often each runs per forward."""
@@ -197,9 +207,19 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
         from .resume import CalibCheckpoint
         checkpoint = CalibCheckpoint(checkpoint_dir, recipe, model, calib, seed, resume=resume, log=log)
     adapter.prepare(model)
+    pre_ctx = CalibContext(model, recipe, calib, adapter, [], log, max_elems=recipe.observe_elems, seed=seed,
+                           checkpoint=checkpoint)
+    for pass_index, p in enumerate(passes):
+        if p.STAGE == "pre":  # passes that change the float network run before any quantizer exists
+            pre_ctx.pass_index, pre_ctx.pass_kind = pass_index, p.kind
+            t1 = time.time()
+            p.run(pre_ctx)
+            log(f"[calibrate {recipe.name}] pass {p.kind} (before quantization) done, {time.time() - t1:.1f}s")
     sites = attach_quantizers(model, recipe, adapter)
     ctx = CalibContext(model, recipe, calib, adapter, sites, log, max_elems=recipe.observe_elems, seed=seed,
-                       checkpoint=checkpoint)
+                       checkpoint=checkpoint, state=pre_ctx.state)
+    ctx.float_originals = pre_ctx.float_originals
+    ctx.calib = CalibData(calib.batches[:ctx.stat_batches()], calib.forward)  # the quantizers' images (stat_fraction)
     t0 = time.time()
     if recipe.sequential == "none":
         groups = [(None, ctx.sites, False)]
@@ -227,11 +247,15 @@ def quantize(model: nn.Module, recipe, calib: CalibData, adapter=None, log=print
     finally:
         if skip is not None:
             skip.remove()
+        ctx.calib = calib
     for pass_index, p in enumerate(passes):
+        if p.STAGE == "pre":
+            continue
         ctx.pass_index, ctx.pass_kind = pass_index, p.kind
         t1 = time.time()
         p.run(ctx)
         log(f"[calibrate {recipe.name}] pass {p.kind} done, {time.time() - t1:.1f}s")
+    ctx.float_originals = {}
     if checkpoint is not None and checkpoint.resume_step is not None:
         raise CheckpointError(f"the checkpoint in {checkpoint_dir} is past the end of this recipe's units")
     return attach_state(model, ctx.state)

@@ -167,6 +167,9 @@ def load_quantized(fp_model: nn.Module, path: str, device=None):
         raise CheckpointError(f"cannot read {path}.safetensors: {exc}") from exc
     fp_model.eval()
     adapter.prepare(fp_model)
+    for p in recipe.passes:  # structural changes of the float network (GELU -> ReLU) come before the quantizers
+        if p.STAGE == "pre":
+            p.restore(fp_model, adapter)
     attach_quantizers(fp_model, recipe, adapter)
     for hook in LOAD_HOOKS.values():
         hook(fp_model, state)

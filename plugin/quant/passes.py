@@ -47,9 +47,16 @@ class PassConfig(Mapping):
     they validate in `__post_init__` and implement `run(ctx)`. Raise VERSION when a field changes meaning."""
     kind: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # "post": runs after the quantizers are calibrated (most passes); "pre": runs on the float model before any
+    # quantizer is attached (a pass that changes the float network itself, e.g. APHQ-ViT's ReLU MLP reconstruction)
+    STAGE: ClassVar[str] = "post"
 
     def run(self, ctx):
         raise NotImplementedError
+
+    def restore(self, model, adapter):
+        """A "pre" pass that changes the float network's structure re-applies that change here to a float model a
+        saved quantized model is loaded into (its parameters come from the file). Default: nothing to do."""
 
     def require(self, ok, name, expected):
         """Raise ConfigError "<kind>: <name> must be <expected>, got <value>" unless `ok`."""

@@ -21,7 +21,10 @@ class QuantState:
     units: every unit a reconstruction pass visited, [{"pass", "pass_index", "unit", "before", "after", "status"}]
         (mean squared error to the float target before and after; None where the unit was skipped).
     ranks: low-rank pass, {Linear name: rank kept}. frozen: `freeze` turned qualifying layers into Int8Linear.
-    deployed: on a `plugin.quant.deploy.deploy` copy, {"mode", "dtype", "tile", "stem", "sites"} (else None)."""
+    deployed: on a `plugin.quant.deploy.deploy` copy, {"mode", "dtype", "tile", "stem", "sites"} (else None).
+    float_edits: the "pre" passes that changed the float network (their JSON entries); float_params: the parameters
+        they fitted, as they were before quantization (CPU copies; in this process only, not saved), which
+        `plugin.quant.mlp_relu.relu_float_model` uses to rebuild that float network."""
     recipe: Any
     adapter: str
     rollbacks: List[dict] = field(default_factory=list)
@@ -29,6 +32,8 @@ class QuantState:
     ranks: Dict[str, int] = field(default_factory=dict)
     frozen: bool = False
     deployed: Optional[dict] = None
+    float_edits: List[dict] = field(default_factory=list)
+    float_params: Dict[str, Any] = field(default_factory=dict)
 
 
 def state(model: nn.Module) -> Optional[QuantState]:

@@ -85,7 +85,8 @@ def reparameterize_group(ctx, members, observations):
         if obs is None:
             continue
         spec = quantizers[0].spec
-        channelwise = UniformQuantizer(spec.replace(granularity="channel"), channel_axis=-1).calibrate(obs)
+        # the consumer's own kind (a UniformQuantizer subclass may choose its range its own way), channel-wise
+        channelwise = type(quantizers[0])(spec.replace(granularity="channel"), channel_axis=-1).calibrate(obs)
         scales, zeros = channelwise.scale, channelwise.zero_point
         s_layer = rule(scales, obs).reshape(())
         z_layer, r1, shift = fold_channelwise(ctx.model.get_submodule(norm_name), [s.module for s in sites],

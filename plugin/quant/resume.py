@@ -85,6 +85,7 @@ class CalibCheckpoint:
         self.identity = {"recipe": recipe.to_dict(), "model": model_fingerprint(model),
                          "calib": data_fingerprint(calib.batches), "seed": int(seed)}
         self.step = 0
+        self.resuming = bool(resume)  # passes that keep their own progress files read them only when resuming
         self.resume_step = None
         self.resume_meta = None
         if resume:

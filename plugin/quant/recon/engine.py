@@ -38,8 +38,12 @@ class ReconMethod(ABC):
     - per-stage schedule: `phases(iters)`: [(iterations, searching)]; per phase `param_groups()` (Adam groups, asked
       again each phase since a phase may replace parameters) and, when searching, `arch_params()` stepped with
       `arch_lr`; `end_phase` after each;
+    - what it trains on: `unit_cache(ctx, unit, reference, where)` (the unit's cached inputs and float targets;
+      a method may cache more, e.g. the float-model inputs beside the quantized ones) and `fetch(cache, idx)` (a
+      training mini-batch; the start and final errors always use `cache.fetch`);
     - how to step: `loss(output, targets)` per step, `after_step()` after each optimizer step, and, when searching,
-      `loss + arch_penalty(start error)` on held-out items for the architecture step;
+      `loss + arch_penalty(start error)` on held-out items for the architecture step; the divergence guard watches
+      `loss_ratio(loss, start error)` (default loss / start error);
     - what to save and restore: `keep(unit)` on success, `restore(unit, saved)` on a rollback or an error,
       `detach(unit)` when the unit is skipped after `attach`; `resumed(model)` when a resumed run restored units it
       skips.
@@ -73,8 +77,19 @@ class ReconMethod(ABC):
     def end_phase(self, unit, searching, log):
         pass
 
+    def unit_cache(self, ctx, unit, reference, where):
+        return unit_cache(ctx, unit, self.cfg, reference, where)
+
+    def fetch(self, cache, idx):
+        return cache.fetch(idx)
+
     def loss(self, output, targets):
         return mse(output, targets)
+
+    def loss_ratio(self, loss, start_error):
+        """What the divergence guard compares with `max_loss_ratio`: a method whose loss is not on the scale of the
+        unit's mean squared error (a normalised or regularised objective) says how far it grew from its start."""
+        return loss / start_error
 
     def arch_penalty(self, start_error):
         return 0.0
@@ -106,9 +121,13 @@ def _autocast(device, enabled):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def unit_cache(ctx, unit, cfg, reference, where):
+def unit_cache(ctx, unit, cfg, reference, where, float_inputs=False):
     """The unit's inputs (as the quantized model gives them, or the float model with `input_source="float"`) and
-    float targets over the calibration batches that reach it, as a UnitCache; None where none reaches it."""
+    float targets over the calibration batches that reach it, as a UnitCache; None where none reaches it.
+
+    With `float_inputs` (QDrop-style methods) the cache also carries `float_inputs`: a UnitCache of the unit's inputs
+    in the float model with the same items and targets, or None where they do not exist or cannot be paired (inputs
+    already from the float model, inputs that depend on the model's own predictions)."""
     if cfg.input_source == "float":
         with reference.active():
             inputs = capture_inputs(ctx, unit)
@@ -132,7 +151,16 @@ def unit_cache(ctx, unit, cfg, reference, where):
     elif realigned:
         ctx.log(f"{where}: {realigned} batch(es) reach it with other shapes than in the float model (data-dependent "
                 f"proposals); their targets are the float unit's output on the same inputs")
-    return UnitCache([inputs[i] for i in common], [targets[i] for i in common])
+    cache = UnitCache([inputs[i] for i in common], [targets[i] for i in common])
+    cache.batches = common  # the calibration batch of each cached batch, in order
+    cache.float_inputs = None
+    if float_inputs and cfg.input_source != "float" and not own_inputs:
+        with reference.active():
+            fp_inputs = capture_inputs(ctx, unit)
+        if all(i in fp_inputs for i in common):
+            paired = UnitCache([fp_inputs[i] for i in common], [targets[i] for i in common])
+            cache.float_inputs = paired if paired.stacked == cache.stacked else None
+    return cache
 
 
 class _Phase:
@@ -160,7 +188,7 @@ class _Phase:
         window, bad, count = 0.0, None, 0
         for it in range(self.iters):
             git = self.start + it
-            args, kwargs, tgt = cache.fetch(self.plan[it])
+            args, kwargs, tgt = method.fetch(cache, self.plan[it])
             with _autocast(tgt[0].device, cfg.amp):
                 out = module(*args, **kwargs)
             loss = method.loss(out, tgt)
@@ -172,17 +200,17 @@ class _Phase:
             if self.arch_opt is not None:
                 self._arch_step(module, it)
             detached = loss.detach()
-            window = window + detached
+            window = window + method.loss_ratio(detached, self.before)
             finite = torch.isfinite(detached)
             bad = ~finite if bad is None else (bad | ~finite)
             count += 1
             if count == check_every or it == self.iters - 1:
                 if bool(bad):
                     raise _Rollback(f"loss became NaN/inf by iteration {git + 1}")
-                mean = float(window) / count
-                if mean > cfg.max_loss_ratio * self.before:
-                    raise _Rollback(f"loss grew to {mean:.3e}, over {cfg.max_loss_ratio:g}x its start "
-                                    f"{self.before:.3e}, by iteration {git + 1}")
+                ratio = float(window) / count
+                if ratio > cfg.max_loss_ratio:
+                    raise _Rollback(f"loss grew to {ratio:.3g}x its start (over {cfg.max_loss_ratio:g}x; start error "
+                                    f"{self.before:.3e}) by iteration {git + 1}")
                 window, bad, count = 0.0, None, 0
             if (git + 1) % log_every == 0:
                 pool = f", pool {self.sampler.pool_size(git)}/{self.total_items}" if cfg.curriculum else ""
@@ -191,7 +219,7 @@ class _Phase:
 
     def _arch_step(self, module, it):
         """First-order DARTS: the architecture parameters follow the loss on held-out items."""
-        vargs, vkwargs, vtgt = self.cache.fetch(self.vplan[it])
+        vargs, vkwargs, vtgt = self.method.fetch(self.cache, self.vplan[it])
         with _autocast(vtgt[0].device, self.method.cfg.amp):
             vloss = self.method.loss(module(*vargs, **vkwargs), vtgt)
         vloss = vloss + self.method.arch_penalty(self.before)
@@ -207,7 +235,7 @@ def reconstruct_unit(ctx, unit, method, reference, index=0, total=1):
     cfg = method.cfg
     t0 = time.time()
     where = f"[{cfg.tag}] {index + 1}/{total} {unit.name}"
-    cache = unit_cache(ctx, unit, cfg, reference, where)
+    cache = method.unit_cache(ctx, unit, reference, where)
     if cache is None:
         ctx.log(f"{where}: not reached by the calibration data, skipped")
         return None, None, "skipped"

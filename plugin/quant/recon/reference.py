@@ -8,6 +8,11 @@ from ..errors import CalibrationError
 from ..quantizers import Quantizer
 
 
+def _set_submodule(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def _is_switch(m):
     return isinstance(m, Quantizer) or getattr(m, "is_compensation", False)
 
@@ -18,11 +23,13 @@ class FloatReference:
 
     The snapshot matters once reconstruction trains weights or a reparameterisation edits them: the live parameters
     then no longer describe the float model. Parameters created after the snapshot (a bias a reparameterisation added)
-    take their neutral value (bias 0, norm weight 1) while the reference runs.
+    take their neutral value (bias 0, norm weight 1) while the reference runs. `originals` ({name: module}) are
+    modules a pass replaced in the float network (APHQ-ViT's GELU MLPs): they are put back while the reference runs.
     """
 
-    def __init__(self, model, snapshot=False):
+    def __init__(self, model, snapshot=False, originals=None):
         self.model = model
+        self.originals = dict(originals or {})  # {name: original float module}, swapped in while the reference runs
         self.params = None
         if snapshot:
             clones = {}
@@ -36,21 +43,28 @@ class FloatReference:
     def active(self):
         switches = [m for m in self.model.modules() if _is_switch(m)]
         flags = [m.enabled for m in switches]
-        swapped = []
+        swapped, replaced = [], []
         try:
             for m in switches:
                 m.enabled = False
             if self.params is not None:
                 self._swap_in(swapped)
+            for name, module in self.originals.items():  # after the parameters: originals keep their own
+                replaced.append((name, self.model.get_submodule(name)))
+                _set_submodule(self.model, name, module)
             yield
         finally:
+            for name, module in reversed(replaced):
+                _set_submodule(self.model, name, module)
             for p, data in reversed(swapped):
                 p.data = data
             for m, flag in zip(switches, flags):
                 m.enabled = flag
 
     def _swap_in(self, swapped):
-        skip = [n + "." for n, m in self.model.named_modules() if getattr(m, "is_compensation", False)]
+        # compensation branches and quantizers are off while the reference runs: their parameters (scales a
+        # reconstruction made trainable) keep their values
+        skip = [n + "." for n, m in self.model.named_modules() if _is_switch(m)]
         done = set()
         for mod_name, mod in self.model.named_modules(remove_duplicate=False):
             for pname, p in mod._parameters.items():
@@ -76,7 +90,8 @@ def float_reference(ctx):
     pass still compares with the float model after an earlier one trained or merged weights."""
     ref = getattr(ctx, "float_reference", None)
     if ref is None:
-        ref = ctx.float_reference = FloatReference(ctx.model, snapshot=True)
+        ref = ctx.float_reference = FloatReference(ctx.model, snapshot=True,
+                                                   originals=getattr(ctx, "float_originals", None))
     return ref
 
 
