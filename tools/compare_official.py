@@ -26,8 +26,9 @@ Official settings (the defaults here; how each code is run and shimmed is in too
 `--calib-num N` replaces the image count on both sides. `--official-args KEY=VALUE` changes an official option (the
 GPU budget, or a CPU smoke test): `iters=N` (isvit, aphq, fimaq: iterations per block; given to our recipe's passes
 too), `batch=N` (aphq, fimaq: their batches of 32; our passes' batch_size too), `calib=N` (aphq, fimaq: calibration
-subset, official 128), `w_cw=0|1` (isvit). A key that none of the chosen methods knows is an error. The effective
-official counts of aphq and fimaq go into each row of fidelity.json (`official_settings`).
+subset, official 128; our recipe's stat_fraction too), `w_cw=0|1` (isvit). A key that none of the chosen methods
+knows is an error. The effective official counts of aphq and fimaq go into each row of fidelity.json
+(`official_settings`).
 """
 import argparse
 import copy
@@ -130,9 +131,11 @@ def run(args):
     for method in officials if args.side != "official" else ():
         get_recipe(ours[method], 4, 4)
 
-    def our_recipe(method, bits):
+    def our_recipe(method, bits, calib_num):
         recipe = get_recipe(ours[method], bits, bits)
         recipe.passes = our_passes(recipe.passes, options[method])  # official counts given (GPU budget): ours too
+        if OFFICIAL[method].tune_ours:
+            OFFICIAL[method].tune_ours(recipe, options[method], calib_num)
         return recipe
     for b in args.bits:
         if not 2 <= b <= 8:
@@ -172,7 +175,7 @@ def run(args):
                     model = copy.deepcopy(fp_model)
                     torch.manual_seed(seed)
                     t0 = time.time()
-                    quantize(model, our_recipe(method, bits), calib, log=lambda s: None, seed=seed)
+                    quantize(model, our_recipe(method, bits, len(images)), calib, log=lambda s: None, seed=seed)
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     t_score = time.time() - t0

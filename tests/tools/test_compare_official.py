@@ -98,6 +98,15 @@ def test_official_defaults():
             "config": "configs/3bit/best.py"}
 
 
+def test_calibration_share_reaches_our_adalog_family_recipe():
+    from plugin.quant import Recipe, QuantSpec
+    recipe = Recipe("r", 4, 4, QuantSpec(4), QuantSpec(4))
+    adalog.tune_ours(recipe, {}, 1024)
+    assert recipe.stat_fraction == 128 / 1024  # the official 128 of 1024
+    adalog.tune_ours(recipe, {"calib": 8}, 16)
+    assert recipe.stat_fraction == 0.5
+
+
 def _tiny(name, **kwargs):
     import timm
     return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)

@@ -63,6 +63,13 @@ def settings(options, calib_num, w_bits, a_bits):
             "batch": options.get("batch", OFFICIAL_BATCH), "config": f"configs/{w_bits}bit/best.py"}
 
 
+def tune_ours(recipe, options, calib_num):
+    """Our recipes of this family calibrate on the first `Recipe.stat_fraction` of the images, as theirs on the first
+    `calib`: the same share here (in whole calibration batches on our side)."""
+    if hasattr(recipe, "stat_fraction"):
+        recipe.stat_fraction = options.get("calib", OFFICIAL_CALIB) / calib_num
+
+
 def check_run(title, repo_dir, model, bits, options, calib_num, min_iters=1):
     """Refuse, with one clear error and before any work, what their code cannot run here."""
     from plugin.errors import UserInputError

@@ -27,4 +27,4 @@ APHQ = OfficialCode("APHQ-ViT", run_official_aphq, ("",),
                      "utils/wrap_net.py", "quant_layers/linear.py"),
                     adalog.MODULES, calib_num=adalog.OFFICIAL_OPTIM, ours="aphq",
                     options={"iters": int, "calib": int, "batch": int}, preflight=preflight,
-                    settings=adalog.settings)
+                    settings=adalog.settings, tune_ours=adalog.tune_ours)

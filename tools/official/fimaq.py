@@ -30,4 +30,4 @@ FIMAQ = OfficialCode("FIMA-Q", run_official_fimaq, ("",),
                       "quantizers/logarithm.py", "quant_layers/linear.py"),
                      adalog.MODULES, calib_num=adalog.OFFICIAL_OPTIM, ours="fimaq",
                      options={"iters": int, "calib": int, "batch": int}, preflight=preflight,
-                     settings=adalog.settings)
+                     settings=adalog.settings, tune_ours=adalog.tune_ours)

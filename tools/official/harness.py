@@ -23,6 +23,9 @@ class OfficialCode:
     preflight: object = None
     # (options, calib_num, w_bits, a_bits) -> dict: the settings the official side runs with (fidelity.json)
     settings: object = None
+    # (recipe, options, calib_num) -> None: our recipe given the official counts it has a knob for, beyond the
+    # passes' (compare_official.OURS_KNOBS)
+    tune_ours: object = None
 
 
 def check_checkout(code, repo_dir):
