@@ -19,12 +19,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def apply_cfg_options(cfg, options):
-    """plugin.config.apply_cfg_options (tools/compare_official.py imports it from here)."""
-    from plugin.config import apply_cfg_options as apply
-    return apply(cfg, options)
-
-
 def bit_width(text):
     try:
         value = int(text)
