@@ -92,3 +92,22 @@ def test_extension_examples_run():
     namespace = {"__name__": "architecture_examples"}
     for block in blocks:
         exec(compile(block, "docs/architecture.md", "exec"), namespace)
+
+
+def test_methods_import_only_the_core_and_recon():
+    """Each package under plugin/quant/methods/ is one method, whole: it imports the core (plugin.quant's own modules)
+    and the reconstruction engine (plugin.quant.recon), never another method and never plugin.quant.deploy."""
+    modules = _modules()
+    methods = sorted(p.name for p in (PLUGIN / "quant" / "methods").iterdir() if (p / "__init__.py").is_file())
+    assert {"minmax", "ptq4vit", "repq", "isvit", "dopq", "aiqvit"} <= set(methods)
+    for m, path in modules.items():
+        parts = m.split(".")
+        if parts[:3] != ["plugin", "quant", "methods"] or len(parts) < 4:
+            continue
+        own = ".".join(parts[:4])
+        for t in _imports(m, path, modules):
+            if t == own or t.startswith(own + "."):
+                continue
+            assert not t.startswith("plugin.quant.methods"), f"{m} imports {t}: a method imports no other method"
+            assert not t.startswith("plugin.quant.deploy"), f"{m} imports {t}: a method imports nothing of deploy/"
+            assert t.startswith("plugin.quant"), f"{m} imports {t}: a method imports only plugin.quant"

@@ -6,10 +6,10 @@
     python tools/benchmark.py --e2e --e2e-profile    # deployment: BF16 compiled vs torchao vs plugin.quant.deploy
 
 For each model (timm, random weights: speed does not depend on them): calibration wall time per method; evaluation
-throughput (images/s) of the float model, the fake-quant model and the frozen INT8 model (`plugin.quant.freeze`);
+throughput (images/s) of the float model, the fake-quant model and the frozen INT8 model (`plugin.quant.deploy.freeze`);
 peak GPU memory on CUDA. Then a micro-benchmark of ViT-B-sized Linear layers at M = batch·197 tokens: BF16 matmul
 against `torch._int_mm`, against the whole `Int8Linear` (input quantization + int8 matmul + epilogue) and, on CUDA
-with triton installed, against the Triton kernels of `plugin.quant.triton_int8` (int8 GEMM with the epilogue fused;
+with triton installed, against the Triton kernels of `plugin.quant.deploy.triton_int8` (int8 GEMM with the epilogue fused;
 the same quantizing a bf16 input while loading it). Ratios are taken between figures of the same run. See
 docs/performance.md.
 
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--no-micro", action="store_true", help="skip the Linear micro-benchmark")
     p.add_argument("--micro-only", action="store_true", help="only the Linear micro-benchmark")
     p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
-                   help="matmul of the frozen models' Int8Linear layers (plugin.quant.freeze.set_int8_backend)")
+                   help="matmul of the frozen models' Int8Linear layers (plugin.quant.deploy.freeze.set_int8_backend)")
     p.add_argument("--cuda-graph", action="store_true", help="time every model forward and Linear micro-benchmark "
                    "op as CUDA-graph replays (GPU time without host launch cost, for every column alike)")
     p.add_argument("--compile", action="store_true", help="torch.compile every timed model and layer (fuses the "
@@ -245,7 +245,7 @@ def bench_model(name, args, device, log, entry, saved):
     """Fills `entry` with one model's figures; `saved` is called after each method, so that the caller writes the
     report as it grows."""
     from plugin.quant import CalibData
-    from plugin.quant.freeze import freeze, frozen_summary
+    from plugin.quant.deploy.freeze import freeze, frozen_summary
     base = build_model(name, args.quick, device, args.model_kwargs)
     shape = input_size(base)
     gen = torch.Generator(device).manual_seed(1)
@@ -331,7 +331,7 @@ def onnx_bench(base, model, name, method, shape, args, log, rounds=3):
 
     import onnx
 
-    from plugin.quant.onnx_export import export_float_onnx, export_onnx
+    from plugin.quant.deploy.onnx_export import export_float_onnx, export_onnx
     example = torch.randn(1, *shape)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"fp32": os.path.join(tmp, "fp32.onnx"), "int8_qdq": os.path.join(tmp, "qdq.onnx")}
@@ -381,7 +381,7 @@ def _triton_status(device):
     if device.type != "cuda":
         return f"not on CUDA ({device.type})"
     try:
-        import plugin.quant.triton_int8  # noqa: F401
+        import plugin.quant.deploy.triton_int8  # noqa: F401
     except ImportError as e:
         return f"triton unavailable ({e})"
     return None
@@ -389,7 +389,7 @@ def _triton_status(device):
 
 def linear_microbench(args, device):
     """BF16 x @ wᵀ vs torch._int_mm, the full Int8Linear forward and (CUDA) the Triton kernels, per layer shape."""
-    from plugin.quant.freeze import Int8Linear, int8_matmul
+    from plugin.quant.deploy.freeze import Int8Linear, int8_matmul
     shapes = QUICK_LINEARS if args.quick else VIT_B_LINEARS
     m = args.micro_m or (args.batch_size * (17 if args.quick else 197))
     gen = torch.Generator(device).manual_seed(0)
@@ -415,7 +415,7 @@ def linear_microbench(args, device):
                "speedup_int8_linear_over_bf16": bf16 / full,
                **{f"{c}_ms": None for c in TRITON_COLUMNS}, **{f"speedup_{c}_over_bf16": None for c in TRITON_COLUMNS}}
         if triton_skip is None:
-            from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
+            from plugin.quant.deploy.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
             epi = dict(const=layer.const, bias=layer.bias, out_dtype=torch.bfloat16)
             quant = (layer.x_scale, layer.x_zero, layer.x_qmin, layer.x_qmax, layer.x_offset)
             ops = {"triton_gemm": lambda: int8_gemm(a8, w8, layer.out_scale, **epi),
@@ -499,7 +499,7 @@ def main(argv=None):
     import plugin  # noqa: F401  (registers adapters, recipes, passes)
     if args.e2e:
         return e2e_main(args)
-    from plugin.quant.freeze import set_int8_backend
+    from plugin.quant.deploy.freeze import set_int8_backend
     if args.int8_backend != "int_mm" and _triton_status(torch.device(args.device)) is not None:
         print(f"error: --int8-backend {args.int8_backend}: {_triton_status(torch.device(args.device))}",
               file=sys.stderr)
@@ -507,7 +507,7 @@ def main(argv=None):
     set_int8_backend(args.int8_backend)
     if args.onnx:
         from plugin.errors import UserInputError
-        from plugin.quant.onnx_export import check_onnx_available
+        from plugin.quant.deploy.onnx_export import check_onnx_available
         try:
             check_onnx_available()
         except UserInputError as e:
@@ -540,7 +540,7 @@ def main(argv=None):
         bench_model(name, args, device, log, report["models"].setdefault(name, {}), save)
     report["linear_microbench"] = [] if args.no_micro else linear_microbench(args, device)
     if _triton_status(device) is None:
-        from plugin.quant.triton_int8 import tuned_configs
+        from plugin.quant.deploy.triton_int8 import tuned_configs
         report["triton_tuned_configs"] = tuned_configs()
     if args.onnx:
         import onnxruntime

@@ -63,13 +63,13 @@ def parse_args(argv=None):
     p.add_argument("--no-fp", action="store_true",
                    help="skip the full-precision evaluation (and with it the agreement with the float model)")
     p.add_argument("--freeze", action="store_true",
-                   help="also evaluate through the integer path (plugin.quant.freeze: int8 weights and activations, "
+                   help="also evaluate through the integer path (plugin.quant.deploy.freeze: int8 weights and activations, "
                         "torch._int_mm) after the fake-quant evaluation; layers that do not qualify stay fake-quant")
     p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
                    help="matmul of the --freeze path: torch._int_mm, or the Triton kernels (CUDA and triton only; "
                         "triton: quantize pass + GEMM, triton_fused: quantizing inside the GEMM)")
     p.add_argument("--export-onnx", action="store_true",
-                   help="also write OUT/models/<method>_w<b>a<b>.onnx (a QDQ graph, plugin.quant.onnx_export) and "
+                   help="also write OUT/models/<method>_w<b>a<b>.onnx (a QDQ graph, plugin.quant.deploy.onnx_export) and "
                         "OUT/models/fp32.onnx, and evaluate the QDQ file with ONNX Runtime on the CPU "
                         "(classification only; needs pip install -e '.[onnx]')")
     p.add_argument("--onnx-nonuniform", choices=["emulate", "float"], default="emulate",
@@ -257,8 +257,8 @@ def write_reports(report, out_dir):
 
 def onnx_entry(args, task, model, name, staging, out_dir, fp32_bytes, log):
     """Export `model` to staging/<name>.onnx, score it with ONNX Runtime on the CPU: the report's `onnx` entry."""
-    from plugin.quant.onnx_export import export_onnx
-    from plugin.quant.onnx_runtime import OrtModule
+    from plugin.quant.deploy.onnx_export import export_onnx
+    from plugin.quant.deploy.onnx_runtime import OrtModule
     path = os.path.join(staging, name + ".onnx")
     summary = export_onnx(model, task.example_input(model), path, nonuniform=args.onnx_nonuniform)
     metrics = task.evaluate(OrtModule(path), not args.quiet, desc=f"eval {name} ONNX Runtime")
@@ -279,9 +279,9 @@ def run(args):
     from plugin.errors import UserInputError
     from plugin.quant import freeze, frozen_summary, quantize, save_quantized, state
     from plugin.quant.calibrate import check_passes
-    from plugin.quant.freeze import set_int8_backend
+    from plugin.quant.deploy.freeze import set_int8_backend
     from plugin.quant.io import package_versions
-    from plugin.quant.onnx_export import export_float_onnx
+    from plugin.quant.deploy.onnx_export import export_float_onnx
     from plugin.tasks.base import get_task
 
     cfg = apply_cfg_options(load_config(args.config), args.cfg_options)
@@ -305,7 +305,7 @@ def run(args):
         if not device.startswith("cuda"):
             raise UserInputError(f"{flag} needs --device cuda, not {device}")
         try:
-            import plugin.quant.triton_int8  # noqa: F401
+            import plugin.quant.deploy.triton_int8  # noqa: F401
         except ImportError as exc:
             raise UserInputError(f"{flag} needs the triton package ({exc})") from exc
     set_int8_backend(args.int8_backend)
@@ -315,7 +315,7 @@ def run(args):
         if task_cls.example_input is None:
             raise UserInputError(f"--export-onnx supports the classification task (timm ViT/DeiT/Swin) only, "
                                  f"not {task_name}")
-        from plugin.quant.onnx_export import check_onnx_available
+        from plugin.quant.deploy.onnx_export import check_onnx_available
         check_onnx_available()
     kwargs = dict(device=device, work_dir=args.work_dir, launcher=args.launcher)
     if args.unsafe_load:

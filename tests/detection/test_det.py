@@ -399,7 +399,7 @@ def test_ptq4vit_hessian_search_on_the_detector(task_and_model, monkeypatch):
     gradient signal; the mask head, whose masks are thresholded, is searched on its output MSE (no zero weights)."""
     import copy
 
-    import plugin.quant.hessian as hessian
+    import plugin.quant.methods.ptq4vit.hessian as hessian
     from plugin.quant import get_recipe, quantize
     task, fp_model = task_and_model
     model = copy.deepcopy(fp_model)

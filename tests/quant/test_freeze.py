@@ -22,13 +22,13 @@ from timm.models.vision_transformer import VisionTransformer
 
 import plugin.adapters  # noqa: F401  (registers the timm adapters)
 from plugin.quant import CalibData, QuantLinear, QuantSpec, build_quantizer, get_recipe, quantize, set_quant_enabled
-from plugin.quant.freeze import Int8Linear, freeze, frozen_summary, int8_matmul, why_not_freezable
-from plugin.quant.lowrank import attach_branch
+from plugin.quant.deploy.freeze import Int8Linear, freeze, frozen_summary, int8_matmul, why_not_freezable
+from plugin.quant.methods.aiqvit.lowrank import attach_branch
 
 from repo_paths import REPO  # noqa: E402
 LAYER_TOL = 1e-5
 # the module, not the `freeze` function plugin.quant may export under the same name
-freeze_mod = importlib.import_module("plugin.quant.freeze")
+freeze_mod = importlib.import_module("plugin.quant.deploy.freeze")
 
 
 def tiny_vit(seed=0):

@@ -1,5 +1,5 @@
 """Block reconstruction, I&S-ViT's SOS, AIQViT's low-rank compensation and the curriculum (plugin.quant.recon,
-plugin.quant.lowrank), on a tiny timm ViT with random weights and data."""
+plugin.quant.methods.aiqvit.lowrank), on a tiny timm ViT with random weights and data."""
 import copy
 import math
 

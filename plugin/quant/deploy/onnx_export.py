@@ -5,8 +5,8 @@ What each quantization site becomes:
   an **int8 initializer** followed by a `DequantizeLinear` with the calibrated scale and zero point (per-channel axis
   where the quantizer is per channel). The codes come from the fake quantizer's own float operations, so the
   dequantized weight equals the fake-quant weight exactly. An unsigned grid (0 … 2^b − 1) is shifted by −128 into
-  int8, its zero point with it (the product (q − z)·s is unchanged), as in `plugin.quant.freeze`. Linear weights are
-  stored transposed (in × out, axis 1) so the graph reads `DequantizeLinear → MatMul` with no Transpose between.
+  int8, its zero point with it (the product (q − z)·s is unchanged), as in `plugin.quant.deploy.freeze`. Linear weights
+  are stored transposed (in × out, axis 1) so the graph reads `DequantizeLinear → MatMul` with no Transpose between.
 - An activation on a uniform grid (per tensor, per channel or per head): a `QuantizeLinear → DequantizeLinear` pair
   with the calibrated static scale and zero point, in uint8 (asymmetric grids, 0 … 2^b − 1) or int8 (symmetric ones).
 - A b-bit grid with b < 8 is held in the 8-bit type and its codes are clipped to the b-bit range by a `Clip` on the
@@ -48,9 +48,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError, QuantError
-from .modules import MatMul, QuantConv2d, QuantLinear
-from .quantizers import Quantizer, UniformQuantizer
+from ..errors import ConfigError, QuantError
+from ..modules import MatMul, QuantConv2d, QuantLinear
+from ..quantizers import Quantizer, UniformQuantizer
 
 OPSET = 18
 NONUNIFORM_MODES = ("float", "emulate")

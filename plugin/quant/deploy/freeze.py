@@ -21,7 +21,7 @@ tests/quant/test_freeze.py for the stated tolerance).
 Speed. In eager mode the input quantization and the epilogue are separate elementwise passes over (M, K) and (M, N)
 tensors; on a GPU they can cost as much as the int8 matmul saves. `torch.compile` fuses them (tools/benchmark.py
 --compile). The opt-in "triton" backend (`set_int8_backend("triton")` or `Int8Linear(..., backend="triton")`, CUDA
-only) runs `plugin.quant.triton_int8` instead: a one-pass quantize kernel, then an int8 GEMM that applies the
+only) runs `plugin.quant.deploy.triton_int8` instead: a one-pass quantize kernel, then an int8 GEMM that applies the
 corrections, scale and bias before its only store (same codes, same integer result; the float epilogue may differ
 from the eager one by float rounding). "triton_fused" quantizes the input inside the GEMM while loading it (no
 int8 copy of the input, but each input tile is quantized once per output tile). `torch._int_mm` ("int_mm") stays
@@ -40,10 +40,10 @@ import os
 import torch
 import torch.nn as nn
 
-from .attach import set_submodule
-from .modules import QuantLinear
-from .quant_state import state
-from .quantizers import UniformQuantizer
+from ..attach import set_submodule
+from ..modules import QuantLinear
+from ..quant_state import state
+from ..quantizers import UniformQuantizer
 
 _INT_MM_BROKEN = set()  # device types on which torch._int_mm raised; the exact float64 product is used there
 BACKENDS = ("int_mm", "triton", "triton_fused")

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modules import QuantLinear
 from .freeze import Int8Linear, int8_matmul, why_not_freezable
-from .modules import QuantLinear
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 TILES = ("heuristic", "autotune")
