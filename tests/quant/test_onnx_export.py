@@ -1,5 +1,6 @@
 """ONNX QDQ export (plugin.quant.deploy.onnx_export) checked by ONNX Runtime against the fake-quant model."""
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -156,8 +157,8 @@ def test_one_layer_matches_fake_quant(tmp_path, bits, w_sym, x_sym, per_channel)
 def test_one_layer_wrong_zero_point_is_caught(tmp_path, monkeypatch):
     """The per-layer check fails when the exporter's weight zero point is off by one code."""
     import plugin.quant.deploy.onnx_export as oe
-    real = oe.weight_codes
-    monkeypatch.setattr(oe, "weight_codes", lambda q, w: (lambda c, s, z: (c, s, z + 1))(*real(q, w)))
+    real = oe.lower_weight
+    monkeypatch.setattr(oe, "lower_weight", lambda m: dataclasses.replace(real(m), zero=real(m).zero + 1))
     model, x = _one_linear(QuantSpec(8, granularity="channel"), QuantSpec(8))
     xq = model[0].input_quantizer(x)
     summary = export_onnx(model, xq[:1], str(tmp_path / "m.onnx"))

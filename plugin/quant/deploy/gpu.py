@@ -42,9 +42,9 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..modules import MatMul, QuantConv2d, QuantLinear
 from ..quant_state import QuantState, attach_state, state
-from .freeze import why_not_freezable
 from .gpu_modules import (FP8_MAX, TILES, DeployFP8Linear, DeployInt8Linear, PatchGemm, _Float32Quantizer,  # noqa: F401
                           int8_gemm_op)
+from .lower import gemm_reason
 
 MODES = ("int8", "fp8")
 
@@ -108,7 +108,7 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
 
     for name, m in list(model.named_modules()):
         if type(m) is QuantLinear:
-            reason = why_not_freezable(m)
+            reason = gemm_reason(m)
             w_desc, x_desc = _describe(m.weight_quantizer), _describe(m.input_quantizer)
             if reason is None and mode == "fp8" and m.in_features % 16:
                 reason = f"in_features {m.in_features} is not a multiple of 16 (FP8 GEMM)"
