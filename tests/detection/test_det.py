@@ -90,7 +90,7 @@ def _write_split(root, name, first_id, n_images, rng, crowd):
 
 TINY_CONFIG = """
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
-custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['plugin.detection'], allow_failed_imports=False)
 task = 'detection'
 data_root = {root!r}
 metainfo = dict(classes=('red', 'green'))
