@@ -6,7 +6,7 @@ EXTRAS = {
     "det": ["mmdet==3.3.0", "mmcv-lite==2.1.0", "pycocotools>=2.0.7", "opencv-python", "scipy", "shapely", "terminaltables"],
     # open3d needs the system library libusb-1.0 (tools/setup_env.sh installs it with apt when it can).
     "pointcloud": ["open3d-cpu==0.20.0"],
-    # ONNX QDQ export (plugin.quant.onnx_export, ptq_test.py --export-onnx) and ONNX Runtime evaluation/benchmarks.
+    # ONNX QDQ export (plugin.quant.deploy.onnx_export, ptq_test.py --export-onnx) and ONNX Runtime evaluation/benchmarks.
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
 }
 EXTRAS["test"] = ["pytest>=8", "hypothesis>=6.100"] + EXTRAS["onnx"]  # CI runs the ONNX tests too

@@ -1,7 +1,10 @@
-"""Config loading: mmengine's Config when installed (needed for mmdet `_base_` scopes), else a small loader.
+"""Config loading: a small loader for plain configs, mmengine's Config for the OpenMMLab ones.
 
-The fallback understands plain Python config files with `_base_` (a path or list of paths relative to the file),
+The small loader understands plain Python config files with `_base_` (a path or list of paths relative to the file),
 merging dicts recursively; keys of the child win, and `_delete_=True` in a child dict replaces the base dict.
+mmengine's Config (when installed) reads a config that needs it: one the small loader cannot read (a `_base_` in
+another package, `mmdet::…`) or one that sets `custom_imports` or `default_scope` (OpenMMLab's registries: the
+detection configs). So a classification or point-cloud run never imports mmengine (an import of seconds).
 """
 import os
 import runpy
@@ -39,13 +42,23 @@ def _load_plain(path):
     return _merge(merged, values)
 
 
+OPENMMLAB_KEYS = ("custom_imports", "default_scope")
+
+
 def load_config(path, use_mmengine=None):
-    """Load a Python config file; returns an object with attribute and item access."""
+    """Load a Python config file; returns an object with attribute and item access. `use_mmengine`: None decides as the
+    module docstring says; True / False force one loader."""
     if not os.path.isfile(path):
         raise UserInputError(f"config file not found: {path}")
     if not path.endswith(".py"):
         raise UserInputError(f"unsupported config file (expected a .py config): {path}")
     if use_mmengine is None:
+        try:
+            plain = _load_plain(path)
+        except Exception:  # e.g. a `_base_` in another package: mmengine reads it, or reports the error below
+            plain = None
+        if plain is not None and not any(k in plain for k in OPENMMLAB_KEYS):
+            return _AttrDict(plain)
         try:
             import mmengine  # noqa: F401
             use_mmengine = True

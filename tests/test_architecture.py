@@ -1,5 +1,7 @@
 """The layering of docs/architecture.md, checked on the source: plugin/quant is a torch-only library (no adapter, task
-or OpenMMLab/timm import, no file over 400 lines); packages import only the layers below them; no import cycle."""
+or OpenMMLab/timm import); packages import only the layers below them; a method package imports only the core and
+recon; no import cycle; no file under plugin/ over 400 lines; `import plugin` for classification imports no OpenMMLab
+library."""
 import ast
 import pathlib
 
@@ -56,8 +58,13 @@ def test_quant_is_a_torch_only_library():
             for n in names:
                 assert n.split(".")[0] not in {"mmdet", "mmengine", "mmcv", "timm"}, f"{p} imports {n}"
                 assert not n.startswith("plugin.") or n.startswith("plugin.quant"), f"{p} imports {n}"
+
+
+def test_no_file_under_plugin_over_400_lines():
+    """Short modules with one job: split by concept, not by size (tools/ is checked once its split lands)."""
+    for p in PLUGIN.rglob("*.py"):
         lines = len(p.read_text().splitlines())
-        assert lines <= 400, f"{p} has {lines} lines"
+        assert lines <= 400, f"{p.relative_to(PLUGIN.parent)} has {lines} lines"
 
 
 def test_layers_and_no_cycles():
@@ -103,3 +110,41 @@ def test_core_api_example_runs():
     section = text.split("## Core API", 1)[1].split("\n## ", 1)[0]
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(block, "docs/architecture.md", "exec"), {"__name__": "core_api_example"})
+
+
+def test_methods_import_only_the_core_and_recon():
+    """Each package under plugin/quant/methods/ is one method, whole: it imports the core (plugin.quant's own modules)
+    and the reconstruction engine (plugin.quant.recon), never another method and never plugin.quant.deploy."""
+    modules = _modules()
+    methods = sorted(p.name for p in (PLUGIN / "quant" / "methods").iterdir() if (p / "__init__.py").is_file())
+    assert {"minmax", "ptq4vit", "repq", "isvit", "dopq", "aiqvit"} <= set(methods)
+    for m, path in modules.items():
+        parts = m.split(".")
+        if parts[:3] != ["plugin", "quant", "methods"] or len(parts) < 4:
+            continue
+        own = ".".join(parts[:4])
+        for t in _imports(m, path, modules):
+            if t == own or t.startswith(own + "."):
+                continue
+            assert not t.startswith("plugin.quant.methods"), f"{m} imports {t}: a method imports no other method"
+            assert not t.startswith("plugin.quant.deploy"), f"{m} imports {t}: a method imports nothing of deploy/"
+            assert t.startswith("plugin.quant"), f"{m} imports {t}: a method imports only plugin.quant"
+
+
+def test_import_plugin_for_classification_imports_no_openmmlab():
+    """`import plugin` knows the task names but imports a task package on its first lookup; classification (config
+    loading included) imports neither MMDetection, MMEngine nor MMCV, nor timm before a model is built."""
+    import subprocess
+    import sys
+    code = ("import sys, plugin\n"
+            "heavy = lambda: sorted(m for m in ('mmdet', 'mmengine', 'mmcv', 'timm') if m in sys.modules)\n"
+            "print(heavy())\n"
+            "from plugin.tasks.base import TASKS, get_task\n"
+            "assert {'classification', 'detection', 'pointcloud_cls'} <= set(TASKS)\n"
+            "from plugin.config import load_config\n"
+            "get_task(load_config('configs/classification/fmnist_vit_tiny.py')['task'])\n"
+            "print(heavy())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"]

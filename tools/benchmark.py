@@ -6,10 +6,10 @@
     python tools/benchmark.py --e2e --e2e-profile    # deployment: BF16 compiled vs torchao vs plugin.quant.deploy
 
 For each model (timm, random weights: speed does not depend on them): calibration wall time per method; evaluation
-throughput (images/s) of the float model, the fake-quant model and the frozen INT8 model (`plugin.quant.freeze`);
+throughput (images/s) of the float model, the fake-quant model and the frozen INT8 model (`plugin.quant.deploy.freeze`);
 peak GPU memory on CUDA. Then a micro-benchmark of ViT-B-sized Linear layers at M = batch·197 tokens: BF16 matmul
 against `torch._int_mm`, against the whole `Int8Linear` (input quantization + int8 matmul + epilogue) and, on CUDA
-with triton installed, against the Triton kernels of `plugin.quant.triton_int8` (int8 GEMM with the epilogue fused;
+with triton installed, against the Triton kernels of `plugin.quant.deploy.triton_int8` (int8 GEMM with the epilogue fused;
 the same quantizing a bf16 input while loading it). Ratios are taken between figures of the same run. See
 docs/performance.md.
 
@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--no-micro", action="store_true", help="skip the Linear micro-benchmark")
     p.add_argument("--micro-only", action="store_true", help="only the Linear micro-benchmark")
     p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
-                   help="matmul of the frozen models' Int8Linear layers (plugin.quant.freeze.set_int8_backend)")
+                   help="matmul of the frozen models' Int8Linear layers (plugin.quant.deploy.freeze.set_int8_backend)")
     p.add_argument("--cuda-graph", action="store_true", help="time every model forward and Linear micro-benchmark "
                    "op as CUDA-graph replays (GPU time without host launch cost, for every column alike)")
     p.add_argument("--compile", action="store_true", help="torch.compile every timed model and layer (fuses the "
@@ -218,7 +218,7 @@ def main(argv=None):
     from plugin.bench.linear import triton_status
     from plugin.bench.run import run_benchmark
     from plugin.bench.settings import BenchSettings
-    from plugin.quant.freeze import set_int8_backend
+    from plugin.quant.deploy.freeze import set_int8_backend
     device = torch.device(args.device)
     if args.int8_backend != "int_mm" and triton_status(device) is not None:
         print(f"error: --int8-backend {args.int8_backend}: {triton_status(device)}", file=sys.stderr)
@@ -226,7 +226,7 @@ def main(argv=None):
     set_int8_backend(args.int8_backend)
     if args.onnx:
         from plugin.errors import UserInputError
-        from plugin.quant.onnx_export import check_onnx_available
+        from plugin.quant.deploy.onnx_export import check_onnx_available
         try:
             check_onnx_available()
         except UserInputError as e:

@@ -6,9 +6,9 @@
 For each shape (M = 64·197 tokens, K → N of qkv, proj, fc1, fc2), all timed as CUDA-graph replays in one run:
 - cuBLAS: BF16 `x @ wᵀ` (the baseline), `torch._int_mm` (int8 → int32) and, where the GPU has FP8, FP8 e4m3
   `torch._scaled_mm` with a BF16 output: what cuBLAS gets from 8-bit tensor cores at these sizes.
-- `plugin.quant.triton_int8.int8_gemm` (the shipped kernel, autotuned), and the same kernel forced through a grid of
+- `plugin.quant.deploy.triton_int8.int8_gemm` (the shipped kernel, autotuned), and the same kernel forced through a grid of
   tile configs (--full-grid: every one; default: a short list), to see whether tile choice is the limit.
-- the TMA persistent variant of `plugin.quant.triton_int8` (`int8_gemm(..., persistent=True)`; Hopper and later)
+- the TMA persistent variant of `plugin.quant.deploy.triton_int8` (`int8_gemm(..., persistent=True)`; Hopper and later)
   over its configs.
 - the same pointer kernel multiplying BF16 operands (fp32 accumulation): Triton's own BF16 speed, to tell Triton's
   code generation apart from the int8 path.
@@ -65,7 +65,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         raise UserInputError("needs a CUDA GPU")
     import triton
-    from plugin.quant import triton_int8 as ti
+    from plugin.quant.deploy import triton_int8 as ti
     grid = (list(itertools.product([64, 128, 256], [64, 128, 256], [64, 128, 256], [4, 8], [2, 3, 4, 5]))
             if args.full_grid else
             [(128, 128, 64, 4, 4), (128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from plugin.errors import ToolParser, nonnegative_int, tool_main  # noqa: E402
 
 from plugin.classification import data as cls_data  # noqa: E402
+from plugin.classification import fashion_mnist  # noqa: E402
 
 ASSETS = os.path.join(cls_data.REPO_ROOT, "plugin", "assets")
 NUM_CALIB, NUM_EVAL = 512, 1000
@@ -74,13 +75,13 @@ The subset and the trained weights derived from it are distributed under the sam
 @tool_main
 def main(argv=None):
     p = ToolParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fashion-mnist", default=cls_data.FASHION_MNIST_DIR, help="folder of the idx .gz files")
+    p.add_argument("--fashion-mnist", default=fashion_mnist.FASHION_MNIST_DIR, help="folder of the idx .gz files")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default=ASSETS, help="assets folder to write into")
     args = p.parse_args(argv)
 
-    train_x, train_y = cls_data.load_fashion_mnist(args.fashion_mnist, "train")
-    test_x, test_y = cls_data.load_fashion_mnist(args.fashion_mnist, "test")
+    train_x, train_y = fashion_mnist.load_fashion_mnist(args.fashion_mnist, "train")
+    test_x, test_y = fashion_mnist.load_fashion_mnist(args.fashion_mnist, "test")
     calib_idx = np.sort(np.random.RandomState(args.seed).choice(len(train_y), NUM_CALIB, replace=False))
     eval_idx = cls_data.balanced_subset_indices(test_y, NUM_EVAL, args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -89,7 +90,7 @@ def main(argv=None):
         npz_path,
         calib_images=train_x[calib_idx], calib_labels=train_y[calib_idx].astype(np.uint8),
         eval_images=test_x[eval_idx], eval_labels=test_y[eval_idx].astype(np.uint8),
-        classes=np.array(cls_data.FASHION_MNIST_CLASSES))
+        classes=np.array(fashion_mnist.FASHION_MNIST_CLASSES))
 
     names = sorted(f for f in os.listdir(args.fashion_mnist) if f.endswith("-ubyte.gz"))
     hashes = "\n".join(f"- `{name}`: `{_sha256(os.path.join(args.fashion_mnist, name))}`" for name in names)

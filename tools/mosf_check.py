@@ -39,7 +39,7 @@ def main(argv=None):
 
     from plugin.config import load_config
     from plugin.quant import get_recipe, quantize
-    from plugin.quant.mosf import mosf_scale
+    from plugin.quant.methods.dopq.mosf import mosf_scale
     from plugin.quant.reparam import register_reparam_rule
     from plugin.tasks.base import get_task
 

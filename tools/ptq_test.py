@@ -71,13 +71,13 @@ def parse_args(argv=None):
     p.add_argument("--no-fp", action="store_true",
                    help="skip the full-precision evaluation (and with it the agreement with the float model)")
     p.add_argument("--freeze", action="store_true",
-                   help="also evaluate through the integer path (plugin.quant.freeze: int8 weights and activations, "
+                   help="also evaluate through the integer path (plugin.quant.deploy.freeze: int8 weights and activations, "
                         "torch._int_mm) after the fake-quant evaluation; layers that do not qualify stay fake-quant")
     p.add_argument("--int8-backend", choices=["int_mm", "triton", "triton_fused"], default="int_mm",
                    help="matmul of the --freeze path: torch._int_mm, or the Triton kernels (CUDA and triton only; "
                         "triton: quantize pass + GEMM, triton_fused: quantizing inside the GEMM)")
     p.add_argument("--export-onnx", action="store_true",
-                   help="also write OUT/models/<method>_w<b>a<b>.onnx (a QDQ graph, plugin.quant.onnx_export) and "
+                   help="also write OUT/models/<method>_w<b>a<b>.onnx (a QDQ graph, plugin.quant.deploy.onnx_export) and "
                         "OUT/models/fp32.onnx, and evaluate the QDQ file with ONNX Runtime on the CPU "
                         "(classification only; needs pip install -e '.[onnx]')")
     p.add_argument("--onnx-nonuniform", choices=["emulate", "float"], default="emulate",

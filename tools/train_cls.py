@@ -34,6 +34,7 @@ from plugin.config import load_config  # noqa: E402
 from plugin.errors import (UserInputError, check_settings, fraction, nonnegative_float, nonnegative_int,  # noqa: E402
                            positive_float, positive_int, run_cli)
 from plugin.classification import data as cls_data  # noqa: E402
+from plugin.classification import fashion_mnist  # noqa: E402
 
 # Recipe defaults; a config's `train` dict and then the command line override them.
 DEFAULTS = dict(data=None, epochs=100, batch_size=256, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=5,
@@ -106,10 +107,10 @@ def recipe_from(cfg, args):
 def load_train_test(recipe, data_cfg, data_path):
     """uint8 NCHW train and test images with int64 labels, plus the normalisation the config evaluates with."""
     if recipe["data"] == "fashion_mnist":
-        root = data_path or cls_data.FASHION_MNIST_DIR
-        splits = [cls_data.load_fashion_mnist(root, s) for s in ("train", "test")]
+        root = data_path or fashion_mnist.FASHION_MNIST_DIR
+        splits = [fashion_mnist.load_fashion_mnist(root, s) for s in ("train", "test")]
         splits = [(x[:, None], y) for x, y in splits]
-        default_mean, default_std = cls_data.FASHION_MNIST_MEAN, cls_data.FASHION_MNIST_STD
+        default_mean, default_std = fashion_mnist.FASHION_MNIST_MEAN, fashion_mnist.FASHION_MNIST_STD
     else:
         path = data_path or data_cfg.get("path")
         if not path:

@@ -3,7 +3,7 @@
 # decoded boxes), so those checkpoints load: their original-layout backbone keys are converted on load by
 # plugin.detection.convert_original_swin_checkpoint. mmdet itself releases no Cascade Swin checkpoint.
 _base_ = 'mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_ms-3x_coco.py'
-custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['plugin.detection'], allow_failed_imports=False)
 task = 'detection'
 pretrained = 'https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth'  # noqa
 

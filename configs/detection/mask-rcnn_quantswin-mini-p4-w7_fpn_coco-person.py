@@ -7,7 +7,7 @@
 # pickled objects and are refused without --unsafe-load.)
 # The data folder can be moved with the environment variable COCO_PERSON_ROOT (a path ending in '/').
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
-custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['plugin.detection'], allow_failed_imports=False)
 task = 'detection'
 
 data_root = '{{$COCO_PERSON_ROOT:../shared/data/coco_person/}}'

@@ -1,6 +1,6 @@
 """The Linear micro-benchmark: at M = batch·tokens rows and ViT-B's Linear shapes, BF16 `x @ wᵀ` against
 `torch._int_mm`, the whole `Int8Linear` forward (input quantization + int8 matmul + epilogue) and, on CUDA with triton,
-the Triton kernels of plugin.quant.triton_int8. Ratios are taken between figures of the same run."""
+the Triton kernels of plugin.quant.deploy.triton_int8. Ratios are taken between figures of the same run."""
 import torch
 
 from ..utils.timing import time_op
@@ -18,14 +18,14 @@ def triton_status(device):
     if device.type != "cuda":
         return f"not on CUDA ({device.type})"
     try:
-        import plugin.quant.triton_int8  # noqa: F401
+        import plugin.quant.deploy.triton_int8  # noqa: F401
     except ImportError as e:
         return f"triton unavailable ({e})"
     return None
 
 
 def _triton_row(row, layer, x16, a8, w8, bf16, s, device):
-    from ..quant.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
+    from ..quant.deploy.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
     epi = dict(const=layer.const, bias=layer.bias, out_dtype=torch.bfloat16)
     quant = (layer.x_scale, layer.x_zero, layer.x_qmin, layer.x_qmax, layer.x_offset)
     ops = {"triton_gemm": lambda: int8_gemm(a8, w8, layer.out_scale, **epi),
@@ -40,7 +40,7 @@ def _triton_row(row, layer, x16, a8, w8, bf16, s, device):
 
 def linear_microbench(s, device):
     """One row per layer shape: milliseconds per call and speed-ups over BF16."""
-    from ..quant.freeze import Int8Linear, int8_matmul
+    from ..quant.deploy.freeze import Int8Linear, int8_matmul
     shapes = QUICK_LINEARS if s.quick else VIT_B_LINEARS
     m = s.micro_m or (s.batch_size * (17 if s.quick else 197))
     gen = torch.Generator(device).manual_seed(0)

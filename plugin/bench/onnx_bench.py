@@ -51,7 +51,7 @@ def _op_counts(path):
 def onnx_bench(base, model, name, method, shape, s, log, rounds=3):
     """ONNX Runtime CPU: the QDQ export of `model` against the FP32 export of `base`, timed alternately in `rounds`
     rounds (the best round of each counts, so a burst of load on a shared machine hits both alike)."""
-    from ..quant.onnx_export import export_float_onnx, export_onnx
+    from ..quant.deploy.onnx_export import export_float_onnx, export_onnx
     example = torch.randn(1, *shape)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"fp32": os.path.join(tmp, "fp32.onnx"), "int8_qdq": os.path.join(tmp, "qdq.onnx")}

@@ -40,7 +40,7 @@ def run_benchmark(s, device, command, write=None, log=lambda *a: None):
         bench_model(name, s, device, log, report["models"].setdefault(name, {}), save)
     report["linear_microbench"] = [] if s.no_micro else linear_microbench(s, device)
     if triton_status(device) is None:
-        from ..quant.triton_int8 import tuned_configs
+        from ..quant.deploy.triton_int8 import tuned_configs
         report["triton_tuned_configs"] = tuned_configs()
     if s.onnx:
         import onnxruntime

@@ -42,7 +42,7 @@ def calibrate_timed(model, recipe, calib, s, device, ckpt_name):
 
 def _frozen_figures(res, model, images, s, device, shape):
     """Freeze a copy of the calibrated `model` and add its throughput and agreement with the fake-quant model."""
-    from ..quant.freeze import freeze, frozen_summary
+    from ..quant.deploy.freeze import freeze, frozen_summary
     frozen = freeze(copy.deepcopy(model))
     summary = frozen_summary(frozen)
     res["frozen_summary"] = {k: v for k, v in summary.items() if k != "not_frozen"}

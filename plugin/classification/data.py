@@ -2,15 +2,13 @@
 
 Every data set yields `(image, label)` with `image` a normalised float CHW tensor and `label` an int, and carries
 `classes` (label names, index = label). `build_cls_datasets` returns the calibration set (from a training split) and
-the evaluation set. The readers of the raw training files (`load_fashion_mnist`, `load_cifar10_packed`) live here too,
-so that tools/train_cls.py decodes pixels exactly as the evaluation does. The array types (npz, cifar10_packed) take
+the evaluation set. The readers of the raw training files (`load_cifar10_packed` here, `load_fashion_mnist` in
+fashion_mnist.py) share these helpers, so that tools/train_cls.py decodes pixels exactly as the evaluation does. The array types (npz, cifar10_packed) take
 `img_size` (an int or (H, W)): each image is upscaled bilinearly after normalisation (`resize_images`, the function
 tools/train_cls.py applies to whole batches on its device).
 """
-import gzip
 import io
 import os
-import struct
 import zipfile
 from pathlib import Path
 
@@ -297,34 +295,3 @@ def build_cls_datasets(data_cfg, model):
     if kind not in DATASET_TYPES:
         raise UserInputError(f"unknown classification data type {kind!r}; known: {sorted(DATASET_TYPES)}")
     return DATASET_TYPES[kind](data_cfg, model)
-
-
-def _read_idx(path):
-    """An array from an idx file (the MNIST format), gzip-compressed or not."""
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            raw = f.read()
-        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError("not an unsigned-byte idx file")
-        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
-    except (OSError, ValueError, EOFError, struct.error) as exc:
-        raise UserInputError(f"cannot read idx file {path}: {exc}") from exc
-
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-
-
-def load_fashion_mnist(root, split):
-    """(images uint8 N×28×28, labels int64) of Fashion-MNIST's 'train' or 'test' split from its idx .gz files."""
-    root = resolve_path(root)
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
-    if images.ndim != 3 or len(images) != len(labels):
-        raise UserInputError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match")
-    return images, labels

@@ -7,7 +7,7 @@ warns once and ``HAS_MMDET`` is False. With mmdet it
 1. installs the ``mmcv._ext`` fallback of :mod:`plugin.detection.mmcv_ops` (``nms`` and ``roi_align`` from torchvision,
    used only when no compiled mmcv extension is installed), before anything imports ``mmcv.ops``;
 2. registers :class:`QuantSwin` in mmdet's ``MODELS`` registry, so configs can say ``backbone=dict(type='QuantSwin')``
-   after ``custom_imports=dict(imports=['plugin'])``.
+   after ``custom_imports=dict(imports=['plugin.detection'])``.
 
 The task (:mod:`plugin.detection.task`, registered as ``detection`` in either case: without mmdet it refuses to build
 with one line) and the adapter (``plugin.adapters.mmdet_swin``) build on this.

@@ -1,6 +1,6 @@
 """Object detection and instance segmentation with MMDetection 3.x: COCO bbox and segm mAP.
 
-The config is an ordinary mmdet config (``_base_`` on mmdet's own, ``custom_imports=dict(imports=['plugin'])``,
+The config is an ordinary mmdet config (``_base_`` on mmdet's own, ``custom_imports=dict(imports=['plugin.detection'])``,
 ``task = 'detection'``). The detector is built through mmengine's ``Runner`` exactly as mmdet's ``tools/test.py``
 builds it (``--cfg-options`` are merged into the config by the CLI; ``work_dir`` is ``--work-dir``, else the config's,
 else a temporary folder; ``launcher`` as given), except that the checkpoint is loaded here, without pickle. mmengine's
@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import UserInputError, check_calib_num
 from ..tasks.base import Task, register_task
 from .runner_quiet import quiet_runner, scratch_work_dir, set_log_level, verbose
+from .loop import attach_collector, broadcast_from_rank0, run_test_step
 
 # every module outside the backbone: the neck, RPN and RoI heads
 HEADS_FLOAT_PATTERN = r"re:(?!backbone\.).*"
@@ -241,7 +242,7 @@ class DetectionTask(Task):
         broadcast_from_rank0(model)
         self.runner.model = model  # the test loop runs runner.model.test_step; any model of this config fits
         with quiet_runner(self.runner.logger, progress and verbose()):  # also pycocotools' prints
-            collector = _attach_collector(self.runner.test_loop.evaluator)  # the first access builds the loop
+            collector = attach_collector(self.runner.test_loop.evaluator)  # the first access builds the loop
             self.runner.logger.info(f"[{desc}] {len(self.runner.test_dataloader.dataset)} images")
             metrics = self.runner.test()
         self.last_outputs = self._outputs(collector)
@@ -333,73 +334,3 @@ def _agreement_options(cfg):
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise UserInputError(f"detection config: `agreement.resamples` must be an integer >= 1, got {resamples!r}")
     return float(thr), resamples
-
-
-class PredictionCollector:
-    """An evaluator member beside CocoMetric that keeps each image's predictions (boxes, scores, labels, masks as
-    RLE) and returns no metric. `collected` holds them after the evaluation, gathered on rank 0 (None elsewhere)."""
-
-    def __init__(self):
-        self.results, self.collected, self.dataset_meta = [], None, None
-
-    def process(self, data_batch, data_samples):
-        from pycocotools import mask as mask_utils
-        for sample in data_samples:
-            pred = sample["pred_instances"]
-            height, width = sample.get("ori_shape", (0, 0))[:2]  # CocoMetric needs it too; masks carry their own
-            kept = {"img_id": sample["img_id"], "height": int(height), "width": int(width)}
-            for key in ("bboxes", "scores", "labels", "mask_scores"):
-                if key in pred:
-                    kept[key] = pred[key].detach().cpu().numpy()
-            if "masks" in pred:
-                masks = pred["masks"]
-                if hasattr(masks, "detach"):
-                    masks = masks.detach().cpu().numpy().astype(np.uint8)
-                    masks = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
-                kept["masks"] = list(masks)
-            self.results.append(kept)
-
-    def evaluate(self, size):
-        from mmengine.dist import collect_results
-        self.collected = collect_results(self.results, size, "cpu")
-        self.results = []
-        return {}
-
-
-def _attach_collector(evaluator):
-    """The evaluator's PredictionCollector, added on first use (the evaluator lives as long as the runner)."""
-    collector = next((m for m in evaluator.metrics if isinstance(m, PredictionCollector)), None)
-    if collector is None:
-        collector = PredictionCollector()
-        evaluator.metrics.append(collector)
-    collector.collected = None
-    return collector
-
-
-def run_test_step(model, batch):
-    """One calibration forward: data preprocessor + inference. Returns the predicted boxes and scores of each image
-    (differentiable where the forward runs with gradients: PTQ4ViT's Hessian search back-propagates from them); the
-    predictions are removed from the data samples (the batch is reused for every calibration pass, and kept masks
-    would pile up in it)."""
-    samples = model.test_step(batch)
-    outputs = []
-    for sample in samples:
-        if "pred_instances" in sample:
-            outputs += [sample.pred_instances.bboxes, sample.pred_instances.scores]
-            del sample.pred_instances
-    return outputs
-
-
-def broadcast_from_rank0(model):
-    """Under torch.distributed, give every rank rank 0's parameters and buffers (same module structure required)."""
-    from mmengine.dist import broadcast, broadcast_object_list, get_world_size
-    if get_world_size() <= 1:
-        return
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    names = [n for n, _ in tensors]
-    reference = [names]
-    broadcast_object_list(reference, src=0)
-    if reference[0] != names:
-        raise RuntimeError("the model differs between ranks (quantization is not deterministic across ranks)")
-    for _, tensor in tensors:
-        broadcast(tensor.data, src=0)

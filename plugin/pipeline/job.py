@@ -205,7 +205,7 @@ def _check_device(device, freeze, int8_backend, export_onnx, onnx_nonuniform, ta
         if not device.startswith("cuda"):
             raise UserInputError(f"{flag} needs --device cuda, not {device}")
         try:
-            import plugin.quant.triton_int8  # noqa: F401
+            import plugin.quant.deploy.triton_int8  # noqa: F401
         except ImportError as exc:
             raise UserInputError(f"{flag} needs the triton package ({exc})") from exc
     if onnx_nonuniform != "emulate" and not export_onnx:
@@ -214,7 +214,7 @@ def _check_device(device, freeze, int8_backend, export_onnx, onnx_nonuniform, ta
         if task_cls.example_input is None:
             raise UserInputError(f"--export-onnx supports the classification task (timm ViT/DeiT/Swin) only, "
                                  f"not {task_name}")
-        from ..quant.onnx_export import check_onnx_available
+        from ..quant.deploy.onnx_export import check_onnx_available
         check_onnx_available()
     return device
 

@@ -15,7 +15,7 @@ from collections import Counter
 from ..quant import (attach_quantizers, find_adapter, freeze, frozen_summary, quantize, save_quantized,
                      state)
 from ..errors import UserInputError
-from ..quant.mlp_relu import relu_float_model
+from ..quant.methods.aphq import relu_float_model
 from .outdir import OutputFolder
 from .report import write_reports
 
@@ -74,7 +74,7 @@ def dry_run(job):
 def run_job(job, log=None):
     """Run `job` (not a dry run) and write its reports; returns the report dict."""
     import torch
-    from ..quant.freeze import set_int8_backend
+    from ..quant.deploy.freeze import set_int8_backend
     from ..quant.io import package_versions
     log = log or stderr_log(job.quiet)
     set_int8_backend(job.int8_backend)
@@ -96,7 +96,7 @@ def run_job(job, log=None):
             log(f"agreement with the float model: unavailable ({report['agreement_unavailable']})")
         fp32_bytes = None
         if job.export_onnx:
-            from ..quant.onnx_export import export_float_onnx
+            from ..quant.deploy.onnx_export import export_float_onnx
             os.makedirs(os.path.join(out.staging, "models"), exist_ok=True)
             fp32_bytes = export_float_onnx(fp_model, task.example_input(fp_model),
                                            os.path.join(out.staging, "models", "fp32.onnx"))
@@ -162,8 +162,8 @@ def run_plan(job, task, fp_model, plan, fp_outputs, staging, fp32_bytes, log):
 
 def onnx_entry(job, task, model, name, models, fp32_bytes, log):
     """Export `model` to models/<name>.onnx, score it with ONNX Runtime on the CPU: the report's `onnx` entry."""
-    from ..quant.onnx_export import export_onnx
-    from ..quant.onnx_runtime import OrtModule
+    from ..quant.deploy.onnx_export import export_onnx
+    from ..quant.deploy.onnx_runtime import OrtModule
     path = os.path.join(models, name + ".onnx")
     summary = export_onnx(model, task.example_input(model), path, nonuniform=job.onnx_nonuniform)
     metrics = task.evaluate(OrtModule(path), not job.quiet, desc=f"eval {name} ONNX Runtime")

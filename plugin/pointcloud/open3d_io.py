@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from ..errors import UserInputError
-from .data import normalize_unit_sphere
+from .readers import normalize_unit_sphere
 
 MESH_EXTS = (".off", ".obj", ".stl", ".gltf", ".glb")
 CLOUD_EXTS = (".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts")

@@ -1,5 +1,6 @@
 """The quantizer library (torch only): specs, quantizers, quantized modules, calibration, recipes, save/load, and
-the adapter protocol that architectures register into."""
+the adapter protocol that architectures register into (the core, this folder); the reconstruction engine (`recon/`);
+one package per method (`methods/<name>/`); deployment: freeze, GPU int8/FP8, Triton, ONNX (`deploy/`)."""
 from .adapter import ADAPTERS, Adapter, find_adapter, register_adapter
 from .calibrate import CalibData, attach_quantizers, iter_quantizers, quantize, set_quant_enabled
 from .errors import CalibrationError, CheckpointError, ConfigError, QuantError
@@ -24,8 +25,7 @@ __all__ = [
     "state",
 ]
 
-from . import baseline_quantizers, seed_quantizers  # noqa: F401,E402  (registration of the non-uniform grids)
-from . import hessian, lowrank, mosf, recon, seed_recipes  # noqa: F401,E402  ("mosf", passes, recipes)
-from . import adalog, mlp_relu, output_search, percentile_grid  # noqa: F401,E402  (AdaLog-family calibration, APHQ's MLP pass)
-from . import methods  # noqa: F401,E402  (one package per method: aphq, fimaq)
-from .freeze import Int8Linear, freeze, frozen_summary  # noqa: E402,F401  (W8A8 integer path)
+from . import recon  # noqa: F401,E402  (the reconstruction engine and its shared passes: block_recon, sos, qdrop_recon)
+from . import adalog, output_search, percentile_grid  # noqa: F401,E402  (grids and the output search APHQ-ViT and FIMA-Q share)
+from . import methods  # noqa: F401,E402  (each method registers its quantizers, recipes and passes)
+from .deploy.freeze import Int8Linear, freeze, frozen_summary  # noqa: E402,F401  (W8A8 integer path)

@@ -3,7 +3,7 @@
 Nothing here needs pickle. `load_quantized(fp_model, path)` rebuilds the quantized structure on a freshly built float
 model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters);
 `load_quantized(path)` first builds that float model from the JSON's `model` record (plugin.quant.model_record).
-A frozen model (plugin.quant.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor
+A frozen model (plugin.quant.deploy.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor
 arguments, and loading rebuilds them in place of the quantized Linears before the tensors load.
 """
 import inspect
@@ -111,7 +111,7 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
 
 def _frozen_layers(model):
     """{name: constructor arguments} of the model's Int8Linear layers (each argument is an attribute of its name)."""
-    from .freeze import Int8Linear
+    from .deploy.freeze import Int8Linear
     args = [a for a in inspect.signature(Int8Linear.__init__).parameters if a != "self"]
     return {name: {a: getattr(m, a) for a in args} for name, m in model.named_modules() if isinstance(m, Int8Linear)}
 
@@ -120,7 +120,7 @@ def _rebuild_frozen(model, frozen, state, where):
     """Put an Int8Linear of the saved arguments in place of each frozen layer (a quantized Linear after the rebuild),
     on that layer's device, with a bias buffer where the state has one."""
     from .attach import set_submodule
-    from .freeze import Int8Linear
+    from .deploy.freeze import Int8Linear
     if not isinstance(frozen, dict):
         raise CheckpointError(f"{where}: 'frozen' must map layer names to Int8Linear arguments")
     for name, kwargs in frozen.items():

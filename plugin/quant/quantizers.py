@@ -6,8 +6,8 @@ min/max plus a bounded random sample of rows); `forward(x)` returns the fake-qua
 unchanged before that or while disabled. Rounding uses a straight-through estimator so block reconstruction can
 train through the quantizers (scales may be turned into parameters by the reconstruction pass).
 
-The uniform grid lives here; the baselines' non-uniform grids (log2, log√2, twin-uniform) are in
-baseline_quantizers.py and the seed methods' (TanQ, SULQ, DFQ) in seed_quantizers.py.
+The uniform grid lives here; the non-uniform grids live with their method (plugin.quant.methods: log2 and log√2 in
+repq, twin-uniform in ptq4vit, TanQ in dopq, SULQ in isvit, DFQ in aiqvit; their shared base in post_softmax.py).
 """
 
 import torch

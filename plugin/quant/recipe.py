@@ -1,4 +1,6 @@
-"""Recipes: which quantizer goes where, and which calibration passes run. Registered by name.
+"""Recipes: which quantizer goes where, and which calibration passes run. Registered by name (each method's package
+under plugin.quant.methods registers its own; `first_layer_sites`, `setting_pass` and `mse_recipe` are the parts
+several methods share).
 
 A recipe is data: default weight and activation specs, per-site overrides (`sites`), the post-LayerNorm
 reparameterisation rule and a list of extra passes. Site keys, looked up in this order for each quantizer:
@@ -18,11 +20,12 @@ were with every earlier block quantized; "site" sets each quantizer as the forwa
 upstream, the same block included, already quantized (RepQ-ViT's order); "none" observes the whole float model once.
 """
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Dict, List, Optional
 
 from .errors import ConfigError
 from .overrides import find_override, normalize_overrides, overrides_to_dict
-from .passes import PassConfig, pass_config
+from .passes import PASSES, PassConfig, pass_config
 from .registry import Registry
 from .reparam import REPARAM_RULES
 from .spec import QuantSpec, Role
@@ -157,87 +160,35 @@ def get_recipe(name, w_bits=4, a_bits=4, **overrides) -> Recipe:
     return recipe
 
 
-def _first_layer_sites(w_bits):
-    # The patch embedding sees raw pixels: its input stays at 8 bit in every method (the papers' setting).
+def first_layer_sites(w_bits):
+    """The patch embedding sees raw pixels: its input stays at 8 bit in every method (the papers' setting)."""
     return {"patch_embed.input": QuantSpec(8, search="minmax")}
 
 
-@register_recipe("minmax")
-def minmax_recipe(w_bits, a_bits):
-    """Plain min-max uniform quantization: per-channel weights, per-tensor activations, uniform everywhere."""
-    return Recipe(
-        name="minmax", w_bits=w_bits, a_bits=a_bits,
-        weight=QuantSpec(w_bits, granularity="channel"),
-        act=QuantSpec(a_bits),
-        sites=_first_layer_sites(w_bits),
-    )
+def setting_pass(kind, setting, **options):
+    """A pass config (checked here: a bad `setting` fails when the recipe is built). Iterations and batch size come
+    from the pass's `setting` (plugin.quant.recon.SETTINGS: "paper" is I&S-ViT's 1000 iterations at 3/4 bit, 200 at
+    6 bit, batch 64) unless given here; options given as None take the pass's defaults."""
+    return PASSES[kind].from_dict(dict(setting=setting, **options))
 
 
-@register_recipe("ptq4vit")
-def ptq4vit_recipe(w_bits, a_bits, metric="hessian", grad="label"):
-    """PTQ4ViT (Yuan et al., ECCV 2022) as its official code (hahnyuan/PTQ4ViT) does it: symmetric uniform grids,
-    Linear weights per tensor (a fused qkv weight per q/k/v slice), the patch embedding's weights per output channel
-    and its input in float, attention operands q, k and v per head, twin-uniform post-Softmax and post-GELU; every
-    scale starts at min-max and is then searched on the module's output error weighted by squared task-loss gradients,
-    all from the float model (`hessian_search`)."""
-    act = QuantSpec(a_bits, symmetric=True)
-    per_head = QuantSpec(a_bits, granularity="head", symmetric=True)
-    sites = {
-        "patch_embed.input": None,
-        "patch_embed.weight": QuantSpec(w_bits, granularity="channel", symmetric=True),
-        "qkv.weight": QuantSpec(w_bits, granularity="channel", symmetric=True, options=(("groups", 3),)),
-        "q": per_head, "k": per_head, "v": per_head,
-        "post_softmax": QuantSpec(a_bits, kind="twin_uniform", options=(("mode", "magnitude"),)),
-        "post_gelu": QuantSpec(a_bits, kind="twin_uniform", options=(("mode", "sign"),)),
-    }
-    return Recipe(
-        name="ptq4vit", w_bits=w_bits, a_bits=a_bits,
-        weight=QuantSpec(w_bits, symmetric=True), act=act, sites=sites, sequential="none",
-        passes=[dict(type="hessian_search", metric=metric, grad=grad)], calib_num=32,
-    )
+def mse_recipe(name, w_bits, a_bits, post_softmax, post_ln, **fields):
+    """The base the reconstruction methods (I&S-ViT, DopQ-ViT, AIQViT) share: per-channel weights and per-tensor
+    activations from an MSE range search, 8-bit patch-embedding input, and the given post-Softmax and post-LN specs."""
+    sites = first_layer_sites(w_bits)
+    sites["post_softmax"] = post_softmax
+    sites["post_ln"] = post_ln
+    return Recipe(name=name, w_bits=w_bits, a_bits=a_bits,
+                  weight=QuantSpec(w_bits, granularity="channel", search="mse"),
+                  act=QuantSpec(a_bits, search="mse"), sites=sites, **fields)
 
 
-@register_recipe("ptq4vit_mse")
-def ptq4vit_mse_recipe(w_bits, a_bits):
-    """Our earlier PTQ4ViT reading: twin-uniform post-Softmax and post-GELU, every other range from an MSE search on
-    the quantizer's own input (weights per output channel, asymmetric activations), block-sequential calibration."""
-    sites = _first_layer_sites(w_bits)
-    sites["post_softmax"] = QuantSpec(a_bits, kind="twin_uniform", options=(("mode", "magnitude"),))
-    sites["post_gelu"] = QuantSpec(a_bits, kind="twin_uniform", options=(("mode", "sign"),))
-    return Recipe(
-        name="ptq4vit_mse", w_bits=w_bits, a_bits=a_bits,
-        weight=QuantSpec(w_bits, granularity="channel", search="mse"),
-        act=QuantSpec(a_bits, search="mse"),
-        sites=sites,
-    )
+def register_ablations(ablations):
+    """Register each {name: (recipe function, switches)} entry as the recipe `name` (the function with those switches
+    and name=name)."""
+    for name, (fn, switches) in ablations.items():
+        register_recipe(name)(partial(fn, name=name, **switches))
 
 
-def _repq(name, w_bits, a_bits, masked_zero):
-    """RepQ-ViT as its official code does it (zkkli/RepQ-ViT): every range from the 0.999/0.9999/0.99999 quantile
-    search, each quantizer set as the forward reaches it, post-LN channel-wise ranges folded into the LayerNorm of
-    each block (the classifier's input stays a plain per-tensor quantizer), log√2 post-Softmax."""
-    act = QuantSpec(a_bits, search="quantile")
-    options = (("masked_zero", True),) if masked_zero else ()
-    return Recipe(
-        name=name, w_bits=w_bits, a_bits=a_bits,
-        weight=QuantSpec(w_bits, granularity="channel", search="quantile"),
-        act=act,
-        sites={"patch_embed.input": QuantSpec(8, search="quantile"), "post_ln": act,
-               "post_softmax": QuantSpec(a_bits, kind="log_sqrt2", search="quantile", options=options)},
-        reparam="mean", reparam_skip_roles=(Role.HEAD,), sequential="site", observe_elems=2 ** 24,
-    )
-
-
-@register_recipe("repq")
-def repq_recipe(w_bits, a_bits):
-    """RepQ-ViT (Li et al., ICCV 2023): post-LN channel-wise scales folded into LayerNorm + next Linear, log√2 softmax.
-
-    The post-Softmax grid is the official code's: 2^b non-zero log√2 levels plus a masked zero, one value more than
-    b bits hold; `repq_strict` is the same recipe with an honest b-bit grid."""
-    return _repq("repq", w_bits, a_bits, masked_zero=True)
-
-
-@register_recipe("repq_strict")
-def repq_strict_recipe(w_bits, a_bits):
-    """RepQ-ViT with a strict b-bit post-Softmax grid (2^b − 1 log√2 levels and a zero code)."""
-    return _repq("repq_strict", w_bits, a_bits, masked_zero=False)
+__all__ = ["RECIPES", "RECIPE_VERSION", "Recipe", "SEQUENTIAL_MODES", "first_layer_sites", "get_recipe",
+           "mse_recipe", "register_ablations", "register_recipe", "setting_pass"]

@@ -19,9 +19,8 @@ class Role(str, Enum):
     OTHER = "other"
 
 
-# kind -> Quantizer class, filled by plugin.quant.quantizers.register_quantizer (uniform in quantizers.py; log2, log_sqrt2,
-# twin_uniform in baseline_quantizers.py; tanq, sulq, dfq, dfq_interval in seed_quantizers.py). Here, so a spec can
-# refuse an unknown kind.
+# kind -> Quantizer class, filled by plugin.quant.quantizers.register_quantizer (uniform in quantizers.py; the others
+# in their method's package under plugin.quant.methods). Here, so a spec can refuse an unknown kind.
 QUANTIZERS = Registry("quantizer kind")
 GRANULARITIES = ("tensor", "channel", "head")
 SEARCHES = ("minmax", "percentile", "mse", "quantile")

@@ -17,7 +17,8 @@ from PIL import Image
 from plugin.config import load_config
 from plugin.errors import UserInputError
 from plugin.classification.data import (REPO_ROOT, balanced_subset_indices, build_cls_datasets, calib_subset,
-                                   load_fashion_mnist, resize_images, resolve_path)
+                                        resize_images, resolve_path)
+from plugin.classification.fashion_mnist import load_fashion_mnist
 
 EMBEDDED_CONFIG = REPO_ROOT / "configs" / "classification" / "fmnist_vit_tiny.py"
 

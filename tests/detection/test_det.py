@@ -90,7 +90,7 @@ def _write_split(root, name, first_id, n_images, rng, crowd):
 
 TINY_CONFIG = """
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
-custom_imports = dict(imports=['plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['plugin.detection'], allow_failed_imports=False)
 task = 'detection'
 data_root = {root!r}
 metainfo = dict(classes=('red', 'green'))
@@ -424,7 +424,7 @@ def test_ptq4vit_hessian_search_on_the_detector(task_and_model, monkeypatch):
     gradient signal; the mask head, whose masks are thresholded, is searched on its output MSE (no zero weights)."""
     import copy
 
-    import plugin.quant.hessian as hessian
+    import plugin.quant.methods.ptq4vit.hessian as hessian
     from plugin.quant import get_recipe, quantize
     task, fp_model = task_and_model
     model = copy.deepcopy(fp_model)

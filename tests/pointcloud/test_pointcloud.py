@@ -13,8 +13,9 @@ import torch
 
 from plugin.errors import UserInputError
 from plugin.pointcloud import PointMAECls, PointMAEPartSeg, build_model, checkpoint_filter_fn
-from plugin.pointcloud.data import (SHAPENETPART_PARTS, build_dataset, detect_format, modelnet10_npz,
-                                    modelnet40_h5, read_h5, shapenetpart_h5)
+from plugin.pointcloud.data import build_dataset, detect_format, modelnet10_npz, modelnet40_h5
+from plugin.pointcloud.readers import read_h5
+from plugin.pointcloud.shapenetpart import SHAPENETPART_PARTS, shapenetpart_h5
 from plugin.pointcloud.metrics import (PartIoU, classification_metrics, part_miou, restricted_argmax,
                                        shape_iou)
 from plugin.pointcloud.ops import farthest_point_sample, group_points, knn, three_nn_interpolate

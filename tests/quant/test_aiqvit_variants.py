@@ -6,11 +6,9 @@ import copy
 import pytest
 import torch
 
-import plugin.quant.seed_quantizers  # noqa: F401  (registers "dfq_interval")
-import plugin.quant.seed_recipes  # noqa: F401  (registers the recipes)
 from plugin.quant import Observation, QuantSpec, build_quantizer, get_recipe, state
 from plugin.quant.quantizers import QUANTIZERS
-from plugin.quant.seed_quantizers import FocusedIntervalQuantizer, interval_report
+from plugin.quant.methods.aiqvit import FocusedIntervalQuantizer, interval_report
 
 
 def interval(bits, b1, b2):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from plugin.quant.deploy import DeployFP8Linear, DeployInt8Linear, deploy, deploy_report, format_recipe
-from plugin.quant.freeze import Int8Linear
+from plugin.quant.deploy.freeze import Int8Linear
 from timm_toys import build, images, quantized
 
 from repo_paths import REPO  # noqa: E402

@@ -1,4 +1,4 @@
-"""DopQ-ViT on I&S-ViT's pipeline: the `dopq` recipe, and the MOSF rule at SOS stage 2 (plugin.quant.mosf)."""
+"""DopQ-ViT on I&S-ViT's pipeline: the `dopq` recipe, and the MOSF rule at SOS stage 2 (plugin.quant.methods.dopq.mosf)."""
 import copy
 import json
 
@@ -9,7 +9,7 @@ import torch.nn as nn
 from plugin.quant.errors import ConfigError
 from plugin.quant import CalibData, QuantSpec, Recipe, get_recipe, quantize, set_quant_enabled
 from plugin.quant import recon
-from plugin.quant.mosf import mad_outliers, mosf_fold, mosf_scale
+from plugin.quant.methods.dopq.mosf import mad_outliers, mosf_fold, mosf_scale
 from plugin.quant.quantizers import UniformQuantizer
 from plugin.quant.reparam import fold_channelwise
 from timm_toys import build, images

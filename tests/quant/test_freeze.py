@@ -22,13 +22,13 @@ from timm.models.vision_transformer import VisionTransformer
 
 import plugin.adapters  # noqa: F401  (registers the timm adapters)
 from plugin.quant import CalibData, QuantLinear, QuantSpec, build_quantizer, get_recipe, quantize, set_quant_enabled
-from plugin.quant.freeze import Int8Linear, freeze, frozen_summary, int8_matmul, why_not_freezable
-from plugin.quant.lowrank import attach_branch
+from plugin.quant.deploy.freeze import Int8Linear, freeze, frozen_summary, int8_matmul, why_not_freezable
+from plugin.quant.methods.aiqvit.lowrank import attach_branch
 
 from repo_paths import REPO  # noqa: E402
 LAYER_TOL = 1e-5
 # the module, not the `freeze` function plugin.quant may export under the same name
-freeze_mod = importlib.import_module("plugin.quant.freeze")
+freeze_mod = importlib.import_module("plugin.quant.deploy.freeze")
 
 
 def tiny_vit(seed=0):
@@ -183,7 +183,7 @@ def test_non_qualifying_layers_untouched():
     fc2 = model.blocks[0].mlp.fc2                      # twin-uniform input
     model.blocks[1].mlp.fc1.weight_quantizer.enabled = False   # float weight: not frozen
     fc1_disabled = model.blocks[1].mlp.fc1
-    attach_branch(model.blocks[0].attn.proj, [4])      # low-rank branch: weight is not on the grid
+    attach_branch(model.blocks[0].attn.proj, [4], post=True)   # Q(W) + A·B: weight is not on the grid
     proj_lowrank = model.blocks[0].attn.proj
     patch = model.patch_embed.proj                     # QuantConv2d
     matmul = model.blocks[0].attn.matmul_qk
@@ -197,6 +197,29 @@ def test_non_qualifying_layers_untouched():
         Int8Linear.from_quant_linear(fc2)
     with torch.no_grad():
         assert torch.isfinite(model(images(2, 9))).all()
+
+
+def test_pre_quantization_lowrank_branch_is_folded_into_the_codes():
+    """Q(W + A·B) is an integer weight: freeze takes the codes of W + A·B (the lowering layer, as the ONNX export);
+    a post-quantization branch Q(W) + A·B is not frozen."""
+    x = torch.randn(5, 16)
+    for post in (False, True):
+        layer = quant_linear(16, 8, QuantSpec(8, granularity="channel"), QuantSpec(8))
+        attach_branch(layer, [4], post=post)
+        with torch.no_grad():
+            layer.lowrank.A.normal_(0, 0.05)  # A starts at zero: make the branch count
+            layer.weight_quantizer.calibrate_tensor(layer.weight + layer.lowrank.delta())
+        layer.input_quantizer.calibrate_tensor(x)
+        if post:
+            assert "post-quantization" in why_not_freezable(layer)
+            continue
+        assert why_not_freezable(layer) is None
+        frozen = Int8Linear.from_quant_linear(layer)
+        with torch.no_grad():
+            ref, out = layer(x), frozen(x)
+            assert (out - ref).abs().max() <= LAYER_TOL * ref.abs().max()
+            no_branch = nn.functional.linear(layer.quant_input(x), layer.weight_quantizer(layer.weight), layer.bias)
+            assert (ref - no_branch).abs().max() > 1e-3  # the branch changes the output
 
 
 def test_over_8_bit_or_uncalibrated_not_frozen():

@@ -1,5 +1,6 @@
-"""ONNX QDQ export (plugin.quant.onnx_export) checked by ONNX Runtime against the fake-quant model."""
+"""ONNX QDQ export (plugin.quant.deploy.onnx_export) checked by ONNX Runtime against the fake-quant model."""
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -17,9 +18,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 import plugin  # noqa: E402,F401  (registers adapters and recipes)
 from plugin.quant import CalibData, QuantLinear, QuantSpec, build_quantizer, get_recipe, quantize  # noqa: E402
-from plugin.quant.lowrank import attach_branch  # noqa: E402
-from plugin.quant.onnx_export import export_copy, export_float_onnx, export_onnx  # noqa: E402
-from plugin.quant.onnx_runtime import OrtModule, graph_stats  # noqa: E402
+from plugin.quant.methods.aiqvit.lowrank import attach_branch  # noqa: E402
+from plugin.quant.deploy.onnx_export import export_copy, export_float_onnx, export_onnx  # noqa: E402
+from plugin.quant.deploy.onnx_runtime import OrtModule, graph_stats  # noqa: E402
 
 from repo_paths import REPO  # noqa: E402
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -155,9 +156,9 @@ def test_one_layer_matches_fake_quant(tmp_path, bits, w_sym, x_sym, per_channel)
 
 def test_one_layer_wrong_zero_point_is_caught(tmp_path, monkeypatch):
     """The per-layer check fails when the exporter's weight zero point is off by one code."""
-    import plugin.quant.onnx_export as oe
-    real = oe.weight_codes
-    monkeypatch.setattr(oe, "weight_codes", lambda q, w: (lambda c, s, z: (c, s, z + 1))(*real(q, w)))
+    import plugin.quant.deploy.onnx_export as oe
+    real = oe.lower_weight
+    monkeypatch.setattr(oe, "lower_weight", lambda m: dataclasses.replace(real(m), zero=real(m).zero + 1))
     model, x = _one_linear(QuantSpec(8, granularity="channel"), QuantSpec(8))
     xq = model[0].input_quantizer(x)
     summary = export_onnx(model, xq[:1], str(tmp_path / "m.onnx"))

@@ -10,7 +10,8 @@ import plugin  # noqa: F401  (registers the passes)
 from plugin.quant import PASSES, Recipe, get_recipe
 from plugin.quant.errors import ConfigError
 from plugin.quant.passes import PassConfig, pass_config
-from plugin.quant.recon import LowRankConfig, ReconConfig, SosConfig
+from plugin.quant.methods.aiqvit import LowRankConfig
+from plugin.quant.recon import ReconConfig, SosConfig
 
 from repo_paths import REPO  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 from plugin.quant import QuantSpec, Role, build_quantizer, get_recipe, quantize
 from plugin.quant.attach import Site
 from plugin.quant.errors import ConfigError
-from plugin.quant.hessian import HessianSearchConfig, _loss, _search_site
+from plugin.quant.methods.ptq4vit.hessian import HessianSearchConfig, _loss, _search_site
 from plugin.quant.modules import MatMul, QuantLinear
 from plugin.quant.recipe import Recipe
 from timm_toys import build, calib_data
@@ -137,7 +137,7 @@ def test_calls_of_one_site_add_up_whatever_their_shapes():
     """A site applied several times per forward (a detector's RPN head on each FPN level): the capture keeps one entry
     per input size, the search adds the errors of all entries. Split into two equal-shape calls, the search picks
     what it picks on the concatenation; with a gradient that is zero throughout it falls back to output MSE."""
-    from plugin.quant.hessian import _Capture
+    from plugin.quant.methods.ptq4vit.hessian import _Capture
     x, lin = _outlier_linear(2)
     with torch.no_grad():
         y = lin(x)

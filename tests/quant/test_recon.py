@@ -1,5 +1,5 @@
 """Block reconstruction, I&S-ViT's SOS, AIQViT's low-rank compensation and the curriculum (plugin.quant.recon,
-plugin.quant.lowrank), on a tiny timm ViT with random weights and data."""
+plugin.quant.methods.aiqvit.lowrank), on a tiny timm ViT with random weights and data."""
 import copy
 import math
 
@@ -14,7 +14,7 @@ import plugin.adapters  # noqa: E402,F401
 from plugin.quant.errors import ConfigError  # noqa: E402
 from plugin.quant import CalibData, QuantLinear, QuantSpec, get_recipe, load_quantized, quantize  # noqa: E402
 from plugin.quant import save_quantized, state  # noqa: E402
-from plugin.quant import lowrank as lr  # noqa: E402
+from plugin.quant.methods.aiqvit import lowrank as lr  # noqa: E402
 from plugin.quant import recon  # noqa: E402
 from plugin.quant.recon import cache as recon_cache  # noqa: E402
 from recon_helpers import context_for, run_pass  # noqa: E402

@@ -54,3 +54,21 @@ def test_every_registry_is_a_registry(registry, name):
 def test_unknown_task_names_the_config():
     with pytest.raises(ConfigError, match="config: unknown task 'nope'; known: classification"):
         get_task("nope")
+
+
+def test_lazy_entries_import_their_module_on_first_lookup(tmp_path, monkeypatch):
+    """A lazy name is listed and found like a registered one; its module is imported only when it is looked up."""
+    import sys
+    reg = Registry("colour")
+    (tmp_path / "lazy_colour_mod.py").write_text("import builtins\nbuiltins._lazy_reg.register('teal', len)\n")
+    (tmp_path / "lazy_colour_bad.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("builtins._lazy_reg", reg, raising=False)
+    reg.register_lazy("teal", "lazy_colour_mod")
+    reg.register_lazy("grey", "lazy_colour_bad")
+    assert "teal" in reg and reg.names() == ["grey", "teal"] and "lazy_colour_mod" not in sys.modules
+    assert reg["teal"] is len and "lazy_colour_mod" in sys.modules
+    with pytest.raises(ConfigError, match="importing lazy_colour_bad did not register it"):
+        reg["grey"]
+    with pytest.raises(ConfigError, match="known: teal"):
+        reg["grey"]  # refused once: no longer listed

@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from plugin.quant.errors import ConfigError
-import plugin.quant.mosf  # noqa: F401  (registers the "mosf" rule)
-import plugin.quant.seed_quantizers  # noqa: F401  (registers "tanq", "sulq", "dfq")
-import plugin.quant.seed_recipes  # noqa: F401  (registers the recipes)
 from plugin.quant import Observation, QuantSpec, Recipe, build_quantizer, get_recipe
 from plugin.quant.calibrate import REPARAM_RULES
-from plugin.quant.mosf import mosf_scale
+from plugin.quant.methods.dopq.mosf import mosf_scale
 from plugin.quant.quantizers import QUANTIZERS
-from plugin.quant.seed_quantizers import DynamicFocusingQuantizer, ShiftUniformLog2Quantizer, SoftmaxTanQuantizer
+from plugin.quant.methods.aiqvit import DynamicFocusingQuantizer
+from plugin.quant.methods.dopq import SoftmaxTanQuantizer
+from plugin.quant.methods.isvit import ShiftUniformLog2Quantizer
 
 KINDS = ("tanq", "sulq", "dfq", "dfq_interval")
 
@@ -249,7 +248,7 @@ def test_recipe_switches():
     assert get_recipe("aiqvit_no_curriculum").passes[0]["curriculum"] is False
     assert get_recipe("aiqvit_no_lowrank").passes == []
     # Keyword switches on the recipe functions give the same recipes as the registered ablations (up to the name).
-    from plugin.quant.seed_recipes import aiqvit_recipe
+    from plugin.quant.methods.aiqvit import aiqvit_recipe
     assert aiqvit_recipe(4, 4, lowrank=False, name="aiqvit_no_lowrank") == get_recipe("aiqvit_no_lowrank")
     assert get_recipe("isvit", 4, 4, passes=[]).passes == []
 

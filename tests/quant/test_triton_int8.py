@@ -1,4 +1,4 @@
-"""plugin.quant.triton_int8 under the Triton interpreter (CPU): both kernels equal a torch reference of the same math.
+"""plugin.quant.deploy.triton_int8 under the Triton interpreter (CPU): both kernels equal a torch reference of the same math.
 
 int32 accumulation is exact and the epilogue is one float32 multiply and one add, as in the reference, so float32
 outputs are compared exactly (odd M and N, K a multiple of BLOCK_K and not, symmetric and asymmetric grids, bias,
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 SCRIPT = r'''
 import json, torch
-from plugin.quant.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
-from plugin.quant.freeze import Int8Linear, set_int8_backend
+from plugin.quant.deploy.triton_int8 import int8_gemm, quant_int8_gemm, quantize_int8
+from plugin.quant.deploy.freeze import Int8Linear, set_int8_backend
 
 g = torch.Generator().manual_seed(0)
 res = {}
@@ -161,7 +161,7 @@ def test_int8_linear_triton_backend_matches_int_mm(results, backend):
 
 
 def test_triton_backend_errors_without_cuda():
-    from plugin.quant.freeze import Int8Linear, set_int8_backend
+    from plugin.quant.deploy.freeze import Int8Linear, set_int8_backend
     with pytest.raises(ValueError):
         Int8Linear(8, 4, -128, 127, 0, False, backend="cutlass")
     with pytest.raises(ValueError):
@@ -178,7 +178,7 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from plugin.quant.triton_int8 import _int8_gemm_kernel as kern
+from plugin.quant.deploy.triton_int8 import _int8_gemm_kernel as kern
 
 names = kern.arg_names
 ptrs = dict(x_ptr="*bf16", w_ptr="*i8", out_ptr="*bf16", scale_ptr="*fp32", const_ptr="*i32", wzero_ptr="*i32",
@@ -197,7 +197,7 @@ for quant, even in [(False, True), (True, False)]:
     print("RESULT", quant, "wgmma" in ptx, "cp.async" in ptx)
 
 # the persistent kernel: TMA descriptors (bulk tensor copies) feeding int8 wgmma
-from plugin.quant.triton_int8 import _int8_gemm_tma_kernel as tma
+from plugin.quant.deploy.triton_int8 import _int8_gemm_tma_kernel as tma
 names = tma.arg_names
 const = dict(W_ASYM=False, HAS_BIAS=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, NUM_SMS=132, FLATTEN=True,
              OUT=tl.bfloat16, WARP_SPEC=False, SUBTILE=False, ACC=tl.int32)
@@ -229,7 +229,7 @@ def test_compiles_for_hopper():
 @pytest.mark.parametrize("asym", [False, True])
 def test_triton_backend_matches_int_mm_on_cuda(asym, backend):
     """On a GPU: a ViT-B-sized Int8Linear through the compiled Triton kernel equals the torch._int_mm path."""
-    from plugin.quant.freeze import Int8Linear
+    from plugin.quant.deploy.freeze import Int8Linear
     g = torch.Generator("cuda").manual_seed(0)
     layer = Int8Linear(768, 3072, 0 if asym else -128, 255 if asym else 127, 128 if asym else 0, False).cuda()
     layer.weight_int8 = torch.randint(-128, 128, (3072, 768), dtype=torch.int8, device="cuda", generator=g)
@@ -251,7 +251,7 @@ def test_triton_backend_matches_int_mm_on_cuda(asym, backend):
 def test_persistent_tma_kernel_equals_pointer_kernel_on_cuda(asym):
     """The persistent TMA GEMM gives bit-identical outputs to the pointer kernel (same integers, same epilogue),
     with ragged M and N (TMA zero-fills and clips the tile edges)."""
-    from plugin.quant.triton_int8 import int8_gemm
+    from plugin.quant.deploy.triton_int8 import int8_gemm
     g = torch.Generator("cuda").manual_seed(1)
     m, k, n = 1000, 768, 776
     a = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda", generator=g)
@@ -278,5 +278,5 @@ def test_persistent_tma_kernel_equals_pointer_kernel_on_cuda(asym):
 def test_tma_autotune_key_has_output_dtype():
     """The TMA kernel's tensor descriptors carry no dtype into the autotune key: without OUT a bf16-output call
     reuses a config tuned for float32 output (measured 0.89–0.97× instead of 1.1–1.2× on an H100)."""
-    from plugin.quant import triton_int8
+    from plugin.quant.deploy import triton_int8
     assert {"M", "N", "K", "OUT"} <= set(triton_int8._tuned_tma_kernel.keys)

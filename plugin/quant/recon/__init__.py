@@ -4,10 +4,11 @@
   the one extension class (what a unit learns, how it steps, what is kept or restored, the per-stage schedule);
 - `cache`: reconstruction units, their cached inputs and float targets, the mini-batch sampler (curriculum);
 - `reference`: the float reference (the model run as the float network);
-- one file per pass: `block_recon` (BRECQ; `ReconConfig`, the options every pass shares, and `BlockRecon`), `sos`
-  (I&S-ViT's three-stage smooth optimisation), `lowrank` (AIQViT's low-rank compensation with the rank search),
-  `qdrop` (AdaRound + QDrop block reconstruction of APHQ-ViT and FIMA-Q, with `adaround`, the block-output `losses`
-  and the gradients they pre-compute, `sensitivity`).
+- the passes several methods share: `block_recon` (BRECQ; `ReconConfig`, the options every pass shares, and
+  `BlockRecon`), `sos` (I&S-ViT's three-stage smooth optimisation; DopQ-ViT runs it with its own channel fold).
+  A pass of one method only lives in that method's package (AIQViT's `lowrank`: plugin.quant.methods.aiqvit).
+- `qdrop` (AdaRound + QDrop block reconstruction, shared by APHQ-ViT and FIMA-Q), with `adaround`, the block-output
+  `losses` (`mse`, APHQ-ViT's `aph`, FIMA-Q's `fisher_dplr`) and the gradients they pre-compute (`sensitivity`).
 
 A new method subclasses `ReconMethod` (or `BlockRecon`) and registers a pass config whose `run(ctx)` calls
 `reconstruct(ctx, method)`.
@@ -15,14 +16,13 @@ A new method subclasses `ReconMethod` (or `BlockRecon`) and registers a pass con
 from .block_recon import LEARNABLE, SETTINGS, BlockRecon, Learnables, ReconConfig, default_iters
 from .cache import Sampler, Unit, UnitCache, capture_inputs, capture_outputs, item_errors, reconstruction_units
 from .engine import ReconMethod, reconstruct, reconstruct_unit
-from .lowrank import LowRank, LowRankConfig
 from .losses import LOSSES, register_loss
 from .qdrop import QDropRecon, QDropReconConfig
 from .reference import FloatReference, float_reference
 from .sos import CHANNEL_FOLDS, SosConfig, register_channel_fold, reparameterize_channelwise
 
-__all__ = ["BlockRecon", "CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "LOSSES", "Learnables", "LowRank",
-           "LowRankConfig", "QDropRecon", "QDropReconConfig", "ReconConfig", "ReconMethod", "SETTINGS", "Sampler",
-           "SosConfig", "Unit", "UnitCache", "capture_inputs", "capture_outputs", "default_iters", "float_reference",
-           "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units", "register_channel_fold",
-           "register_loss", "reparameterize_channelwise"]
+__all__ = ["BlockRecon", "CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "LOSSES", "Learnables", "QDropRecon",
+           "QDropReconConfig", "ReconConfig", "ReconMethod", "SETTINGS", "Sampler", "SosConfig", "Unit", "UnitCache",
+           "capture_inputs", "capture_outputs", "default_iters", "float_reference", "item_errors", "reconstruct",
+           "reconstruct_unit", "reconstruction_units", "register_channel_fold", "register_loss",
+           "reparameterize_channelwise"]

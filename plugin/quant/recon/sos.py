@@ -52,7 +52,8 @@ def _observe_inputs(ctx, pairs):
 
 
 # Rules whose channel→layer step is not the exact fold: name -> fold(norm, consumers, scales, zeros, s̃, qmin, qmax)
-# returning z̃, applied in place (DopQ-ViT's "mosf", plugin.quant.mosf). Rules without an entry fold exactly.
+# returning z̃, applied in place (DopQ-ViT's "mosf", plugin.quant.methods.dopq.mosf). Rules without an entry fold
+# exactly.
 CHANNEL_FOLDS = Registry("channel fold")
 
 

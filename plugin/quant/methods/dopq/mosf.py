@@ -28,8 +28,8 @@ the measurement is in docs/methods.md.
 """
 import torch
 
-from .recon.sos import register_channel_fold
-from .reparam import fold_scales, register_reparam_rule
+from ...recon.sos import register_channel_fold
+from ...reparam import fold_scales, register_reparam_rule
 
 MAD_THRESHOLD = 3.0
 

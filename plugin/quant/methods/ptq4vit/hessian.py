@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import CalibrationError
-from .modules import MatMul, QuantConv2d, QuantLinear
-from .passes import PassConfig, is_int, is_number, register_pass
-from .baseline_quantizers import TwinUniformQuantizer
-from .quantizers import UniformQuantizer
+from ...errors import CalibrationError
+from ...modules import MatMul, QuantConv2d, QuantLinear
+from ...passes import PassConfig, is_int, is_number, register_pass
+from ...quantizers import UniformQuantizer
+from .quantizers import TwinUniformQuantizer
 
 METRICS = ("hessian", "mse")
 GRADS = ("label", "random")
@@ -263,7 +263,7 @@ class HessianSearchConfig(PassConfig):
 
 def hessian_search(ctx, cfg):
     """Search every site's scales on its float output error (see the module docstring), one block at a time."""
-    from .calibrate import iter_quantizers
+    from ...calibrate import iter_quantizers
     quantizers = [q for _, q in iter_quantizers(ctx.model)]
     enabled = [q.enabled for q in quantizers]
     gen = torch.Generator().manual_seed(ctx.seed)

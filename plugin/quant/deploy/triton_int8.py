@@ -6,8 +6,8 @@ Computes, for int8 activation codes a (M, K) and int8 weight codes w (N, K):
 
 with the int8 × int8 products accumulated exactly in int32 by `tl.dot`, then one float32 multiply-add and a cast to
 the output dtype (bf16 / fp16 / fp32) before the only store — the int32 (M, N) product never reaches memory. This is
-`plugin.quant.freeze.Int8Linear`'s math: s = s_x·s_w (per output channel), c = −z'_x·Σ_k w + K·z'_x·z'_w (per output
-channel), z_w = z'_w (the row-sum term only for asymmetric weight grids; `w_zero=None` drops it).
+`plugin.quant.deploy.freeze.Int8Linear`'s math: s = s_x·s_w (per output channel), c = −z'_x·Σ_k w + K·z'_x·z'_w
+(per output channel), z_w = z'_w (the row-sum term only for asymmetric weight grids; `w_zero=None` drops it).
 
 Entry points:
 - `int8_gemm(a8, w8, ...)`: a8 already int8 (the GEMM alone, with its epilogue).

@@ -1,12 +1,15 @@
 """ONNX export of a calibrated fake-quant model as a standard QDQ graph (QuantizeLinear / DequantizeLinear).
 
+Which sites are integer, their codes, scales and zero points come from the lowering layer (plugin.quant.deploy.lower,
+`weight_reason`, `qdq_reason`, `lower_weight`, `lower_grid`), the same as for `freeze`.
+
 What each quantization site becomes:
 - A weight on a uniform grid (`UniformQuantizer`, per tensor or per output channel): its integer codes are stored as
   an **int8 initializer** followed by a `DequantizeLinear` with the calibrated scale and zero point (per-channel axis
   where the quantizer is per channel). The codes come from the fake quantizer's own float operations, so the
   dequantized weight equals the fake-quant weight exactly. An unsigned grid (0 … 2^b − 1) is shifted by −128 into
-  int8, its zero point with it (the product (q − z)·s is unchanged), as in `plugin.quant.freeze`. Linear weights are
-  stored transposed (in × out, axis 1) so the graph reads `DequantizeLinear → MatMul` with no Transpose between.
+  int8, its zero point with it (the product (q − z)·s is unchanged), as in `plugin.quant.deploy.freeze`. Linear weights
+  are stored transposed (in × out, axis 1) so the graph reads `DequantizeLinear → MatMul` with no Transpose between.
 - An activation on a uniform grid (per tensor, per channel or per head): a `QuantizeLinear → DequantizeLinear` pair
   with the calibrated static scale and zero point, in uint8 (asymmetric grids, 0 … 2^b − 1) or int8 (symmetric ones).
 - A b-bit grid with b < 8 is held in the 8-bit type and its codes are clipped to the b-bit range by a `Clip` on the
@@ -48,10 +51,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError, QuantError
-from .io import umask_mode
-from .modules import MatMul, QuantConv2d, QuantLinear
-from .quantizers import Quantizer, UniformQuantizer
+from ..errors import ConfigError, QuantError
+from ..io import umask_mode
+from ..modules import MatMul, QuantConv2d, QuantLinear
+from ..quantizers import Quantizer, UniformQuantizer
+from .lower import active, lower_grid, lower_weight, qdq_reason, weight_reason
 
 OPSET = 18
 NONUNIFORM_MODES = ("float", "emulate")
@@ -112,66 +116,20 @@ class _Dequant(torch.autograd.Function):
         return g.op("DequantizeLinear", codes, scale, zero, axis_i=axis)
 
 
-def uniform_reason(q):
-    """None when the calibrated quantizer `q` is a uniform grid that Q/DQ express exactly, else why not."""
-    if type(q) is not UniformQuantizer:
-        return f"{q.kind} grid: not a uniform grid, no Q/DQ equivalent"
-    if q.qmax - q.qmin + 1 > 256:
-        return f"{q.bits}-bit grid: more than 8 bits"
-    zero = q.zero_point.detach()
-    if bool(((zero < q.qmin) | (zero > q.qmax)).any()):
-        return (f"zero point outside the code range [{q.qmin}, {q.qmax}] (range search that does not hold 0): "
-                "not a valid Q/DQ zero point")
-    return None
-
-
-def _active(q):
-    return isinstance(q, Quantizer) and q.enabled and q.ready
-
-
-def _per_axis(q, x_dim_axis):
-    """(scale, zero) as 0-d tensors for a per-tensor grid, 1-d with the axis otherwise."""
-    scale = q.scale.detach().float().reshape(-1)
-    zero = q.zero_point.detach().float().reshape(-1)
-    if scale.numel() == 1:
-        return scale.reshape(()), zero.reshape(()), 0
-    return scale, zero, x_dim_axis
-
-
 class QDQ(nn.Module):
     """QuantizeLinear → [Clip] → DequantizeLinear with a calibrated uniform quantizer's static scale and zero point."""
 
     def __init__(self, q: UniformQuantizer):
         super().__init__()
-        scale, zero, self.axis = _per_axis(q, q.channel_axis)
-        dtype = torch.uint8 if q.qmin >= 0 else torch.int8
-        self.register_buffer("scale", scale.clone())
-        self.register_buffer("zero_point", zero.round().to(dtype))
+        grid = lower_grid(q)
+        self.axis = 0 if grid.axis is None else grid.axis
+        dtype = torch.uint8 if q.qmin >= 0 else torch.int8  # Q/DQ holds an unsigned grid as it is (no offset)
+        self.register_buffer("scale", grid.scale)
+        self.register_buffer("zero_point", grid.zero.round().to(dtype))
         self.code_min, self.code_max = q.qmin, q.qmax
 
     def forward(self, x):
         return _QuantDequant.apply(x, self.scale, self.zero_point, self.code_min, self.code_max, self.axis)
-
-
-def _weight_seen_by_quantizer(m):
-    """The float weight the weight quantizer rounds: W, or W + A·B for a pre-quantization low-rank branch."""
-    branch = getattr(m, "lowrank", None)
-    w = m.weight.detach().float()
-    if branch is not None and branch.enabled and not branch.is_post:
-        w = w + branch.delta().detach().float()
-    return w
-
-
-def weight_codes(q: UniformQuantizer, w):
-    """(int8 codes, float scale, int8 zero point) of a weight: the fake quantizer's own codes, shifted into int8."""
-    per_channel = q.scale.numel() > 1
-    view = (w.shape[0],) + (1,) * (w.dim() - 1) if per_channel else ()
-    scale = q.scale.detach().float().reshape(view)
-    zero = q.zero_point.detach().float().reshape(view)
-    codes = torch.clamp(w / scale + zero, q.qmin, q.qmax).round()
-    offset = 128 if q.qmax > 127 else 0
-    flat = (lambda t: t.reshape(-1)) if per_channel else (lambda t: t)  # noqa: E731
-    return (codes - offset).to(torch.int8), flat(scale), flat((zero - offset).round().to(torch.int8))
 
 
 class _ExportWeighted(nn.Module):
@@ -181,11 +139,11 @@ class _ExportWeighted(nn.Module):
     def _init_weight(self, m, wq, float_reason):
         self.bias = None if m.bias is None else nn.Parameter(m.bias.detach().float().clone(), requires_grad=False)
         if float_reason is None:
-            codes, scale, zero = weight_codes(wq, _weight_seen_by_quantizer(m))
-            self.per_channel = scale.dim() == 1
-            self.register_buffer("weight_codes", self._layout(codes).contiguous())
-            self.register_buffer("weight_scale", scale.clone())
-            self.register_buffer("weight_zero_point", zero.clone())
+            w = lower_weight(m)
+            self.per_channel = w.per_channel
+            self.register_buffer("weight_codes", self._layout(w.codes).contiguous())
+            self.register_buffer("weight_scale", w.scale.clone())
+            self.register_buffer("weight_zero_point", w.zero.to(torch.int8))  # in [−128, 127]: `qdq_reason`
             self.weight = None
         else:
             with torch.no_grad():
@@ -246,9 +204,9 @@ class _Plan:
         self.int8_weights = 0
 
     def activation(self, name, q):
-        if not _active(q):
+        if not active(q):
             return nn.Identity()
-        reason = uniform_reason(q)
+        reason = qdq_reason(q)
         if reason is None:
             self.qdq_activations += 1
             return QDQ(q)
@@ -260,15 +218,9 @@ class _Plan:
 
     def weight(self, name, m):
         q = m.weight_quantizer
-        branch = getattr(m, "lowrank", None)
-        if branch is not None and branch.enabled and branch.is_post:
-            reason = "post-quantization low-rank branch Q(W) + A·B: no integer weight"
-        elif not _active(q):
+        if not active(q):
             return q, "float weight (not quantized)"
-        else:
-            reason = uniform_reason(q)
-            if reason is None and q.scale.numel() > 1 and q.channel_axis != 0:
-                reason = f"per-channel weight grid along axis {q.channel_axis}, not the output channel"
+        reason = weight_reason(m) or qdq_reason(q)
         if reason is None:
             self.int8_weights += 1
             return q, None
@@ -369,4 +321,4 @@ def export_float_onnx(model, example, path, dynamic_batch=True):
 
 
 __all__ = ["NONUNIFORM_MODES", "OPSET", "QDQ", "check_onnx_available", "export_copy",
-           "export_float_onnx", "export_onnx", "uniform_reason", "weight_codes"]
+           "export_float_onnx", "export_onnx"]

@@ -1,6 +1,6 @@
 """AIQViT's low-rank compensation as a reconstruction pass (Jiang et al., AAAI 2025, arXiv 2502.04628, Sec. 3.2): the
 `lowrank` pass. The branches themselves (ΔW = A·B inside a LowRankQuantLinear, merging, reloading) are in
-plugin.quant.lowrank; here the engine trains them with an easy-to-hard curriculum (on by default) and a DARTS rank
+`lowrank` (this package); here the engine trains them with an easy-to-hard curriculum (on by default) and a DARTS rank
 search (`LowRank`, a BlockRecon that also learns the branches).
 
 Rank search: the engine runs two phases. In the first (`search_frac` of the iterations) the architecture logits α of
@@ -14,14 +14,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..errors import ConfigError
-from ..lowrank import LowRankQuantLinear, attach_branch, branches, detach_branch, merge_branches, overhead
-from ..modules import QuantLinear
-from ..passes import is_int, is_number, register_pass
-from ..seed_quantizers import interval_report
-from ..spec import Role
-from .block_recon import BlockRecon, ReconConfig
-from .engine import reconstruct
+from ...errors import ConfigError
+from ...modules import QuantLinear
+from ...passes import is_int, is_number, register_pass
+from ...recon.block_recon import BlockRecon, ReconConfig
+from ...recon.engine import reconstruct
+from ...spec import Role
+from .lowrank import LowRankQuantLinear, attach_branch, branches, detach_branch, merge_branches, overhead
+from .quantizers import interval_report
 
 
 class LowRank(BlockRecon):

@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .freeze import Int8Linear, int8_matmul, why_not_freezable
-from .modules import QuantLinear
+from ..modules import QuantLinear
+from .freeze import Int8Linear, int8_matmul
+from .lower import gemm_reason, lower_grid, weight_seen_by_quantizer
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 TILES = ("heuristic", "autotune")
@@ -117,20 +118,18 @@ class DeployFP8Linear(_KeepDtypes, nn.Module):
 
     @classmethod
     def from_quant_linear(cls, m: QuantLinear, out_dtype=torch.bfloat16):
-        reason = why_not_freezable(m)
+        reason = gemm_reason(m)
         if reason is not None:
             raise ValueError(f"cannot deploy this layer in FP8: {reason}")
         n, k = m.weight.shape
         out = cls(k, n, out_dtype, source_weight_bytes=m.weight.numel() * m.weight.element_size())
         with torch.no_grad():
-            w = m.weight_quantizer(m.weight.detach().float())  # the calibrated int8 grid, dequantized
+            w = m.weight_quantizer(weight_seen_by_quantizer(m))  # the calibrated int8 grid, dequantized
             w_scale = (w.abs().max() / FP8_MAX).clamp_min(1e-12)
             w8 = torch.zeros(out.weight_fp8.shape, device=w.device)
             w8[:n] = (w / w_scale).clamp(-FP8_MAX, FP8_MAX)
             out.weight_fp8 = w8.to(torch.float8_e4m3fn)
-            xq = m.input_quantizer
-            s, z = xq.scale.detach().float().reshape(()), xq.zero_point.detach().float().reshape(())
-            lo, hi = (xq.qmin - z) * s, (xq.qmax - z) * s  # the calibrated clipping range of the int8 grid
+            lo, hi = lower_grid(m.input_quantizer).range()  # the calibrated clipping range of the int8 grid
             out.x_lo, out.x_hi = lo.clone(), hi.clone()
             out.x_scale = (torch.maximum(lo.abs(), hi.abs()) / FP8_MAX).clamp_min(1e-12)
             out.w_scale = w_scale.reshape(())

@@ -2,7 +2,7 @@
 
 Every quantized Linear of a reconstruction unit gets a learnable low-rank branch ΔW = A·B (A: out×r, zero at start,
 B: r×in, random), trained by block reconstruction to absorb the weight-quantization error (the `lowrank` pass,
-plugin.quant.recon.lowrank). This file holds the branches: the layer, attaching, merging and reloading them.
+`lowrank_pass`). This file holds the branches: the layer, attaching, merging and reloading them.
 
 Where the branch sits (`placement`):
 - "pre" (default): Ŵ = Q(W + A·B). The branch moves weights across rounding boundaries (like learned rounding), and
@@ -26,9 +26,9 @@ before loading.
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
-from .io import register_load_hook
-from .modules import QuantLinear
+from ...errors import ConfigError
+from ...io import register_load_hook
+from ...modules import QuantLinear
 
 
 class LowRankBranch(nn.Module):

@@ -1,9 +1,11 @@
 """Freeze: turn calibrated fake-quant Linear layers into stored int8 weights and integer matrix products (W8A8 path).
 
-A `QuantLinear` qualifies when its weight quantizer is a `UniformQuantizer` (symmetric or asymmetric, per output
-channel or per tensor) and its input quantizer a per-tensor `UniformQuantizer`, both calibrated, enabled and at most
-8 bits. Anything else (log / twin / seed post-Softmax grids, channel-wise post-LN input quantizers, low-rank branches,
-float inputs, convolutions, the attention matmuls) stays fake-quant; `frozen_summary` says what was and was not frozen.
+A `QuantLinear` qualifies when the lowering layer (`plugin.quant.deploy.lower.gemm_reason`) makes it an integer GEMM:
+its weight grid uniform (symmetric or asymmetric, per output channel or per tensor), its input grid uniform and per
+tensor, both calibrated, enabled and at most 8 bits; a pre-quantization low-rank branch is folded into the weight
+codes. Anything else (log / twin / seed post-Softmax grids, channel-wise post-LN input quantizers, post-quantization
+low-rank branches, float inputs, convolutions, the attention matmuls) stays fake-quant; `frozen_summary` says what was
+and was not frozen.
 
 Exactness. The fake-quant layer computes y = (q_x − z_x)s_x · ((q_w − z_w)s_w)ᵀ + b with integer codes q. `Int8Linear`
 stores the weight codes as int8 (an unsigned grid, 0 … 255, is shifted by −128 so it fits; the zero point moves with
@@ -21,7 +23,7 @@ tests/quant/test_freeze.py for the stated tolerance).
 Speed. In eager mode the input quantization and the epilogue are separate elementwise passes over (M, K) and (M, N)
 tensors; on a GPU they can cost as much as the int8 matmul saves. `torch.compile` fuses them (tools/benchmark.py
 --compile). The opt-in "triton" backend (`set_int8_backend("triton")` or `Int8Linear(..., backend="triton")`, CUDA
-only) runs `plugin.quant.triton_int8` instead: a one-pass quantize kernel, then an int8 GEMM that applies the
+only) runs `plugin.quant.deploy.triton_int8` instead: a one-pass quantize kernel, then an int8 GEMM that applies the
 corrections, scale and bias before its only store (same codes, same integer result; the float epilogue may differ
 from the eager one by float rounding). "triton_fused" quantizes the input inside the GEMM while loading it (no
 int8 copy of the input, but each input tile is quantized once per output tile). `torch._int_mm` ("int_mm") stays
@@ -40,10 +42,10 @@ import os
 import torch
 import torch.nn as nn
 
-from .attach import set_submodule
-from .modules import QuantLinear
-from .quant_state import state
-from .quantizers import UniformQuantizer
+from ..attach import set_submodule
+from ..modules import QuantLinear
+from ..quant_state import state
+from .lower import gemm_reason, lower_grid, lower_weight
 
 _INT_MM_BROKEN = set()  # device types on which torch._int_mm raised; the exact float64 product is used there
 BACKENDS = ("int_mm", "triton", "triton_fused")
@@ -110,31 +112,8 @@ def int8_matmul(a, w):
     return (a.double() @ w.double().t()).to(torch.int32)
 
 
-def _uniform(q):
-    return type(q) is UniformQuantizer and q.enabled and q.ready and q.bits <= 8
-
-
-def why_not_freezable(module):
-    """None when `module` can be frozen, else the reason (a short phrase)."""
-    if type(module) is not QuantLinear:
-        return "not a plain QuantLinear"
-    wq, xq = module.weight_quantizer, module.input_quantizer
-    if wq is None or xq is None:
-        return "float weight or input"
-    if not _uniform(wq):
-        return f"weight quantizer {type(wq).__name__} is not a calibrated uniform ≤ 8-bit one"
-    if not _uniform(xq):
-        return f"input quantizer {type(xq).__name__} is not a calibrated uniform ≤ 8-bit one"
-    if xq.scale.numel() != 1 or xq.zero_point.numel() != 1:
-        return "input quantizer is not per-tensor"
-    if wq.scale.numel() not in (1, module.out_features) or (wq.scale.numel() > 1 and wq.channel_axis not in (0, -2)):
-        return "weight quantizer is neither per output channel nor per tensor"
-    return None
-
-
-def _offset(q):
-    # An unsigned grid (qmax > 127) is shifted by -128 into int8; the zero point is shifted with it.
-    return 128 if q.qmax > 127 else 0
+# None when a module can be frozen, else the reason: the lowering layer's rule for an integer GEMM site.
+why_not_freezable = gemm_reason
 
 
 class Int8Linear(nn.Module):
@@ -163,28 +142,22 @@ class Int8Linear(nn.Module):
         reason = why_not_freezable(m)
         if reason is not None:
             raise ValueError(f"cannot freeze this layer: {reason}")
-        wq, xq = m.weight_quantizer, m.input_quantizer
-        w = m.weight.detach().float()
-        n, k = w.shape
+        n, k = m.weight.shape
         with torch.no_grad():
-            w_scale = wq.scale.detach().float().reshape(-1, 1).expand(n, 1)
-            w_zp = wq.zero_point.detach().float().reshape(-1, 1).expand(n, 1)
-            # The fake quantizer's own operations, so the codes are exactly the ones it uses.
-            codes = torch.clamp(w / w_scale + w_zp, wq.qmin, wq.qmax).round()
-            w_off, x_off = _offset(wq), _offset(xq)
-            b = (codes - w_off).to(torch.int8)
-            zw = (w_zp.reshape(-1) - w_off).round().long()
-            zx = int(round(float(xq.zero_point.reshape(()))) - x_off)
+            w, x = lower_weight(m), lower_grid(m.input_quantizer)  # codes from the fake quantizers' own operations
+            b = w.codes
+            zw = w.zero.reshape(-1).expand(n).long()
+            zx = int(round(float(x.zero))) - x.offset
             colsum = b.long().sum(1)
             const = -zx * colsum + k * zx * zw
             if const.abs().max() >= 2 ** 31 or k * 128 * 128 * 4 >= 2 ** 31:
                 raise ValueError(f"in_features={k} is too large for exact int32 accumulation")
-            out = cls(k, n, xq.qmin, xq.qmax, x_off, bool((zw != 0).any()),
+            out = cls(k, n, x.qmin, x.qmax, x.offset, bool((zw != 0).any()),
                       source_weight_bytes=m.weight.numel() * m.weight.element_size())
             out.weight_int8 = b.contiguous()
-            out.x_scale = xq.scale.detach().float().reshape(()).clone()
-            out.x_zero = xq.zero_point.detach().float().reshape(()).clone()
-            out.out_scale = (out.x_scale * w_scale.reshape(-1)).contiguous()
+            out.x_scale = x.scale
+            out.x_zero = x.zero
+            out.out_scale = (out.x_scale * w.scale.reshape(-1).expand(n)).contiguous()
             out.w_zero = zw.to(torch.int32)
             out.const = const.to(torch.int32)
             out.bias = None if m.bias is None else m.bias.detach().float().clone()

@@ -5,15 +5,15 @@
     fast = torch.compile(dep)                        # inductor fuses each activation quantize into its producer
     print(deploy_report(dep)["summary"])             # the recipe of every site, dropped quantizers included
 
-`mode="int8"` (exact W8A8 codes): every Linear that `plugin.quant.freeze` can freeze (calibrated uniform ≤ 8-bit
+`mode="int8"` (exact W8A8 codes): every Linear that `plugin.quant.deploy.freeze` can freeze (calibrated uniform ≤ 8-bit
 weights per channel or per tensor, calibrated per-tensor uniform ≤ 8-bit input) becomes a `DeployInt8Linear`: the
 input codes come from the calibrated **static** scale and zero point, written in plain torch ops
 (clamp(x / s + z).round() → int8), so under `torch.compile` inductor computes them inside the kernel that produces x
 (LayerNorm, GELU, the attention output copy) and writes one byte per value instead of two. The GEMM is
 `vitq::int8_gemm`, a custom op (opaque to inductor, no graph break) running the Triton kernel of
-`plugin.quant.triton_int8` with the zero-point corrections, per-channel scale and bias in its epilogue; on CPU, or
-without triton, it runs `torch._int_mm` and the same epilogue in torch ops (the codes and the int32 sums are those
-of `Int8Linear`).
+`plugin.quant.deploy.triton_int8` with the zero-point corrections, per-channel scale and bias in its epilogue; on
+CPU, or without triton, it runs `torch._int_mm` and the same epilogue in torch ops (the codes and the int32 sums are
+those of `Int8Linear`).
 
 `mode="fp8"`: the same layers become `DeployFP8Linear`: weights are the calibrated fake-quant weights (the int8 grid,
 dequantized) stored as FP8 e4m3 with one per-tensor scale; inputs are clipped to the calibrated range [lo, hi] of the
@@ -39,12 +39,12 @@ import copy
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
-from .deploy_modules import (FP8_MAX, TILES, DeployFP8Linear, DeployInt8Linear, PatchGemm, _Float32Quantizer,  # noqa: F401
-                             int8_gemm_op)
-from .freeze import why_not_freezable
-from .modules import MatMul, QuantConv2d, QuantLinear
-from .quant_state import QuantState, attach_state, state
+from ..errors import ConfigError
+from ..modules import MatMul, QuantConv2d, QuantLinear
+from ..quant_state import QuantState, attach_state, state
+from .gpu_modules import (FP8_MAX, TILES, DeployFP8Linear, DeployInt8Linear, PatchGemm, _Float32Quantizer,  # noqa: F401
+                          int8_gemm_op)
+from .lower import gemm_reason
 
 MODES = ("int8", "fp8")
 
@@ -53,7 +53,7 @@ MODES = ("int8", "fp8")
 
 def _sdpa_attention_classes(model):
     """{quantizable attention class: its SDPA deployment class}, from the model's adapter (none without one)."""
-    from .adapter import find_adapter
+    from ..adapter import find_adapter
     try:
         return find_adapter(model).deploy_attention()
     except ConfigError:
@@ -71,7 +71,7 @@ def _describe(q):
 
 
 def _roles(model):
-    from .adapter import find_adapter
+    from ..adapter import find_adapter
     try:
         adapter = find_adapter(model)
     except ConfigError:
@@ -98,7 +98,7 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
         raise ConfigError(f"unknown stem choice {stem!r}; expected one of {STEMS}")
     if not any(isinstance(m, (QuantLinear, QuantConv2d)) for m in model.modules()):
         raise ConfigError("deploy() needs a quantized model (plugin.quant.quantize first)")
-    from .attach import set_submodule
+    from ..attach import set_submodule
     roles = _roles(model)
     model = copy.deepcopy(model)
     sites = []
@@ -108,7 +108,7 @@ def deploy(model: nn.Module, mode: str = "fp8", dtype=torch.bfloat16, tile: str 
 
     for name, m in list(model.named_modules()):
         if type(m) is QuantLinear:
-            reason = why_not_freezable(m)
+            reason = gemm_reason(m)
             w_desc, x_desc = _describe(m.weight_quantizer), _describe(m.input_quantizer)
             if reason is None and mode == "fp8" and m.in_features % 16:
                 reason = f"in_features {m.in_features} is not a multiple of 16 (FP8 GEMM)"
