@@ -13,7 +13,7 @@ ALLOWED = {
     "quant": set(),
     "errors": {"quant"}, "utils": {"errors"}, "config": {"errors"},
     "adapters": {"quant"},
-    "tasks": {"quant"},
+    "tasks": {"quant", "errors"},
     "classification": {"quant", "tasks", "errors", "utils", "config"},
     "detection": {"quant", "tasks", "errors", "utils", "config"},
     "pointcloud": {"quant", "tasks", "errors", "utils", "config"},
