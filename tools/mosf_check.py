@@ -26,6 +26,12 @@ import torch  # noqa: E402
 RULES = ("mean", "mosf", "mosf_exact")
 
 
+def exact_mosf(scales, obs=None):
+    """MOSF's scale without its fold: a rule with no registered channel fold is folded exactly."""
+    from plugin.quant.methods.dopq.mosf import mosf_scale
+    return mosf_scale(scales)
+
+
 @tool_main
 def main(argv=None):
     p = ToolParser(description=__doc__.split("\n")[0])
@@ -39,12 +45,11 @@ def main(argv=None):
 
     from plugin.config import load_config
     from plugin.quant import get_recipe, quantize
-    from plugin.quant.methods.dopq.mosf import mosf_scale
-    from plugin.quant.reparam import register_reparam_rule
+    from plugin.quant.reparam import REPARAM_RULES, register_reparam_rule
     from plugin.tasks.base import get_task
 
-    # MOSF's scale without its fold: a rule with no registered channel fold is folded exactly.
-    register_reparam_rule("mosf_exact")(lambda scales, obs=None: mosf_scale(scales))
+    if "mosf_exact" not in REPARAM_RULES:  # once per process (a second main() in the same process reuses it)
+        register_reparam_rule("mosf_exact")(exact_mosf)
     cfg = load_config(args.config)
     task = get_task(cfg.get("task"))(cfg, args.checkpoint, device="cpu")
     torch.manual_seed(0)
