@@ -4,7 +4,6 @@ from plugin.quant.adapter import find_adapter
 from plugin.quant.calibrate import CalibContext, Site
 from plugin.quant.passes import pass_config
 from plugin.quant.quant_state import require_state
-from plugin.quant.spec import Role
 
 
 def context_for(model, calib, log=print, seed=0):
@@ -13,10 +12,9 @@ def context_for(model, calib, log=print, seed=0):
     qstate = require_state(model, "context_for")
     recipe = qstate.recipe
     adapter = find_adapter(model, qstate.adapter)
-    consumers = {c for _, cs in adapter.norm_consumers(model) for c in cs}
-    sites = [Site(name, model.get_submodule(name), Role(role), post_ln=name in consumers)
-             for name, role in adapter.roles(model).items() if Role(role) not in recipe.float_roles]
-    return CalibContext(model, recipe, calib, adapter, sites, log, seed=seed, state=qstate)
+    plan = qstate.plan
+    sites = [Site(name, model.get_submodule(name), p.role, post_ln=p.post_ln) for name, p in plan.quantized()]
+    return CalibContext(model, recipe, calib, adapter, sites, log, seed=seed, state=qstate, plan=plan)
 
 
 def run_pass(ctx, spec):

@@ -1,5 +1,5 @@
-"""Quantizer attachment: swap every module an adapter gives a role for its quantized class and give each quantizer
-slot the recipe's spec for that site (shared by `quantize` and `load_quantized`)."""
+"""Quantizer attachment: build a resolved plan (plugin.quant.plan) on a model, swapping every planned module for its
+quantized class and giving each quantizer slot its spec (shared by `quantize` and `load_quantized`)."""
 from dataclasses import dataclass
 from typing import List
 
@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .modules import MatMul, quant_class_for, quantizer_slots
+from .plan import Plan, resolve_plan, slot_key
 from .quantizers import build_quantizer
 from .spec import Role
 
@@ -32,22 +33,6 @@ def set_submodule(model, name, new):
     setattr(parent, child, new)
 
 
-def _site_keys(site: Site, slot: str):
-    role = site.role.value
-    if slot == "weight_quantizer":
-        return [f"{role}.weight", "weight"]
-    if isinstance(site.module, MatMul):
-        if site.role == Role.MATMUL_QK:
-            return [f"{role}.a", "q", "act"] if slot == "a_quantizer" else [f"{role}.b", "k", "act"]
-        return [f"{role}.a", "post_softmax", "act"] if slot == "a_quantizer" else [f"{role}.b", "v", "act"]
-    keys = [f"{role}.input"]
-    if site.role == Role.FC2:
-        keys.append("post_gelu")
-    if site.post_ln:
-        keys.append("post_ln")
-    return keys + ["act"]
-
-
 def _make_quantizer(spec, default_axis):
     if spec is None:
         return None
@@ -55,29 +40,31 @@ def _make_quantizer(spec, default_axis):
     return build_quantizer(spec, axis)
 
 
-def attach_quantizers(model, recipe, adapter) -> List[Site]:
-    """Swap quantized modules in (in place) and return the sites in module order."""
-    roles = adapter.roles(model)
-    consumers = {c for _, cs in adapter.norm_consumers(model) for c in cs}
+def attach_quantizers(model, plan, adapter=None) -> List[Site]:
+    """Build `plan` (a Plan, plugin.quant.plan) on `model` in place: swap each planned module for its quantized class
+    and give each slot its spec; return the sites in module order. `attach_quantizers(model, recipe, adapter)`
+    resolves the recipe's plan first (the model's QuantState then holds it, when `quantize` made the model)."""
+    if not isinstance(plan, Plan):
+        if adapter is None:
+            raise ConfigError("attach_quantizers needs a Plan, or a recipe and an adapter")
+        plan = resolve_plan(model, plan, adapter)
     sites = []
-    for name, role in roles.items():
-        role = Role(role)
-        overridden, rule = recipe.override_for(name, role)
-        if role in recipe.float_roles or (overridden and rule is None):
-            continue
-        module = model.get_submodule(name)
+    for name, planned in plan.quantized():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"the plan names {name!r}, which this model does not have") from None
         if not isinstance(module, MatMul):
             quant_cls = quant_class_for(module)
             if quant_cls is not None:
                 module = quant_cls.from_module(module)
                 set_submodule(model, name, module)
             elif not hasattr(module, "weight_quantizer"):  # an already quantized module is re-attached as it is
-                raise ConfigError(f"adapter {adapter.name} gave role {role.value} to {name}, "
-                                  f"a {type(module).__name__}, which cannot be quantized")
-        site = Site(name, module, role, post_ln=name in consumers)
-        for slot, axis in quantizer_slots(module):
-            key = slot[:-len("_quantizer")]
-            spec = rule[key] if overridden and key in rule else recipe.spec_for(_site_keys(site, slot))
-            setattr(module, slot, _make_quantizer(spec, axis))
-        sites.append(site)
+                raise ConfigError(f"the plan quantizes {name}, a {type(module).__name__}, which cannot be quantized")
+        for attr, axis in quantizer_slots(module):
+            key = slot_key(attr)
+            if key not in planned.specs:
+                raise ConfigError(f"the plan of {name} has no {key!r} slot (a {type(module).__name__})")
+            setattr(module, attr, _make_quantizer(planned.specs[key], axis))
+        sites.append(Site(name, module, planned.role, post_ln=planned.post_ln))
     return sites

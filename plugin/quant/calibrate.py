@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .attach import Site, attach_quantizers, set_submodule  # noqa: F401  (Site, set_submodule: re-exported)
+from .plan import resolve_plan
 from .block_skip import BlockSkip, StopForward  # noqa: F401  (StopForward: re-exported)
 from .calib_input import calib_batches, resolve_recipe
 from .errors import CalibrationError, CheckpointError, ConfigError
@@ -84,8 +85,9 @@ class CalibContext:
     passes fill in (`state`: the model's own one when given, else a new one that quantize() attaches at the end)."""
 
     def __init__(self, model, recipe, calib, adapter, sites, log, max_elems=2 ** 20, seed=0, checkpoint=None,
-                 state=None):
+                 state=None, plan=None):
         self.model, self.recipe, self.calib, self.adapter, self.sites = model, recipe, calib, adapter, sites
+        self.plan = plan  # the resolved plan (plugin.quant.plan) the sites were built from; None before attaching
         self.log, self.max_elems, self.seed = log, max_elems, seed
         self.by_name = {s.name: s for s in sites}
         # plugin.quant.resume.CalibCheckpoint (or None): reconstruction writes one after each unit, skips finished ones
@@ -235,9 +237,11 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
             t1 = time.time()
             p.run(pre_ctx)
             log(f"[calibrate {recipe.name}] pass {p.kind} (before quantization) done, {time.time() - t1:.1f}s")
-    sites = attach_quantizers(model, recipe, adapter)
+    plan = resolve_plan(model, recipe, adapter)
+    sites = attach_quantizers(model, plan)
     ctx = CalibContext(model, recipe, calib, adapter, sites, log, max_elems=recipe.observe_elems, seed=seed,
-                       checkpoint=checkpoint, state=pre_ctx.state)
+                       checkpoint=checkpoint, state=pre_ctx.state, plan=plan)
+    ctx.state.plan = plan
     ctx.float_originals = pre_ctx.float_originals
     ctx.calib = CalibData(calib.batches[:ctx.stat_batches()], calib.forward)  # the quantizers' images (stat_fraction)
     t0 = time.time()

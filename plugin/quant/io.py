@@ -168,6 +168,7 @@ def load_quantized(fp_model, path=None, device=None):
     from safetensors.torch import load_file
     from .adapter import find_adapter
     from .attach import attach_quantizers
+    from .plan import resolve_plan
     from .recipe import Recipe
     from safetensors import SafetensorError
     meta = read_meta(path)
@@ -195,7 +196,8 @@ def load_quantized(fp_model, path=None, device=None):
     for p in recipe.passes:  # structural changes of the float network (GELU -> ReLU) come before the quantizers
         if p.STAGE == "pre":
             p.restore(fp_model, adapter)
-    attach_quantizers(fp_model, recipe, adapter)
+    plan = resolve_plan(fp_model, recipe, adapter)
+    attach_quantizers(fp_model, plan)
     for hook in LOAD_HOOKS.values():
         hook(fp_model, state)
     if "frozen" in meta:
@@ -219,4 +221,5 @@ def load_quantized(fp_model, path=None, device=None):
                        ranks=dict(saved.get("ranks", {})))
     except (AttributeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}.json holds a malformed 'state': {exc}") from exc
-    return attach_state(fp_model, QuantState(recipe, adapter.name, frozen="frozen" in meta, **records))
+    return attach_state(fp_model, QuantState(recipe, adapter.name, frozen="frozen" in meta, plan=plan,
+                                                      **records))

@@ -24,7 +24,8 @@ class QuantState:
     deployed: on a `plugin.quant.deploy.deploy` copy, {"mode", "dtype", "tile", "stem", "sites"} (else None).
     float_edits: the "pre" passes that changed the float network (their JSON entries); float_params: the parameters
         they fitted, as they were before quantization (CPU copies; in this process only, not saved), which
-        `plugin.quant.mlp_relu.relu_float_model` uses to rebuild that float network."""
+        `plugin.quant.mlp_relu.relu_float_model` uses to rebuild that float network.
+    plan: the resolved plan (plugin.quant.plan.Plan) the quantized modules were built from; saved with the model."""
     recipe: Any
     adapter: str
     rollbacks: List[dict] = field(default_factory=list)
@@ -34,6 +35,7 @@ class QuantState:
     deployed: Optional[dict] = None
     float_edits: List[dict] = field(default_factory=list)
     float_params: Dict[str, Any] = field(default_factory=dict)
+    plan: Any = None
 
 
 def state(model: nn.Module) -> Optional[QuantState]:

@@ -71,11 +71,9 @@ def reparameterize_group(ctx, members, observations):
     """Reparameterise every norm → consumers pair whose consumers are in `members`, and set their input quantizers."""
     rule = REPARAM_RULES[ctx.recipe.reparam]
     member_names = {s.name for s in members}
-    for norm_name, consumer_names in ctx.adapter.norm_consumers(ctx.model):
-        sites = [ctx.by_name[c] for c in consumer_names if c in ctx.by_name]
-        # a consumer kept float (overrides, float_roles) would see the folded norm output uncompensated
-        if not sites or len(sites) != len(consumer_names) or sites[0].name not in member_names \
-                or any(s.role in ctx.recipe.reparam_skip_roles for s in sites):
+    for norm_name, consumer_names in ctx.plan.reparam_groups:  # every consumer quantized, none of a skipped role
+        sites = [ctx.by_name[c] for c in consumer_names]
+        if sites[0].name not in member_names:
             continue
         quantizers = [s.module.input_quantizer for s in sites]
         if any(q is None or not isinstance(q, UniformQuantizer) or q.spec.symmetric or q.per_channel

@@ -24,7 +24,7 @@ def _post_ln_pairs(ctx):
     """(norm name, consumer sites, their input quantizers) for every post-LN group quantized channel-wise by an
     asymmetric uniform quantizer, the only kind a layer-wise quantizer can absorb exactly."""
     pairs = []
-    for norm_name, consumer_names in ctx.adapter.norm_consumers(ctx.model):
+    for norm_name, consumer_names in ctx.plan.norm_groups:
         sites = [ctx.by_name[c] for c in consumer_names if c in ctx.by_name]
         qs = [s.module.input_quantizer for s in sites]
         if not sites or any(q is None or not isinstance(q, UniformQuantizer) or q.spec.symmetric or not q.ready

@@ -1,0 +1,182 @@
+"""The resolved plan: which module gets which quantizer, decided once from recipe + adapter + overrides.
+
+`resolve_plan(model, recipe, adapter)` asks the adapter for roles and LayerNorm → consumer pairs and applies the
+recipe's rules (below) to every module the adapter names, giving an ordered `{module name: SitePlan}`: its role,
+whether it consumes a LayerNorm output, and `{slot: QuantSpec | None}` per quantizer slot (`input`, `weight` for
+Linear/Conv; `a`, `b` for the two matmul operands; a slot mapped to None stays float) or `specs=None` (the module
+stays float: not swapped, no quantizer). It also records the LayerNorm groups and, among them, those the
+post-LayerNorm reparameterisation may fold (every consumer quantized, none of a role in `reparam_skip_roles`).
+
+`attach_quantizers` builds exactly that; calibration, reparameterisation and SOS read the groups from it; a saved model
+carries it (with every quantizer's buffer shapes, `with_buffers`), so loading rebuilds the modules from the file
+without asking the adapter again. A plan is plain data: `to_dict` / `from_dict` (versioned), `compact()` for reports.
+
+Rules, per module (today's rules, first that applies wins):
+1. the recipe's `overrides` (plugin.quant.overrides): the first matching pattern decides; a rule None keeps the module
+   float, otherwise the slots it names take its specs;
+2. `float_roles`: modules of these roles stay float;
+3. per slot, the recipe's `sites` keys in the order `site_keys` gives (`<role>.weight`, `<role>.input`, `post_gelu`,
+   `post_ln`, `q`, `k`, `post_softmax`, `v`, …), then the recipe's default weight / activation spec.
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from .errors import CheckpointError, ConfigError
+from .modules import MatMul, quant_class_for, quantizer_slots
+from .spec import QuantSpec, Role
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """One module of the plan: its role, whether a LayerNorm feeds it, and its slot specs (None: stays float)."""
+    role: Role
+    specs: Optional[Dict[str, Optional[QuantSpec]]]
+    post_ln: bool = False
+
+    @property
+    def quantized(self):
+        return self.specs is not None
+
+
+@dataclass
+class Plan:
+    adapter: str
+    sites: Dict[str, SitePlan]
+    norm_groups: List[Tuple[str, List[str]]] = field(default_factory=list)
+    reparam_groups: List[Tuple[str, List[str]]] = field(default_factory=list)
+    # {module: {slot: {buffer: [shape, dtype]}}} of the quantizers as saved (with_buffers); None before saving
+    buffers: Optional[dict] = None
+    version: int = PLAN_VERSION
+
+    def quantized(self):
+        """(name, SitePlan) of the modules that get quantizers, in order."""
+        return [(n, s) for n, s in self.sites.items() if s.quantized]
+
+    def to_dict(self):
+        d = {"version": self.version, "adapter": self.adapter,
+             "sites": [[n, s.role.value, s.post_ln,
+                        None if s.specs is None else {k: (v.to_dict() if v is not None else None)
+                                                      for k, v in s.specs.items()}] for n, s in self.sites.items()],
+             "norm_groups": [[n, list(cs)] for n, cs in self.norm_groups],
+             "reparam_groups": [[n, list(cs)] for n, cs in self.reparam_groups]}
+        if self.buffers is not None:
+            d["buffers"] = self.buffers
+        return d
+
+    @classmethod
+    def from_dict(cls, d, where="plan"):
+        """The plan `to_dict` wrote; CheckpointError for a newer version or a malformed entry."""
+        if not isinstance(d, dict) or not isinstance(d.get("version"), int):
+            raise CheckpointError(f"{where}: a plan must be a dict with an integer version")
+        if d["version"] > PLAN_VERSION:
+            raise CheckpointError(f"{where}: plan version {d['version']} is newer than this library ({PLAN_VERSION})")
+        try:
+            sites = {}
+            for name, role, post_ln, specs in d["sites"]:
+                specs = None if specs is None else {k: (QuantSpec.from_dict(v) if v is not None else None)
+                                                    for k, v in specs.items()}
+                sites[name] = SitePlan(Role(role), specs, bool(post_ln))
+            groups = {k: [(n, list(cs)) for n, cs in d.get(k, [])] for k in ("norm_groups", "reparam_groups")}
+            return cls(str(d["adapter"]), sites, buffers=d.get("buffers"), version=d["version"], **groups)
+        except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{where}: malformed plan: {type(exc).__name__}: {exc}") from exc
+
+    def compact(self):
+        """[[name pattern, count, role, specs label]]: block indices folded to `*`, consecutive equal rows merged
+        (`blocks.*.attn.qkv`, 12, ...), in module order; for reports and --dry-run."""
+        rows = []
+        for name, s in self.sites.items():
+            pattern, label = re.sub(r"(?<=\.)\d+(?=\.)", "*", name), site_label(s)
+            same = next((r for r in rows if r[0] == pattern and r[2] == s.role.value and r[3] == label), None)
+            if same is not None:
+                same[1] += 1
+            else:
+                rows.append([pattern, 1, s.role.value, label])
+        return rows
+
+    def lines(self):
+        """`compact()` as text lines, and the reparameterisation groups."""
+        width = max((len(r[0]) for r in self.compact()), default=0)
+        out = [f"{p:<{width}} x{n:<3} {role:<11} {label}" for p, n, role, label in self.compact()]
+        out.append(f"LayerNorm groups: {len(self.norm_groups)}, reparameterisable: {len(self.reparam_groups)}")
+        return out
+
+
+def spec_label(spec):
+    """`uniform4/channel/mse` (+ `/sym`, + options) or `float`."""
+    if spec is None:
+        return "float"
+    parts = [f"{spec.kind}{spec.bits}", spec.granularity, spec.search] + (["sym"] if spec.symmetric else [])
+    parts += [f"{k}={v}" for k, v in spec.options]
+    return "/".join(parts)
+
+
+def site_label(site):
+    if site.specs is None:
+        return "float (not swapped)"
+    return " ".join(f"{slot}={spec_label(spec)}" for slot, spec in site.specs.items()) + \
+        (" [post-LN]" if site.post_ln else "")
+
+
+def slot_key(attr):
+    """`weight_quantizer` -> `weight`."""
+    return attr[:-len("_quantizer")]
+
+
+def site_keys(role: Role, is_matmul: bool, post_ln: bool, slot: str):
+    """The recipe's `sites` keys for one slot, most specific first; the last one names the default spec."""
+    if slot == "weight":
+        return [f"{role.value}.weight", "weight"]
+    if is_matmul:
+        if role == Role.MATMUL_QK:
+            return [f"{role.value}.a", "q", "act"] if slot == "a" else [f"{role.value}.b", "k", "act"]
+        return [f"{role.value}.a", "post_softmax", "act"] if slot == "a" else [f"{role.value}.b", "v", "act"]
+    keys = [f"{role.value}.input"]
+    if role == Role.FC2:
+        keys.append("post_gelu")
+    if post_ln:
+        keys.append("post_ln")
+    return keys + ["act"]
+
+
+def _module_slots(module, name, role, adapter):
+    """The module's slot names (`input`, `weight` / `a`, `b`); ConfigError for a module that cannot be quantized
+    (an already quantized module is planned as it is)."""
+    if not isinstance(module, MatMul) and quant_class_for(module) is None and not hasattr(module, "weight_quantizer"):
+        raise ConfigError(f"adapter {adapter.name} gave role {role.value} to {name}, "
+                          f"a {type(module).__name__}, which cannot be quantized")
+    return [slot_key(attr) for attr, _ in quantizer_slots(module)]
+
+
+def resolve_plan(model, recipe, adapter) -> Plan:
+    """The plan of `recipe` on `model` (after `adapter.prepare(model)`): see the module docstring for the rules."""
+    roles = adapter.roles(model)
+    groups = [(n, list(cs)) for n, cs in adapter.norm_consumers(model)]
+    consumers = {c for _, cs in groups for c in cs}
+    sites = {}
+    for name, role in roles.items():
+        role = Role(role)
+        post_ln = name in consumers
+        overridden, rule = recipe.override_for(name, role)
+        if role in recipe.float_roles or (overridden and rule is None):
+            sites[name] = SitePlan(role, None, post_ln)
+            continue
+        module = model.get_submodule(name)
+        specs = {}
+        for slot in _module_slots(module, name, role, adapter):
+            if overridden and slot in rule:
+                specs[slot] = rule[slot]
+            else:
+                specs[slot] = recipe.spec_for(site_keys(role, isinstance(module, MatMul), post_ln, slot))
+        sites[name] = SitePlan(role, specs, post_ln)
+    quantized = {n for n, s in sites.items() if s.quantized}
+    # a consumer kept float would see the folded LayerNorm output uncompensated; skip roles keep their own quantizer
+    reparam = [(n, cs) for n, cs in groups if cs and all(c in quantized for c in cs)
+               and not any(sites[c].role in recipe.reparam_skip_roles for c in cs)]
+    return Plan(adapter.name, sites, groups, reparam)
+
+
+__all__ = ["PLAN_VERSION", "Plan", "SitePlan", "resolve_plan", "site_keys", "spec_label"]
