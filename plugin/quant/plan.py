@@ -11,12 +11,12 @@ post-LayerNorm reparameterisation may fold (every consumer quantized, none of a 
 carries it (with every quantizer's buffer shapes, `with_buffers`), so loading rebuilds the modules from the file
 without asking the adapter again. A plan is plain data: `to_dict` / `from_dict` (versioned), `compact()` for reports.
 
-Rules, per module (today's rules, first that applies wins):
-1. the recipe's `overrides` (plugin.quant.overrides): the first matching pattern decides; a rule None keeps the module
+Rules, per module (today's rules, in this order):
+1. `float_roles`: modules of these roles stay float (whatever an override says);
+2. the recipe's `overrides` (plugin.quant.overrides): the first matching pattern decides; a rule None keeps the module
    float, otherwise the slots it names take its specs;
-2. `float_roles`: modules of these roles stay float;
-3. per slot, the recipe's `sites` keys in the order `site_keys` gives (`<role>.weight`, `<role>.input`, `post_gelu`,
-   `post_ln`, `q`, `k`, `post_softmax`, `v`, …), then the recipe's default weight / activation spec.
+3. per remaining slot, the first of the recipe's `sites` keys that `site_keys` gives (`<role>.weight`, `<role>.input`,
+   `post_gelu`, `post_ln`, `q`, `k`, `post_softmax`, `v`, …), else the recipe's default weight / activation spec.
 """
 import re
 from dataclasses import dataclass, field
