@@ -12,8 +12,8 @@ import sys
 import time
 from collections import Counter
 
-from ..quant import (attach_quantizers, find_adapter, freeze, frozen_summary, quantize, save_quantized,
-                     state)
+from ..quant import find_adapter, freeze, frozen_summary, quantize, save_quantized, state
+from ..quant.plan import resolve_plan
 from ..errors import UserInputError
 from ..quant.methods.aphq import relu_float_model
 from .outdir import OutputFolder
@@ -47,27 +47,30 @@ def check_model(job, task, fp_model):
 
 
 def site_summary(fp_model, plan):
-    """'<n> quantized modules (<role> <count>, ...), <w> weight and <a> activation quantizers' for `plan`, from
-    attaching its recipe to a copy of the float model (no calibration)."""
+    """('<n> quantized modules (<role> <count>, ...), <w> weight and <a> activation quantizers', the resolved
+    plugin.quant.plan.Plan) of `plan` on a copy of the float model (no calibration)."""
     model = copy.deepcopy(fp_model)
     adapter = find_adapter(model)
     adapter.prepare(model)
-    sites = attach_quantizers(model, plan.recipe, adapter)
-    roles = Counter(s.role.value for s in sites)
-    weights = sum(1 for s in sites for slot, _ in s.quantizers() if slot == "weight_quantizer")
-    acts = sum(len(s.act_quantizers()) for s in sites)
+    resolved = resolve_plan(model, plan.recipe, adapter)
+    sites = resolved.quantized()
+    roles = Counter(s.role.value for _, s in sites)
+    weights = sum(1 for _, s in sites if s.specs.get("weight") is not None)
+    acts = sum(1 for _, s in sites for slot, spec in s.specs.items() if slot != "weight" and spec is not None)
     return (f"{len(sites)} quantized modules ({', '.join(f'{r} {n}' for r, n in sorted(roles.items()))}), "
-            f"{weights} weight and {acts} activation quantizers")
+            f"{weights} weight and {acts} activation quantizers"), resolved
 
 
 def dry_run(job):
-    """The resolved job and, per method, what its recipe quantizes on this model, as lines; nothing is calibrated,
+    """The resolved job and, per method, its resolved plan on this model, as lines; nothing is calibrated,
     evaluated or written."""
     task = build_task(job)
     fp_model = task.build_model()
     check_model(job, task, fp_model)
     lines = job.describe()
-    lines += [f"  {p.name}: {site_summary(fp_model, p)}" for p in job.plans]
+    for p in job.plans:
+        summary, resolved = site_summary(fp_model, p)
+        lines += [f"  {p.name}: {summary}"] + [f"    {line}" for line in resolved.lines()]
     return lines
 
 
@@ -133,7 +136,7 @@ def run_plan(job, task, fp_model, plan, fp_outputs, staging, fp32_bytes, log):
     log(f"{label}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")
     entry = {**plan.to_dict(), "metrics": metrics, "calib_time_s": calib_time, "calib_peak_gib": peak_gib,
              "recipe": plan.recipe.to_dict(),
-             "rolled_back": list(state(model).rollbacks)}
+             "rolled_back": list(state(model).rollbacks), "plan": state(model).plan.compact()}
     if task.agreement is not None and fp_outputs is not None:  # before --freeze evaluates again
         entry["agreement"] = task.agreement(fp_outputs, task.last_outputs)
     relu_fp = relu_float_model(fp_model, model)  # APHQ-ViT's MLP step changed the float network: report it too

@@ -1,7 +1,9 @@
 """Save and reload a calibrated model: safetensors for tensors, JSON for the recipe, adapter and versions.
 
 Nothing here needs pickle. `load_quantized(fp_model, path)` rebuilds the quantized structure on a freshly built float
-model from the recipe, then loads every tensor (reparameterised weights, added biases, quantizer parameters);
+model from the saved plan (plugin.quant.plan: every module's specs and its quantizers' buffer shapes; files written
+before plans resolve the recipe's plan through the adapter instead), then loads every tensor (reparameterised weights,
+added biases, quantizer parameters);
 `load_quantized(path)` first builds that float model from the JSON's `model` record (plugin.quant.model_record).
 A frozen model (plugin.quant.deploy.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor
 arguments, and loading rebuilds them in place of the quantized Linears before the tensors load.
@@ -100,6 +102,9 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
         record = describe_model(model)
         if record is not None:
             meta["model"] = record
+    if qstate.plan is not None:  # loading builds the quantized modules from it (files without one: the recipe)
+        from .plan import with_buffers
+        meta["plan"] = with_buffers(model, qstate.plan).to_dict()
     frozen = _frozen_layers(model)
     if frozen or qstate.frozen:
         meta["frozen"] = frozen
@@ -168,7 +173,7 @@ def load_quantized(fp_model, path=None, device=None):
     from safetensors.torch import load_file
     from .adapter import find_adapter
     from .attach import attach_quantizers
-    from .plan import resolve_plan
+    from .plan import Plan, resolve_plan, shape_buffers
     from .recipe import Recipe
     from safetensors import SafetensorError
     meta = read_meta(path)
@@ -196,8 +201,19 @@ def load_quantized(fp_model, path=None, device=None):
     for p in recipe.passes:  # structural changes of the float network (GELU -> ReLU) come before the quantizers
         if p.STAGE == "pre":
             p.restore(fp_model, adapter)
-    plan = resolve_plan(fp_model, recipe, adapter)
-    attach_quantizers(fp_model, plan)
+    if "plan" in meta:  # the saved plan, buffer shapes included: no adapter rules, no resizing while loading
+        plan = Plan.from_dict(meta["plan"], where=f"{path}.json")
+        if plan.adapter != adapter.name:
+            raise CheckpointError(f"{path}.json: the plan was resolved for adapter {plan.adapter!r}, "
+                                  f"the file names {adapter.name!r}")
+        try:
+            attach_quantizers(fp_model, plan)
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}.json: the saved plan does not fit the model: {exc}") from exc
+        shape_buffers(fp_model, plan, device, where=f"{path}.json")
+    else:  # saved before plans: resolve the recipe's plan on this model as quantize() did
+        plan = resolve_plan(fp_model, recipe, adapter)
+        attach_quantizers(fp_model, plan)
     for hook in LOAD_HOOKS.values():
         hook(fp_model, state)
     if "frozen" in meta:

@@ -19,11 +19,14 @@ Rules, per module (today's rules, in this order):
    `post_gelu`, `post_ln`, `q`, `k`, `post_softmax`, `v`, …), else the recipe's default weight / activation spec.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
+
+import torch
 
 from .errors import CheckpointError, ConfigError
 from .modules import MatMul, quant_class_for, quantizer_slots
+from .quantizers import Quantizer
 from .spec import QuantSpec, Role
 
 PLAN_VERSION = 1
@@ -84,32 +87,39 @@ class Plan:
         except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{where}: malformed plan: {type(exc).__name__}: {exc}") from exc
 
-    def compact(self):
-        """[[name pattern, count, role, specs label]]: block indices folded to `*`, consecutive equal rows merged
-        (`blocks.*.attn.qkv`, 12, ...), in module order; for reports and --dry-run."""
+    def rows(self):
+        """[[name, count, role, specs label]]: modules that differ only in block indices and have the same specs
+        share one row named with `*` for the indices (`blocks.*.attn.qkv`, 12, ...); a row of one module keeps its
+        own name. In the order of each row's first module."""
         rows = []
         for name, s in self.sites.items():
-            pattern, label = re.sub(r"(?<=\.)\d+(?=\.)", "*", name), site_label(s)
-            same = next((r for r in rows if r[0] == pattern and r[2] == s.role.value and r[3] == label), None)
+            key = (re.sub(r"(?<=\.)\d+(?=\.)", "*", name), s.role.value, site_label(s))
+            same = next((r for r in rows if r[0] == key), None)
             if same is not None:
-                same[1] += 1
+                same[2] += 1
             else:
-                rows.append([pattern, 1, s.role.value, label])
-        return rows
+                rows.append([key, name, 1])
+        return [[key[0] if n > 1 else first, n, key[1], key[2]] for key, first, n in rows]
+
+    def compact(self):
+        """The plan in a few lines of JSON (report.json): `rows()` and the number of LayerNorm groups."""
+        return {"sites": self.rows(), "norm_groups": len(self.norm_groups),
+                "reparam_groups": len(self.reparam_groups)}
 
     def lines(self):
-        """`compact()` as text lines, and the reparameterisation groups."""
-        width = max((len(r[0]) for r in self.compact()), default=0)
-        out = [f"{p:<{width}} x{n:<3} {role:<11} {label}" for p, n, role, label in self.compact()]
+        """`rows()` as text lines, and the LayerNorm groups (--dry-run)."""
+        rows = self.rows()
+        width = max((len(r[0]) for r in rows), default=0)
+        out = [f"{p:<{width}} x{n:<3} {role:<11} {label}" for p, n, role, label in rows]
         out.append(f"LayerNorm groups: {len(self.norm_groups)}, reparameterisable: {len(self.reparam_groups)}")
         return out
 
 
 def spec_label(spec):
-    """`uniform4/channel/mse` (+ `/sym`, + options) or `float`."""
+    """`uniform:4/channel/mse` (kind:bits/granularity/search, + `/sym`, + options) or `float`."""
     if spec is None:
         return "float"
-    parts = [f"{spec.kind}{spec.bits}", spec.granularity, spec.search] + (["sym"] if spec.symmetric else [])
+    parts = [f"{spec.kind}:{spec.bits}", spec.granularity, spec.search] + (["sym"] if spec.symmetric else [])
     parts += [f"{k}={v}" for k, v in spec.options]
     return "/".join(parts)
 
@@ -179,4 +189,41 @@ def resolve_plan(model, recipe, adapter) -> Plan:
     return Plan(adapter.name, sites, groups, reparam)
 
 
-__all__ = ["PLAN_VERSION", "Plan", "SitePlan", "resolve_plan", "site_keys", "spec_label"]
+def with_buffers(model, plan) -> Plan:
+    """`plan` with the shape and dtype of every buffer of its quantizers in `model` (what saving records: a
+    calibrated quantizer's buffers are sized by calibration, e.g. one scale per channel)."""
+    out = {}
+    for name, site in plan.quantized():
+        module = model.get_submodule(name)
+        slots = {}
+        for slot in site.specs:
+            q = getattr(module, slot + "_quantizer", None)  # a frozen layer (Int8Linear) has none
+            if isinstance(q, Quantizer):
+                slots[slot] = {b: [list(t.shape), str(t.dtype).replace("torch.", "")]
+                               for b, t in q._buffers.items() if t is not None}
+        if slots:
+            out[name] = slots
+    return replace(plan, buffers=out)
+
+
+def shape_buffers(model, plan, device=None, where="plan"):
+    """Give the quantizers `attach_quantizers(model, plan)` built the buffer shapes and dtypes the plan recorded
+    (`with_buffers`), on `device` (default: where each buffer is), so the saved tensors load as they are."""
+    for name, slots in (plan.buffers or {}).items():
+        module = model.get_submodule(name)
+        for slot, buffers in slots.items():
+            q = getattr(module, slot + "_quantizer", None)
+            if not isinstance(q, Quantizer):
+                raise CheckpointError(f"{where}: the plan records buffers of {name}.{slot}_quantizer, "
+                                      f"which its own specs leave float")
+            for buf, (shape, dtype) in buffers.items():
+                dtype = getattr(torch, str(dtype), None)
+                if not isinstance(dtype, torch.dtype):
+                    raise CheckpointError(f"{where}: buffer {name}.{slot}_quantizer.{buf} has an unknown dtype")
+                ref = q._buffers.get(buf)
+                q._buffers[buf] = torch.empty(shape, dtype=dtype,
+                                              device=device if device is not None else getattr(ref, "device", None))
+
+
+__all__ = ["PLAN_VERSION", "Plan", "SitePlan", "resolve_plan", "shape_buffers", "site_keys", "spec_label",
+           "with_buffers"]

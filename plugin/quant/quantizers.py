@@ -153,7 +153,8 @@ class Quantizer(nn.Module):
             setattr(self, name, value.detach().float().clone())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Parameters are sized at calibration time; resize our (empty) buffers to the saved shapes before loading.
+        # Parameters are sized at calibration time. A saved plan sizes the buffers before loading (plan.shape_buffers);
+        # files saved before plans and resume checkpoints carry no shapes: resize the fresh buffers to the saved ones.
         for name in list(self._buffers):
             key = prefix + name
             if key in state_dict and self._buffers[name] is not None and self._buffers[name].shape != state_dict[key].shape:

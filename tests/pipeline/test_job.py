@@ -95,7 +95,7 @@ def test_weight_only_recipe_has_no_activation_quantizer():
     recipe = resolve_recipe("repq", 3, WEIGHT_ONLY_A_BITS)
     assert recipe.a_bits == WEIGHT_ONLY_A_BITS and recipe.reparam is None
     plan = job_mod.MethodPlan("repq", 3, WEIGHT_ONLY_A_BITS, recipe, 8, "--calib-num", ())
-    assert site_summary(model, plan).endswith("6 weight and 0 activation quantizers")
+    assert site_summary(model, plan)[0].endswith("6 weight and 0 activation quantizers")
 
 
 @pytest.mark.parametrize("options, words", [

@@ -1,6 +1,7 @@
 """The resolved plan (plugin.quant.plan): the same answers as the per-site rules attach used before it, built exactly
 by attach_quantizers, plain data that round-trips, and saved with the model so loading needs no adapter rules."""
 import json
+import math
 
 import pytest
 import torch
@@ -131,8 +132,76 @@ def test_compact_folds_blocks_and_keeps_exceptions():
     model = build("vit")
     adapter = find_adapter(model)
     adapter.prepare(model)
-    rows = resolve_plan(model, _with_overrides(get_recipe("minmax", 4, 4)), adapter).compact()
+    rows = resolve_plan(model, _with_overrides(get_recipe("minmax", 4, 4)), adapter).rows()
     by = {(r[0], r[3]): r[1] for r in rows}
-    assert by[("blocks.*.attn.qkv", "float (not swapped)")] == 1  # blocks.0 kept float by the override
-    assert sum(n for (p, _), n in by.items() if p == "blocks.*.attn.qkv") == 2
-    assert any(p == "head" and label == "float (not swapped)" for (p, label) in by)
+    assert by[("blocks.0.attn.qkv", "float (not swapped)")] == 1  # kept float by the override: its own row
+    assert by[("blocks.1.attn.qkv", "input=uniform:4/tensor/minmax weight=uniform:4/channel/minmax [post-LN]")] == 1
+    assert ("head", "float (not swapped)") in by
+    wide = build("vit", depth=3)
+    adapter.prepare(wide)
+    rows = resolve_plan(wide, get_recipe("minmax", 4, 4), adapter).rows()
+    assert ["blocks.*.mlp.fc2", 3, "fc2", "input=uniform:4/tensor/minmax weight=uniform:4/channel/minmax"] in rows
+
+
+def _no_resizing(monkeypatch):
+    """Make Quantizer loading fail where a saved buffer's shape differs from the fresh one (a resize would be due)."""
+    original = Quantizer._load_from_state_dict
+
+    def strict(self, state_dict, prefix, *args, **kwargs):
+        for name, buf in self._buffers.items():
+            if prefix + name in state_dict and buf is not None:
+                assert buf.shape == state_dict[prefix + name].shape, f"resize needed: {prefix}{name}"
+        return original(self, state_dict, prefix, *args, **kwargs)
+    monkeypatch.setattr(Quantizer, "_load_from_state_dict", strict)
+
+
+@pytest.mark.parametrize("method", ["repq", "isvit"])
+def test_saved_plan_loads_without_adapter_rules_or_resizing(tmp_path, monkeypatch, method):
+    recipe = get_recipe(method, 4, 4)
+    recipe.passes = [dict(p.to_dict(), iters=1, batch_size=2) for p in recipe.passes]
+    model = quantize(build("vit"), recipe, calib_data(), log=lambda *a: None)
+    save_quantized(model, str(tmp_path / "m"))
+    meta = json.load(open(tmp_path / "m.json"))
+    saved = Plan.from_dict(meta["plan"])
+    assert saved.sites == state(model).plan.sites
+    shape, dtype = saved.buffers["blocks.0.mlp.fc1"]["weight"]["scale"]  # per output channel: 4 x 64 of them
+    assert math.prod(shape) == 256 and dtype == "float32"
+    adapter_cls = type(find_adapter(build("vit")))
+
+    def refuse(*a, **k):
+        raise AssertionError("the adapter's rules ran while loading a saved plan")
+    with monkeypatch.context() as m:
+        m.setattr(adapter_cls, "roles", refuse)
+        m.setattr(adapter_cls, "norm_consumers", refuse)
+        _no_resizing(m)
+        loaded = load_quantized(build("vit"), str(tmp_path / "m"))
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert state(loaded).plan.sites == saved.sites
+    # a file saved before plans (no "plan" in its JSON) loads through the recipe and the adapter, resizing buffers
+    meta.pop("plan")
+    json.dump(meta, open(tmp_path / "m.json", "w"))
+    with monkeypatch.context() as m:
+        _no_resizing(m)
+        with pytest.raises(AssertionError, match="resize needed"):
+            load_quantized(build("vit"), str(tmp_path / "m"))
+    legacy = load_quantized(build("vit"), str(tmp_path / "m"))
+    with torch.no_grad():
+        assert torch.equal(legacy(x), model(x))
+    assert state(legacy).plan.sites == saved.sites
+
+
+def test_a_bad_saved_plan_is_one_clear_error(tmp_path):
+    model = quantize(build("vit"), get_recipe("minmax", 4, 4), calib_data(), log=lambda *a: None)
+    save_quantized(model, str(tmp_path / "m"))
+    meta = json.load(open(tmp_path / "m.json"))
+    for edit, match in ((lambda p: p.update(version=99), "newer"),
+                        (lambda p: p["sites"].append(["blocks.9.attn.qkv", "qkv", False, {}]), "does not fit"),
+                        (lambda p: p.update(adapter="other"), "adapter"),
+                        (lambda p: p["buffers"]["head"]["weight"]["scale"].__setitem__(1, "nope"), "dtype")):
+        bad = json.loads(json.dumps(meta))
+        edit(bad["plan"])
+        json.dump(bad, open(tmp_path / "m.json", "w"))
+        with pytest.raises(CheckpointError, match=match):
+            load_quantized(build("vit"), str(tmp_path / "m"))

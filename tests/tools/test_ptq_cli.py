@@ -1,6 +1,7 @@
 """tools/ptq_test.py end to end on the embedded default, and its handling of bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,9 @@ def test_embedded_default_end_to_end(embedded_report):
         assert (r["w_bits"], r["a_bits"]) == (4, 4)
         assert 0.0 <= r["metrics"]["top1"] <= 100.0 and r["metrics"]["num_images"] == report["fp"]["num_images"]
         assert r["calib_time_s"] > 0 and r["calib_num"] == 32
+        assert ["blocks.*.mlp.fc1", 4, "fc1"] == r["plan"]["sites"][-3][:3]  # the resolved plan, compact
+    repq = report["results"][2]["plan"]
+    assert repq["norm_groups"] == 9 and repq["reparam_groups"] == 8  # RepQ-ViT leaves the head's group unfolded
     md = open(out / "report.md").read()
     for r in report["results"]:
         assert f"{r['metrics']['top1']:.2f}" in md  # the Markdown shows the same numbers as the JSON
@@ -364,6 +368,10 @@ def test_dry_run_describes_without_calibrating(tmp_path, capsys, monkeypatch):
     assert "isvit W4A4: 64 calibration samples (--calib-num); passes: sos; sos small: 250 iterations, batch 32" in out
     assert "ptq4vit W4A4: 64 calibration samples (--calib-num); passes: hessian_search" in out
     assert "repq_w4a4: 26 quantized modules" in out and os.listdir(tmp_path) == []
+    # the resolved plan, one line per module pattern: isvit's post-LN inputs channel-wise, the stem's input 8-bit
+    assert re.search(r"blocks\.\*\.attn\.qkv +x4 +qkv +input=uniform:4/channel/mse weight=uniform:4/channel/mse "
+                     r"\[post-LN\]", out)
+    assert re.search(r"patch_embed\.proj +x1 +patch_embed +input=uniform:8/tensor/minmax", out)
 
 
 def _foreign_model(tmp_path, name, **kwargs):
