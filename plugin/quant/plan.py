@@ -11,12 +11,13 @@ post-LayerNorm reparameterisation may fold (every consumer quantized, none of a 
 carries it (with every quantizer's buffer shapes, `with_buffers`), so loading rebuilds the modules from the file
 without asking the adapter again. A plan is plain data: `to_dict` / `from_dict` (versioned), `compact()` for reports.
 
-Rules, per module (today's rules, in this order):
-1. `float_roles`: modules of these roles stay float (whatever an override says);
-2. the recipe's `overrides` (plugin.quant.overrides): the first matching pattern decides; a rule None keeps the module
-   float, otherwise the slots it names take its specs;
-3. per remaining slot, the first of the recipe's `sites` keys that `site_keys` gives (`<role>.weight`, `<role>.input`,
-   `post_gelu`, `post_ln`, `q`, `k`, `post_softmax`, `v`, …), else the recipe's default weight / activation spec.
+Rules, per module:
+1. the first matching entry of `module_rules(recipe)` decides: `float_roles` as `("role:<role>", None)` entries
+   first, then the recipe's `overrides` (plugin.quant.overrides patterns: `role:`, `re:`, globs). A rule None keeps the
+   module float; a dict of slots gives those slots its specs;
+2. every other slot takes the first of the recipe's `sites` keys that `site_keys` lists (`<role>.weight`,
+   `<role>.input`, `post_gelu`, `post_ln`, `q`, `k`, `post_softmax`, `v`, …), else the recipe's default weight /
+   activation spec.
 """
 import re
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ import torch
 
 from .errors import CheckpointError, ConfigError
 from .modules import MatMul, quant_class_for, quantizer_slots
+from .overrides import find_override
 from .quantizers import Quantizer
 from .spec import QuantSpec, Role
 
@@ -161,17 +163,26 @@ def _module_slots(module, name, role, adapter):
     return [slot_key(attr) for attr, _ in quantizer_slots(module)]
 
 
+def module_rules(recipe):
+    """The one ordered list of per-module rules `resolve_plan` applies, first match wins (plugin.quant.overrides
+    patterns): `float_roles` translated to leading `("role:<role>", None)` rules, then the recipe's `overrides` (into
+    which the pipeline puts the config's and the task's rules first). `reparam_skip_roles` is no per-module rule: it
+    filters the LayerNorm groups (`Plan.reparam_groups`)."""
+    return [(f"role:{Role(r).value}", None) for r in recipe.float_roles] + list(recipe.overrides)
+
+
 def resolve_plan(model, recipe, adapter) -> Plan:
     """The plan of `recipe` on `model` (after `adapter.prepare(model)`): see the module docstring for the rules."""
     roles = adapter.roles(model)
+    rules = module_rules(recipe)
     groups = [(n, list(cs)) for n, cs in adapter.norm_consumers(model)]
     consumers = {c for _, cs in groups for c in cs}
     sites = {}
     for name, role in roles.items():
         role = Role(role)
         post_ln = name in consumers
-        overridden, rule = recipe.override_for(name, role)
-        if role in recipe.float_roles or (overridden and rule is None):
+        overridden, rule = find_override(rules, name, role)
+        if overridden and rule is None:
             sites[name] = SitePlan(role, None, post_ln)
             continue
         module = model.get_submodule(name)
@@ -225,5 +236,5 @@ def shape_buffers(model, plan, device=None, where="plan"):
                                               device=device if device is not None else getattr(ref, "device", None))
 
 
-__all__ = ["PLAN_VERSION", "Plan", "SitePlan", "resolve_plan", "shape_buffers", "site_keys", "spec_label",
+__all__ = ["PLAN_VERSION", "Plan", "SitePlan", "module_rules", "resolve_plan", "shape_buffers", "site_keys", "spec_label",
            "with_buffers"]

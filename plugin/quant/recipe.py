@@ -12,8 +12,9 @@ reparameterisation rule and a list of extra passes. Site keys, looked up in this
 
 A site mapped to None stays in float. `calib_num` is the method's own calibration size (its paper's); None leaves it
 to the task runner (its default for the task). `freeze()` makes a resolved recipe read-only: a tool resolves its
-recipes once (bit widths, pass options, iterations) and runs them unchanged. Roles listed in `float_roles` are not quantized at all. `overrides` are
-per-module rules by name, regex or role, applied before all of that (plugin.quant.overrides: first match wins).
+recipes once (bit widths, pass options, iterations) and runs them unchanged. Roles listed in `float_roles` are not
+quantized at all. `overrides` are per-module rules by name, regex or role (plugin.quant.overrides), applied before the
+site keys. plugin.quant.plan resolves all of it once per model (`resolve_plan`: one rule list, first match wins).
 
 `sequential` is the calibration order: "block" sets each block's quantizers together from what the block's inputs
 were with every earlier block quantized; "site" sets each quantizer as the forward reaches it, with everything
@@ -24,7 +25,7 @@ from functools import partial
 from typing import Dict, List, Optional
 
 from .errors import ConfigError
-from .overrides import find_override, normalize_overrides, overrides_to_dict
+from .overrides import normalize_overrides, overrides_to_dict
 from .passes import PASSES, PassConfig, pass_config
 from .registry import Registry
 from .reparam import REPARAM_RULES
@@ -87,10 +88,6 @@ class Recipe:
                             ("passes", tuple(self.passes)), ("_frozen", True)):
             object.__setattr__(self, name, value)
         return self
-
-    def override_for(self, name, role):
-        """(True, rule) of the first override matching this module (rule None = float), else (False, None)."""
-        return find_override(self.overrides, name, role)
 
     def spec_for(self, keys):
         """The spec of the first key present in `sites` (None = float), else the default of the last key."""

@@ -11,7 +11,8 @@ from plugin.quant import QuantSpec, Role, get_recipe, load_quantized, quantize, 
 from plugin.quant.adapter import find_adapter
 from plugin.quant.attach import attach_quantizers
 from plugin.quant.modules import MatMul
-from plugin.quant.plan import Plan, resolve_plan
+from plugin.quant.overrides import find_override
+from plugin.quant.plan import Plan, module_rules, resolve_plan
 from plugin.quant.quantizers import Quantizer
 from timm_toys import build, calib_data, images
 
@@ -21,7 +22,7 @@ def _legacy_spec(recipe, name, role, module, post_ln, slot):
     oracle: float_roles, then the first matching override, then the site keys and the recipe's defaults."""
     if role in recipe.float_roles:
         return "float"
-    overridden, rule = recipe.override_for(name, role)
+    overridden, rule = find_override(recipe.overrides, name, role)
     if overridden and rule is None:
         return "float"
     if overridden and slot in rule:
@@ -117,6 +118,14 @@ def test_plan_round_trips_as_json_and_refuses_newer_or_malformed():
         Plan.from_dict({**plan.to_dict(), "sites": [["x", "qkv", False, {"weight": {"bits": 99}}]]})
 
 
+def test_one_rule_list_float_roles_first():
+    """float_roles become leading role rules, so they win over any override, as before the plan."""
+    recipe = _with_overrides(get_recipe("minmax", 4, 4))
+    rules = module_rules(recipe)
+    assert rules[0] == ("role:head", None) and rules[1:] == list(recipe.overrides)
+    assert find_override(rules, "head", Role.HEAD) == (True, None)  # ("role:head", {weight: 8 bit}) comes later
+
+
 def test_attach_refuses_a_plan_that_names_a_missing_module():
     model = build("vit")
     adapter = find_adapter(model)
@@ -205,3 +214,15 @@ def test_a_bad_saved_plan_is_one_clear_error(tmp_path):
         json.dump(bad, open(tmp_path / "m.json", "w"))
         with pytest.raises(CheckpointError, match=match):
             load_quantized(build("vit"), str(tmp_path / "m"))
+
+
+def test_architecture_doc_plan_example_prints_what_the_doc_shows(capsys):
+    """docs/architecture.md's "resolved plan" example, executed as written, prints the lines the doc shows."""
+    import pathlib
+    from repo_paths import REPO
+    section = (pathlib.Path(REPO) / "docs" / "architecture.md").read_text().split("## The resolved plan", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = section.split("\nprints (", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/architecture.md", "exec"), {"__name__": "plan_example"})
+    assert capsys.readouterr().out == shown
