@@ -405,6 +405,26 @@ def test_adapter_roles_cover_backbone(task_and_model):
     assert kept_float == {n for n in adapter.roles(model) if not n.startswith("backbone.")}
 
 
+@pytest.mark.parametrize("method", ["repq", "isvit"])
+def test_plan_on_the_detector_matches_the_pre_plan_rules(task_and_model, method):
+    """The resolved plan (plugin.quant.plan) of the Swin Mask R-CNN, with the task's keep_heads_float rules first:
+    the answers of the per-site rules attach used before the plan (tests/plan_oracle.py)."""
+    import copy
+    from plan_oracle import assert_plan_matches_legacy_rules
+    from plugin.adapters.base import find_adapter
+    from plugin.detection.task import DetectionTask
+    from plugin.quant import get_recipe
+    from plugin.quant.plan import resolve_plan
+    model = copy.deepcopy(task_and_model[1])
+    adapter = find_adapter(model)
+    adapter.prepare(model)
+    recipe = get_recipe(method, 4, 4, overrides=DetectionTask.recipe_overrides({"keep_heads_float": True}))
+    plan = resolve_plan(model, recipe, adapter)
+    assert_plan_matches_legacy_rules(plan, model, recipe, adapter)
+    assert {n for n, s in plan.sites.items() if s.specs is None} == {n for n in plan.sites
+                                                                     if not n.startswith("backbone.")}
+
+
 def test_repq_w4a4_quantized_detector(task_and_model):
     import copy
 
