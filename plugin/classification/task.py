@@ -11,7 +11,7 @@ import torch
 
 from ..errors import UserInputError
 from ..utils.checkpoint import load_into, load_state_dict_file
-from ..utils.progress import progress
+from ..quant.progress import progress, to_stderr
 from ..tasks.base import Task, register_task
 
 
@@ -145,7 +145,7 @@ class ClassificationTask(Task):
         kept_logits, kept_labels = [], []
         model.eval()
         with torch.no_grad():
-            for images, labels in progress(loader, desc=desc, enabled=progress_enabled):
+            for images, labels in progress(loader, f"[{desc}]", log=to_stderr, enabled=progress_enabled):
                 logits = model(images.to(self.device))
                 if isinstance(logits, (tuple, list)):  # distilled DeiT in train mode; eval returns the mean
                     logits = logits[0]

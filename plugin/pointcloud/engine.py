@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
-from ..utils.progress import progress
+from ..quant.progress import progress, to_stderr
 from .data import batches
 from .metrics import PartIoU, classification_metrics, restricted_argmax
 
@@ -34,7 +34,7 @@ def evaluate_cls(model, dataset, batch_size=32, device=None, progress_enabled=Tr
     model.eval()
     preds, labels = [], []
     total = (len(dataset) + batch_size - 1) // batch_size
-    for batch in progress(batches(dataset, batch_size=batch_size), total=total, desc=desc, enabled=progress_enabled):
+    for batch in progress(batches(dataset, batch_size=batch_size), f"[{desc}]", total, to_stderr, progress_enabled):
         preds.append(_checked(forward_batch(model, batch, device)).argmax(-1))
         labels.append(batch["label"].numpy())
     if not preds:
@@ -57,7 +57,7 @@ def evaluate_partseg(model, dataset, batch_size=16, device=None, progress_enable
     meter = PartIoU(dataset.part_map, dataset.categories)
     point_preds, shape_ious = [], []
     total = (len(dataset) + batch_size - 1) // batch_size
-    for batch in progress(batches(dataset, batch_size=batch_size), total=total, desc=desc, enabled=progress_enabled):
+    for batch in progress(batches(dataset, batch_size=batch_size), f"[{desc}]", total, to_stderr, progress_enabled):
         logits = _checked(forward_batch(model, batch, device))
         for lg, seg, cat in zip(logits, batch["seg"].numpy(), batch["category"].tolist()):
             pred = restricted_argmax(lg, dataset.part_map[cat])

@@ -29,6 +29,7 @@ from .block_skip import BlockSkip, StopForward  # noqa: F401  (StopForward: re-e
 from .calib_input import calib_batches, resolve_recipe
 from .errors import CalibrationError, CheckpointError, ConfigError
 from .passes import check_passes
+from .progress import Progress
 from .quant_state import QuantState, attach_state
 from .quantizers import Observation
 from .reparam import REPARAM_RULES, reparameterize_group  # noqa: F401  (REPARAM_RULES: re-exported)
@@ -244,13 +245,13 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
     ctx.state.plan = plan
     ctx.float_originals = pre_ctx.float_originals
     ctx.calib = CalibData(calib.batches[:ctx.stat_batches()], calib.forward)  # the quantizers' images (stat_fraction)
-    t0 = time.time()
     if recipe.sequential == "none":
         groups = [(None, ctx.sites, False)]
     elif recipe.sequential == "site":
         groups = ctx.groups(per_site=True)
     else:
         groups = ctx.groups()
+    progress = Progress(len(groups), f"[calibrate {recipe.name}]", log)
     skip = None
     if skip_finished_blocks and len(groups) > 1:
         skip = BlockSkip(ctx)
@@ -263,9 +264,8 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
             if skip is not None:
                 skip.enabled(stop_after is not None and i <= last_in_blocks)
             calibrate_group(ctx, members, stop_after)
-            if i + 1 == len(groups) or groups[i + 1][0] != key:  # one line per block, whatever the grouping
-                where = f"block {key}" if key is not None else "between blocks"
-                log(f"[calibrate {recipe.name}] group {i + 1}/{len(groups)} ({where}) done, {time.time() - t0:.1f}s")
+            progress.step(f"groups ({f'block {key}' if key is not None else 'between blocks'})")
+            if i + 1 == len(groups) or groups[i + 1][0] != key:
                 if skip is not None and key is not None and i == last_group_of[key] and i < last_in_blocks:
                     skip.block_done(key)
     finally:

@@ -26,6 +26,7 @@ from .errors import CalibrationError
 from .modules import MatMul, QuantConv2d
 from .passes import PassConfig, is_int, register_pass
 from .percentile_grid import PercentileGridQuantizer
+from .progress import Progress
 
 MAX_ROWS = 2 ** 22  # candidate quantiles and the own-input error are taken on at most this many rows
 
@@ -156,11 +157,13 @@ class OutputSearch(PassConfig):
     def run(self, ctx):
         gen = torch.Generator().manual_seed(ctx.seed)
         _, per_forward = ctx.execution_order()
-        for site in ctx.sites:
-            if any(isinstance(q, PercentileGridQuantizer) for _, q in site.quantizers()):
-                calls = _capture(ctx, site, once=per_forward.get(site.name, 0) == 1)
-                _search_site(site, calls, self.rounds, gen)
-                _expand_tokens(site, calls)
+        sites = [s for s in ctx.sites if any(isinstance(q, PercentileGridQuantizer) for _, q in s.quantizers())]
+        progress = Progress(len(sites), "[output_search]", ctx.log)
+        for site in sites:
+            calls = _capture(ctx, site, once=per_forward.get(site.name, 0) == 1)
+            _search_site(site, calls, self.rounds, gen)
+            _expand_tokens(site, calls)
+            progress.step(f"sites ({site.name})")
 
 
 __all__ = ["OutputSearch"]

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..errors import ConfigError
+from ..progress import Progress
 from .cache import (Sampler, UnitCache, capture_inputs, capture_outputs, depends_on_model, item_errors, mse,
                     realign_targets, reconstruction_units)
 from .reference import float_reference
@@ -310,8 +311,9 @@ def reconstruct(ctx, method, reference=None):
     units = reconstruction_units(ctx, cfg.layers)
     ckpt = ctx.checkpoint
     report = {}
-    for i, unit in enumerate(units):
-        step, skip = ckpt.next_unit() if ckpt is not None else (None, False)
+    steps = [ckpt.next_unit() if ckpt is not None else (None, False) for _ in units]
+    progress = Progress(len(units), f"[{cfg.tag}]", ctx.log, done=sum(skip for _, skip in steps))
+    for i, (unit, (step, skip)) in enumerate(zip(units, steps)):
         if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
             if step == ckpt.resume_step:
                 ckpt.restore(ctx.model)
@@ -325,6 +327,7 @@ def reconstruct(ctx, method, reference=None):
             ctx.state.rollbacks.append(dict(where, reason=status))
         if ckpt is not None:
             ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, unit.name, ctx.state)
+        progress.step("units")
     rolled = [n for n, (_, _, s) in report.items() if s not in ("ok", "skipped")]
     gains = [(b, a) for b, a, s in report.values() if s == "ok"]
     if gains:

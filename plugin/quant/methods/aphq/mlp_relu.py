@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ...errors import CalibrationError, CheckpointError, ConfigError
 from ...passes import PassConfig, is_int, is_number, register_pass
+from ...progress import Progress
 from ...quant_state import require_state
 from ...spec import Role
 
@@ -181,7 +182,7 @@ def _fit(fc1, fc2, mlp_mod, data, weight, iters, batch_size, lr, quant_weight, g
         clamp.remove()
 
 
-class _Progress:
+class _FitCheckpoint:
     """The fitted parameters so far, written after each MLP to `DIR/pre-<pass index>-mlp_relu.safetensors` when
     quantize() has a checkpoint directory, so a resumed run (`resume=True`) loads the MLPs already fitted instead of
     fitting them again. The file carries the run's identity (recipe, model, data, seed: plugin.quant.resume)."""
@@ -250,15 +251,17 @@ class MlpRelu(PassConfig):
         iters = self.iters if self.iters is not None else SETTINGS[self.setting]
         gen = torch.Generator().manual_seed(ctx.seed)
         teacher = copy.deepcopy(model).requires_grad_(False)
-        progress = _Progress(ctx)
-        for i, (mlp, fc1, fc2) in enumerate(mlp_names(model, ctx.adapter)):
+        fitted = _FitCheckpoint(ctx)
+        mlps = mlp_names(model, ctx.adapter)
+        progress = Progress(len(mlps), "[mlp_relu]", log, done=min(fitted.done, len(mlps)))
+        for i, (mlp, fc1, fc2) in enumerate(mlps):
             replace_gelu(model, mlp)
             ctx.float_originals[mlp] = teacher.get_submodule(mlp)
             names = [f"{n}.{k}" for n in (fc1, fc2) for k, _ in model.get_submodule(n).named_parameters()]
-            if i < progress.done:  # fitted by the run this one resumes
+            if i < fitted.done:  # fitted by the run this one resumes
                 with torch.no_grad():
                     for name in names:
-                        model.get_parameter(name).copy_(progress.saved[name])
+                        model.get_parameter(name).copy_(fitted.saved[name])
             else:
                 data = _MlpData(ctx, teacher, mlp, fc2, self.clamp_pct, gen)
                 weight = data.aph_weight(ctx, teacher, mlp, self.temperature, log) if self.loss == "aph" else None
@@ -267,7 +270,9 @@ class MlpRelu(PassConfig):
                 log(f"[mlp_relu] {mlp}: fc2 input clamp {data.bound:.4g}, {iters} steps")
             for name in names:
                 ctx.state.float_params[name] = model.get_parameter(name).detach().cpu().clone()
-            progress.save(ctx.state.float_params, i + 1)
+            fitted.save(ctx.state.float_params, i + 1)
+            if i >= fitted.done:
+                progress.step("MLPs")
         ctx.state.float_edits.append(self.to_dict())
 
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ...errors import CalibrationError
 from ...modules import MatMul, QuantConv2d, QuantLinear
 from ...passes import PassConfig, is_int, is_number, register_pass
+from ...progress import Progress
 from ...quantizers import UniformQuantizer
 from .quantizers import TwinUniformQuantizer
 
@@ -262,12 +263,27 @@ class HessianSearchConfig(PassConfig):
 
 
 def hessian_search(ctx, cfg):
-    """Search every site's scales on its float output error (see the module docstring), one block at a time."""
+    """Search every site's scales on its float output error (see the module docstring), one block at a time.
+
+    Each block (or group of sites between blocks) is a unit of the run's checkpoints (plugin.quant.resume): with a
+    checkpoint directory the model state is written after each, and a resumed run skips the units it holds. Our
+    choice: every unit draws its random gradient projections (`grad="random"`) from its own generator, seeded from
+    the run's seed and the unit's index, so a resumed run gives the same scales as an uninterrupted one."""
     from ...calibrate import iter_quantizers
     quantizers = [q for _, q in iter_quantizers(ctx.model)]
     enabled = [q.enabled for q in quantizers]
-    gen = torch.Generator().manual_seed(ctx.seed)
-    for key, members, _ in ctx.groups():
+    groups = ctx.groups()
+    ckpt = ctx.checkpoint
+    steps = [ckpt.next_unit() if ckpt is not None else (None, False) for _ in groups]
+    progress = Progress(len(groups), "[hessian_search]", ctx.log, done=sum(skip for _, skip in steps))
+    for i, ((key, members, _), (step, skip)) in enumerate(zip(groups, steps)):
+        where = f"block {key}" if key is not None else "between blocks"
+        if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
+            if step == ckpt.resume_step:
+                ckpt.restore(ctx.model)
+                ctx.log(f"[hessian_search] resumed after unit {i + 1}/{len(groups)} ({where})")
+            continue
+        gen = torch.Generator().manual_seed(int(ctx.seed) * 1000003 + i)
         for q in quantizers:
             q.enabled = False
         cap = _Capture(members)
@@ -279,8 +295,9 @@ def hessian_search(ctx, cfg):
         for site in members:
             _search_site(site, cap.get(site.name), cfg)
         del cap
-        if ctx.log:
-            ctx.log(f"[hessian_search] {'block ' + str(key) if key is not None else 'between blocks'} done")
+        if ckpt is not None:
+            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, where, ctx.state)
+        progress.step(f"({where})")
 
 
 __all__ = ["HessianSearchConfig", "hessian_search"]
