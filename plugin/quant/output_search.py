@@ -23,12 +23,13 @@ import torch
 
 from .calibrate import iter_quantizers, set_quant_enabled
 from .errors import CalibrationError
-from .modules import MatMul, QuantConv2d
+from .modules import MatMul, QuantConv2d, QuantLinear
 from .passes import PassConfig, is_int, register_pass
 from .percentile_grid import PercentileGridQuantizer
 from .progress import Progress
 
 MAX_ROWS = 2 ** 22  # candidate quantiles and the own-input error are taken on at most this many rows
+CHUNK_ELEMS = 2 ** 26  # candidates scored together: at most this many float32 values (256 MB) per stacked tensor
 
 
 def _rows(x, q):
@@ -91,8 +92,62 @@ class _Search:
             total = total.expand(scale.numel())
         return total
 
+    def batched(self, q):
+        """Whether the candidates can be scored together (`errors`): Linear and matmul sites whose quantizer is on.
+        Conv sites (the patch embedding) keep the one-candidate-at-a-time `error`."""
+        return type(self.module) in (QuantLinear, MatMul) and q.enabled and q.ready
+
+    def errors(self, slot, q, scales, zeros):
+        """`error` of every candidate (K, C), in chunks of candidates scored together: the module's other operand is
+        quantized once, the candidates of `q` are stacked on a leading axis and the product broadcasts over it. Equal
+        to `error` up to float summation order."""
+        m, axis = self.module, self.out_axis(slot, q)
+        if isinstance(m, QuantLinear):  # the module as (N, in) @ (in, out) on each call's flattened rows
+            calls = [([args[0].reshape(-1, m.in_features)], out.reshape(-1, m.out_features)) for args, out in self.calls]
+            if slot == "weight_quantizer":
+                calls = [([m.quant_input(x), m.weight.t()], out) for (x,), out in calls]
+            else:
+                calls = [([x, m.quant_weight().t()], out) for (x,), out in calls]
+            arg = 1 if slot == "weight_quantizer" else 0
+        else:
+            arg, other = (0, m.b_quantizer) if slot == "a_quantizer" else (1, m.a_quantizer)
+            calls = [(list(args), out) for args, out in self.calls]
+            for ops, _ in calls:
+                ops[1 - arg] = ops[1 - arg] if other is None else other(ops[1 - arg])
+        per_candidate = max(max(ops[arg].numel(), out.numel()) for ops, out in calls)
+        chunk = max(1, CHUNK_ELEMS // per_candidate)
+        parts = []
+        for s, z in zip(scales.split(chunk), zeros.split(chunk)):
+            total = 0.0
+            for ops, out in calls:
+                stacked = list(ops)
+                if isinstance(m, QuantLinear) and arg == 1:  # the weight (out, in) is quantized before its transpose
+                    stacked[1] = _stacked_quant(q, ops[1].t(), s, z).transpose(-1, -2)
+                else:
+                    stacked[arg] = _stacked_quant(q, ops[arg], s, z)
+                y = stacked[0] @ stacked[1]
+                if isinstance(m, QuantLinear) and m.bias is not None:
+                    y = y + m.bias
+                err = (y - out).pow(2)
+                total = total + (err.movedim(axis % out.dim() + 1, -1).reshape(len(s), -1, out.shape[axis]).sum(1)
+                                 if axis is not None else err.reshape(len(s), -1).sum(1, keepdim=True))
+            parts.append(total)
+        errs = torch.cat(parts)
+        return errs.expand(-1, scales.shape[1]) if axis is None else errs
+
     def pick(self, slot, q, scales, zeros):
+        if self.batched(q):
+            return q.pick_errors(scales, zeros, self.errors(slot, q, scales, zeros))
         return q.pick(scales, zeros, lambda s, z: self.error(slot, q, s, z))
+
+
+def _stacked_quant(q, x, scales, zeros):
+    """`q`'s fake quantization of x under each of k candidates (rows of the (k, C) scales, zeros): (k, *x.shape).
+    Elementwise the same operations as `q.quantize` with one candidate set."""
+    shape = [len(scales)] + [1] * x.dim()
+    if scales.shape[1] > 1:
+        shape[q.channel_axis % x.dim() + 1] = scales.shape[1]
+    return q.fake_quant(x.unsqueeze(0), scales.reshape(shape), zeros.reshape(shape))
 
 
 def _search_site(site, calls, rounds, gen):

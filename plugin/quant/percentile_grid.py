@@ -105,7 +105,10 @@ class PercentileGridQuantizer(UniformQuantizer):
     def pick(self, scales, zeros, error_fn):
         """Set the candidate (rows of `scales`, `zeros`) with the least `error_fn(scale, zero)` (per channel where the
         error is per channel); returns the index picked per channel."""
-        errs = torch.stack([error_fn(s, z) for s, z in zip(scales, zeros)])      # (K, C) or (K, 1)
+        return self.pick_errors(scales, zeros, torch.stack([error_fn(s, z) for s, z in zip(scales, zeros)]))
+
+    def pick_errors(self, scales, zeros, errs):
+        """`pick` with the errors of every candidate given at once: (K, C) or (K, 1)."""
         best = errs.argmin(0)
         idx = best.expand(scales.shape[1]) if best.numel() == 1 else best
         cols = torch.arange(scales.shape[1], device=scales.device)
