@@ -16,6 +16,11 @@ The order follows the official `hyperparameter_searching` of each module type:
   all lower candidates with the upper one fixed, then the upper bound with the lower one fixed.
 Quantizers of other kinds (the patch embedding's 8-bit input) keep their calibration. Last, quantizers with a
 `token_axis` get one scale per token (FIMA-Q's `token_channel_wise`; plugin.quant.percentile_grid).
+
+Our choice, for speed (the official code also scores candidates in batches): at Linear and attention-matmul sites the
+module's other operand is quantized once per search and the candidates are scored together, stacked on a leading axis
+in chunks of at most `CHUNK_ELEMS` values per stacked tensor (`_Search.errors`); the errors equal the one-pass-per-
+candidate ones (`_Search.error`, kept for Conv sites) up to float summation order.
 """
 from dataclasses import dataclass
 
@@ -102,32 +107,26 @@ class _Search:
         quantized once, the candidates of `q` are stacked on a leading axis and the product broadcasts over it. Equal
         to `error` up to float summation order."""
         m, axis = self.module, self.out_axis(slot, q)
-        if isinstance(m, QuantLinear):  # the module as (N, in) @ (in, out) on each call's flattened rows
-            calls = [([args[0].reshape(-1, m.in_features)], out.reshape(-1, m.out_features)) for args, out in self.calls]
-            if slot == "weight_quantizer":
-                calls = [([m.quant_input(x), m.weight.t()], out) for (x,), out in calls]
-            else:
-                calls = [([x, m.quant_weight().t()], out) for (x,), out in calls]
+        linear = isinstance(m, QuantLinear)
+        if linear:  # y = x @ Wᵀ + bias on each call's (N, in) rows
             arg = 1 if slot == "weight_quantizer" else 0
-        else:
+            w = m.weight if arg else m.quant_weight()
+            calls = [([args[0].reshape(-1, m.in_features), w], out.reshape(-1, m.out_features))
+                     for args, out in self.calls]
+            for ops, _ in calls:
+                ops[0] = m.quant_input(ops[0]) if arg else ops[0]
+        else:  # y = a @ b
             arg, other = (0, m.b_quantizer) if slot == "a_quantizer" else (1, m.a_quantizer)
             calls = [(list(args), out) for args, out in self.calls]
             for ops, _ in calls:
                 ops[1 - arg] = ops[1 - arg] if other is None else other(ops[1 - arg])
-        per_candidate = max(max(ops[arg].numel(), out.numel()) for ops, out in calls)
-        chunk = max(1, CHUNK_ELEMS // per_candidate)
+        chunk = max(1, CHUNK_ELEMS // max(max(ops[arg].numel(), out.numel()) for ops, out in calls))
         parts = []
         for s, z in zip(scales.split(chunk), zeros.split(chunk)):
             total = 0.0
             for ops, out in calls:
-                stacked = list(ops)
-                if isinstance(m, QuantLinear) and arg == 1:  # the weight (out, in) is quantized before its transpose
-                    stacked[1] = _stacked_quant(q, ops[1].t(), s, z).transpose(-1, -2)
-                else:
-                    stacked[arg] = _stacked_quant(q, ops[arg], s, z)
-                y = stacked[0] @ stacked[1]
-                if isinstance(m, QuantLinear) and m.bias is not None:
-                    y = y + m.bias
+                a, b = [_stacked_quant(q, t, s, z) if i == arg else t for i, t in enumerate(ops)]
+                y = a @ b.transpose(-1, -2) + (0.0 if m.bias is None else m.bias) if linear else a @ b
                 err = (y - out).pow(2)
                 total = total + (err.movedim(axis % out.dim() + 1, -1).reshape(len(s), -1, out.shape[axis]).sum(1)
                                  if axis is not None else err.reshape(len(s), -1).sum(1, keepdim=True))
