@@ -19,16 +19,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def bit_width(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bit width must be an integer, got {text!r}")
-    if not 2 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"bit width must be from 2 to 8, got {value}")
-    return value
-
-
 def methods_epilog():
     """The registered methods, for --help (imports the quantization library, so only when help is asked for)."""
     from plugin.quant import RECIPES
@@ -36,7 +26,7 @@ def methods_epilog():
 
 
 def parse_args(argv=None):
-    from plugin.errors import ToolParser, positive_int
+    from plugin.errors import ToolParser, bit_width, positive_int
     asked_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
     p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=methods_epilog() if asked_help else None)

@@ -181,11 +181,14 @@ def resolve_recipe(method, w_bits, a_bits, overrides=(), recon_setting=None, rec
     recipe.__post_init__()
     passes = []
     for p in recipe.passes:
-        changes = {k: v for k, v in (("setting", recon_setting), ("iters", recon_iters)) if v is not None}
-        if isinstance(p, ReconConfig):
-            p = p.replace(**changes).resolved(recipe)
-        elif p.STAGE == "pre" and changes and all(hasattr(p, k) for k in changes):  # APHQ-ViT's MLP step
+        # every training pass that has the option takes it (reconstruction passes, APHQ-ViT's MLP step); the
+        # searches (hessian_search, output_search) have neither
+        changes = {k: v for k, v in (("setting", recon_setting), ("iters", recon_iters))
+                   if v is not None and hasattr(p, k)}
+        if changes:
             p = p.replace(**changes)
+        if isinstance(p, ReconConfig):
+            p = p.resolved(recipe)
         passes.append(p)
     recipe.passes = passes
     return recipe.freeze()

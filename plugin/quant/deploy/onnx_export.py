@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attach import set_submodule
 from ..errors import ConfigError, QuantError
 from ..io import umask_mode
 from ..modules import MatMul, QuantConv2d, QuantLinear
@@ -239,19 +240,13 @@ def export_copy(model, nonuniform="emulate"):
             act = plan.activation(f"{name}.input_quantizer", m.input_quantizer)
             wq, reason = plan.weight(f"{name}.weight_quantizer", m)
             cls = ExportLinear if isinstance(m, QuantLinear) else ExportConv2d
-            _set_submodule(copy_, name, cls(m, act, wq, reason))
+            set_submodule(copy_, name, cls(m, act, wq, reason))
         elif isinstance(m, MatMul):
             m.a_quantizer = plan.activation(f"{name}.a_quantizer", m.a_quantizer)
             m.b_quantizer = plan.activation(f"{name}.b_quantizer", m.b_quantizer)
     summary = {"qdq_activations": plan.qdq_activations, "int8_weights": plan.int8_weights,
                "float_sites": plan.float_sites, "nonuniform": nonuniform, "opset": OPSET}
     return copy_, summary
-
-
-def _set_submodule(model, name, new):
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def _export(module, example, path, dynamic_batch):

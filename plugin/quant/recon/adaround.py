@@ -20,18 +20,9 @@ not a registered parameter: it lives for one unit and must not enter the float r
 """
 import torch
 
-from ..quantizers import UniformQuantizer
+from ..quantizers import UniformQuantizer, _broadcast
 
 GAMMA, ZETA = -0.1, 1.1
-
-
-def _along(param, x, axis):
-    """A per-channel (or one-element) quantizer parameter shaped to broadcast against x along `axis`."""
-    if param.numel() == 1:
-        return param.reshape(())
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return param.reshape(shape)
 
 
 def rectified_sigmoid(alpha):
@@ -55,7 +46,7 @@ class AdaRoundWeight:
 
     def _grid(self, w):
         q = self.q
-        return w / _along(q.scale, w, q.channel_axis) + _along(q.zero_point, w, q.channel_axis)
+        return w / _broadcast(q.scale, w, q.channel_axis) + _broadcast(q.zero_point, w, q.channel_axis)
 
     def soft(self):
         return rectified_sigmoid(self.alpha)
@@ -66,7 +57,7 @@ class AdaRoundWeight:
     def _value(self, w, h):
         q = self.q
         codes = torch.clamp(self._grid(w).floor() + h, q.qmin, q.qmax)
-        return (codes - _along(q.zero_point, w, q.channel_axis)) * _along(q.scale, w, q.channel_axis)
+        return (codes - _broadcast(q.zero_point, w, q.channel_axis)) * _broadcast(q.scale, w, q.channel_axis)
 
     def _hook(self, quantizer, args, output):
         if not (quantizer.enabled and quantizer.ready):

@@ -4,13 +4,9 @@ from contextlib import contextmanager
 
 import torch
 
+from ..attach import set_submodule
 from ..errors import CalibrationError
 from ..quantizers import Quantizer
-
-
-def _set_submodule(model, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def _is_switch(m):
@@ -51,11 +47,11 @@ class FloatReference:
                 self._swap_in(swapped)
             for name, module in self.originals.items():  # after the parameters: originals keep their own
                 replaced.append((name, self.model.get_submodule(name)))
-                _set_submodule(self.model, name, module)
+                set_submodule(self.model, name, module)
             yield
         finally:
             for name, module in reversed(replaced):
-                _set_submodule(self.model, name, module)
+                set_submodule(self.model, name, module)
             for p, data in reversed(swapped):
                 p.data = data
             for m, flag in zip(switches, flags):

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...attach import set_submodule
 from ...errors import CalibrationError, CheckpointError, ConfigError
 from ...passes import PassConfig, is_int, is_number, register_pass
 from ...progress import Progress
@@ -77,8 +78,7 @@ def replace_gelu(model, mlp):
     if not names:
         raise ConfigError(f"mlp_relu: {mlp or 'the model'} has no nn.GELU module to replace by ReLU")
     for n in names:
-        parent, _, child = n.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, child, nn.ReLU())
+        set_submodule(module, n, nn.ReLU())
 
 
 def _logits(out):
