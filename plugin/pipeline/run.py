@@ -15,7 +15,7 @@ from collections import Counter
 from ..quant import find_adapter, freeze, frozen_summary, quantize, save_quantized, state
 from ..quant.plan import resolve_plan
 from ..errors import UserInputError
-from ..quant.methods.aphq import relu_float_model
+from ..quant.recon import relu_float_model
 from .outdir import OutputFolder
 from .report import write_reports
 

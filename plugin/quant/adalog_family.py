@@ -29,9 +29,11 @@ def grid(bits, granularity="tensor", **options):
 
 
 def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=(), post_gelu=None, eq_n=128,
-                         token_wise=False):
+                         token_wise=False, post_softmax=None, reparam_always=False):
     """The shared skeleton (module docstring): the method's `pre` passes, `output_search`, its `post` passes;
-    `post_gelu` replaces the FC2-input spec; `token_wise`: FIMA-Q's per-token input and operand scales."""
+    `post_gelu` / `post_softmax` replace the FC2-input / post-Softmax spec; `token_wise`: FIMA-Q's per-token input and
+    operand scales; `reparam_always`: fold the post-LayerNorm scales at every width, not only when the activation and
+    weight widths are equal (the official rule)."""
     if setting not in CALIB_NUM:
         raise ConfigError(f"{name}: unknown setting {setting!r}; known: {', '.join(CALIB_NUM)}")
     rows, cols = (dict(token_axis=-2), dict(token_axis=-1)) if token_wise else ({}, {})
@@ -45,9 +47,11 @@ def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=
     }
     if post_gelu is not None:
         sites["post_gelu"] = post_gelu
+    if post_softmax is not None:
+        sites["post_softmax"] = post_softmax
     return Recipe(
         name=name, w_bits=w_bits, a_bits=a_bits, weight=grid(w_bits, "channel", eq_n=eq_n), act=act, sites=sites,
-        reparam="mean" if a_bits == w_bits else None, reparam_skip_roles=(Role.HEAD,), sequential="none",
+        reparam="mean" if reparam_always or a_bits == w_bits else None, reparam_skip_roles=(Role.HEAD,), sequential="none",
         observe_elems=2 ** 22, passes=[*pre, PASSES["output_search"].from_dict(dict(rounds=3)), *post],
         calib_num=CALIB_NUM[setting], stat_fraction=min(1.0, STAT_IMAGES / CALIB_NUM[setting]),
     )

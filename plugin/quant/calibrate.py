@@ -95,7 +95,7 @@ class CalibContext:
         self.checkpoint = checkpoint
         self.pass_index, self.pass_kind = None, None
         self.batch_index = None  # the calibration batch run_calib is running
-        # {module name: the original float module} for the modules a "pre" pass replaced (plugin.quant.mlp_relu):
+        # {module name: the original float module} for the modules a "pre" pass replaced (plugin.quant.recon.mlp_relu):
         # the float reference of reconstruction runs these, so it follows the original network
         self.float_originals = {}
         self.state = state if state is not None else QuantState(recipe, adapter.name)

@@ -24,7 +24,7 @@ class QuantState:
     deployed: on a `plugin.quant.deploy.deploy` copy, {"mode", "dtype", "tile", "stem", "sites"} (else None).
     float_edits: the "pre" passes that changed the float network (their JSON entries); float_params: the parameters
         they fitted, as they were before quantization (CPU copies; in this process only, not saved), which
-        `plugin.quant.mlp_relu.relu_float_model` uses to rebuild that float network.
+        `plugin.quant.recon.mlp_relu.relu_float_model` uses to rebuild that float network.
     plan: the resolved plan (plugin.quant.plan.Plan) the quantized modules were built from; saved with the model."""
     recipe: Any
     adapter: str

@@ -1,7 +1,7 @@
 """APHQ-ViT as its official code runs it (`test_quant.py --config configs/{3,4}bit/best.py --reconstruct-mlp
 --calibrate --optimize`):
 
-1. `mlp_relu` (plugin.quant.mlp_relu): GELU → ReLU in every MLP, each MLP re-fitted to the original float outputs on
+1. `mlp_relu` (plugin.quant.recon.mlp_relu): GELU → ReLU in every MLP, each MLP re-fitted to the original float outputs on
    the 1024 optimisation images (20000 steps, Adam 4e-5, batch 32, average-perturbation Hessian weights, fc2 input
    clamped at the 0.99 (3-bit) / 0.98 (2- and 4-bit configs) percentile);
 2. the AdaLog family's calibration (plugin.quant.adalog_family) on 128 images, the FC2 input (now post-ReLU) with its
@@ -19,11 +19,7 @@ from functools import partial
 from ...adalog_family import adalog_family_recipe, grid
 from ...passes import PASSES
 from ...recipe import register_recipe
-
-
-def clamp_pct(a_bits):
-    """The official MLP clamp percentile: 0.99 in the 3-bit config, 0.98 in the 2- and 4-bit ones."""
-    return 0.99 if a_bits == 3 else 0.98
+from ...recon import clamp_pct
 
 
 @register_recipe("aphq")

@@ -37,16 +37,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...attach import set_submodule
-from ...errors import CalibrationError, CheckpointError, ConfigError
-from ...passes import PassConfig, is_int, is_number, register_pass
-from ...progress import Progress
-from ...quant_state import require_state
-from ...spec import Role
+from ..attach import set_submodule
+from ..errors import CalibrationError, CheckpointError, ConfigError
+from ..passes import PassConfig, is_int, is_number, register_pass
+from ..progress import Progress
+from ..quant_state import require_state
+from ..spec import Role
 
 SETTINGS = {"paper": 20000, "small": 500}  # steps per MLP ("small": CIFAR-sized models and a few hundred images)
 PERTURB = 1e-6
 MAX_POSITIVES = 2 ** 24
+
+
+def clamp_pct(a_bits):
+    """The official MLP clamp percentile: 0.99 in the 3-bit config, 0.98 in the 2- and 4-bit ones."""
+    return 0.99 if a_bits == 3 else 0.98
 
 
 def mlp_names(model, adapter):
@@ -209,7 +214,7 @@ class _FitCheckpoint:
         if self.path is None:
             return
         from safetensors.torch import save_file
-        from ...io import _atomic_write
+        from ..io import _atomic_write
         tensors = {k: v.contiguous() for k, v in params.items()}
         _atomic_write(self.path, lambda p: save_file(tensors, p, metadata={"identity": self.identity,
                                                                              "done": str(done)}))
@@ -284,7 +289,7 @@ def relu_float_model(fp_model, quantized):
     if not st.float_params:
         return None
     model = copy.deepcopy(fp_model).eval()
-    from ...adapter import find_adapter
+    from ..adapter import find_adapter
     adapter = find_adapter(model, st.adapter)
     adapter.prepare(model)
     for entry in st.float_edits:
