@@ -16,7 +16,7 @@ from plugin.quant.passes import PASSES, PassConfig, register_pass
 from plugin.quant.recon import float_reference
 from plugin.quant.methods.aphq import aphq_recipe
 from plugin.quant.methods.fimaq import fimaq_recipe
-from plugin.quant.methods.aphq import relu_float_model
+from plugin.quant.recon import relu_float_model
 from plugin.quant.modules import QuantLinear
 
 QUIET = dict(log=lambda *a: None)
@@ -211,7 +211,7 @@ def test_fimaq_token_wise_scales_one_per_token_and_trainable(tmp_path):
 
 
 def test_mlp_relu_resumes_from_its_progress_file(tmp_path, monkeypatch):
-    import plugin.quant.methods.aphq.mlp_relu as mlp_relu
+    import plugin.quant.recon.mlp_relu as mlp_relu
     fp, data = T.build("vit"), calib(2)
     recipe = with_mlp_pass(iters=4, loss="mse")
     first = quantize(copy.deepcopy(fp), recipe, data, checkpoint_dir=str(tmp_path), **QUIET)
