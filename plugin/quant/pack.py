@@ -9,16 +9,16 @@ holds q instead of W, and loading puts Ŵ back as the weight:
 - the scale and zero point are the weight quantizer's own buffers, saved as before.
 
 Exactness: the codes are the lowering's (plugin.quant.deploy.lower.lower_weight, the quantizer's own operations), Ŵ is
-computed as the quantizer computes it, and a weight is packed only when its quantizer maps Ŵ to itself (checked at save
-time), so the reloaded model's outputs equal the saved model's bit for bit. A weight stays float, with the reason in
-the JSON's `packed.float`, where the lowering has no integer weight (non-uniform or over-8-bit grids, a disabled
-quantizer, another grid axis), where a low-rank branch is kept beside it (AIQViT unmerged: W alone is not what is
-rounded), where hooks still act on its quantizer (learned rounding not hardened yet), where the parameter is shared,
-or where that check fails.
+computed as the quantizer computes it, and a weight is packed only when its quantizer rounds Ŵ to what it rounds W to
+(checked at save time), so the reloaded model's outputs equal the saved model's bit for bit. A weight stays float,
+with the reason in the JSON's `packed.float`, where its grid is not a plain integer grid of at most 8 bits per tensor
+or per output channel (non-uniform grids such as log2, a disabled quantizer), where a low-rank branch is kept beside it
+(AIQViT unmerged: W alone is not what is rounded), where hooks still act on its quantizer (learned rounding not hardened
+yet), where the parameter is shared, or where that check fails.
 """
 import torch
 
-from .quantizers import _broadcast
+from .quantizers import UniformQuantizer, _broadcast
 
 NIBBLE_BITS = 4  # at most this many bits: two codes per byte
 
@@ -93,14 +93,29 @@ def _shared_parameters(model):
 
 
 def _float_reason(m, shared):
-    """Why the weight of the quantized module `m` stays float, or None: it packs if the exactness check passes."""
-    from .deploy.lower import weight_reason
+    """Why the weight of the quantized module `m` stays float, or None: it packs if the exactness check passes.
+    Like the lowering's `weight_reason` (plugin.quant.deploy.lower), but any UniformQuantizer subclass with a plain
+    per-tensor / per-output-channel grid qualifies (APHQ-ViT's and FIMA-Q's `percentile_grid` weights): packing needs
+    no integer kernel, and the check in `pack_state` catches a subclass whose rounding differs."""
+    from .deploy.lower import active
+    from .modules import QuantConv2d, QuantLinear
+    q = m.weight_quantizer
     if getattr(m, "lowrank", None) is not None:
-        return "low-rank branch kept beside the weight (not merged): the quantizer rounds W + A·B, not W"
-    reason = weight_reason(m)
-    if reason is not None:
-        return reason
-    if m.weight_quantizer._forward_hooks or m.weight_quantizer._forward_pre_hooks:
+        return "low-rank branch kept beside the weight (not merged): the quantizer rounds W + A·B or adds A·B to Q(W)"
+    if type(m) not in (QuantLinear, QuantConv2d):
+        return f"{type(m).__name__}: a quantized module whose weight lowering is not known"
+    if not active(q):
+        return "weight not quantized (no calibrated, enabled quantizer)"
+    if not isinstance(q, UniformQuantizer):
+        return f"{q.kind} grid: not a uniform integer grid"
+    if q.qmax - q.qmin + 1 > 256:
+        return f"{q.bits}-bit grid: more than 8 bits"
+    if q.scale.dim() > 1 or q.scale.numel() not in (1, m.weight.shape[0]) or \
+            (q.scale.numel() > 1 and q.channel_axis % m.weight.dim() != 0):
+        return f"weight grid is neither per tensor nor per output channel (axis {q.channel_axis})"
+    if q.zero_point.numel() != q.scale.numel():
+        return "zero point and scale of different sizes"
+    if q._forward_hooks or q._forward_pre_hooks:
         return "hooks act on the weight quantizer (e.g. learned rounding not hardened yet)"
     if id(m.weight) in shared:
         return "weight parameter shared with another module"
