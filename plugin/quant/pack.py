@@ -25,6 +25,7 @@ NIBBLE_BITS = 4  # at most this many bits: two codes per byte
 
 def grid_bounds(bits, signed):
     """(qmin, qmax) of a `bits`-bit grid, as UniformQuantizer sets them."""
+    _check_bits(bits)
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
@@ -47,7 +48,7 @@ def packed_numel(numel, bits):
 
 def pack_codes(codes, bits, signed):
     """Integer codes (any shape, integer or integral float values in [qmin, qmax]) as a 1-D byte tensor."""
-    qmin, qmax = grid_bounds(bits, signed)  # checks bits
+    qmin, qmax = grid_bounds(bits, signed)
     if codes.is_floating_point() and not bool((codes == codes.round()).all()):
         raise ValueError("packed codes must be integers")
     flat = codes.reshape(-1).to(torch.int16)
