@@ -51,9 +51,9 @@ def pack_codes(codes, bits, signed):
     qmin, qmax = grid_bounds(bits, signed)
     if codes.is_floating_point() and not bool((codes == codes.round()).all()):
         raise ValueError("packed codes must be integers")
-    flat = codes.reshape(-1).to(torch.int16)
-    if flat.numel() and (int(flat.min()) < qmin or int(flat.max()) > qmax):
+    if codes.numel() and (float(codes.min()) < qmin or float(codes.max()) > qmax):  # before any integer cast wraps
         raise ValueError(f"codes outside the {bits}-bit {'signed' if signed else 'unsigned'} range [{qmin}, {qmax}]")
+    flat = codes.reshape(-1).to(torch.int16)
     if bits > NIBBLE_BITS:
         return flat.to(storage_dtype(bits, signed))
     nibbles = flat & 0xF  # two's complement low bits of a signed code
@@ -184,6 +184,8 @@ def unpack_state(state, record):
     for key, info in weights.items():
         try:
             bits, signed, shape = info["bits"], info["signed"], [int(d) for d in info["shape"]]
+            if not isinstance(signed, bool):
+                raise ValueError(f"'signed' must be true or false, got {signed!r}")
             dtype = getattr(torch, info["dtype"])
             if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
                 raise ValueError(f"dtype {info['dtype']!r} is not a float dtype")

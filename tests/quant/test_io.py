@@ -201,6 +201,7 @@ CORRUPTIONS = {
     "packed_bits_differ": _edit_meta(lambda m: _first_packed(m).update(bits=8)),
     "packed_shape_differs": _edit_meta(lambda m: _first_packed(m).update(shape=[3, 5])),
     "packed_dtype_not_float": _edit_meta(lambda m: _first_packed(m).update(dtype="load")),
+    "packed_signed_not_bool": _edit_meta(lambda m: _first_packed(m).update(signed="yes")),
     "packed_scale_key_unknown": _edit_meta(lambda m: _first_packed(m).update(scale="no.such.tensor")),
     "packed_weight_unknown": _edit_meta(lambda m: m["packed"]["weights"].update({"blocks.9.fc.weight": {}})),
     "unpacked_weight_is_missing": _edit_meta(lambda m: m.pop("packed")),

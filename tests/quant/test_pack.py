@@ -44,6 +44,7 @@ def test_byte_layout():
 @pytest.mark.parametrize("codes, bits, signed, match", [
     (torch.tensor([8]), 4, True, "outside"), (torch.tensor([-1]), 4, False, "outside"),
     (torch.tensor([256]), 8, False, "outside"), (torch.tensor([0.5]), 4, False, "integers"),
+    (torch.tensor([65536.0 + 3]), 4, False, "outside"),  # would wrap to 3 in int16
     (torch.tensor([0]), 0, False, "1 to 8 bits"), (torch.tensor([0]), 9, True, "1 to 8 bits"),
     (torch.tensor([0]), True, True, "1 to 8 bits"),
 ])
