@@ -82,7 +82,8 @@ def _saved_model(r):
     0 kept float' for one result saved with --save-model."""
     size, float_size = r["saved_model_bytes"], r["saved_model_float_bytes"]
     n_float = len(r["saved_float_weights"])
-    return (f"Saved model `{r['saved_model']}`: {size / 2 ** 20:.2f} MiB (float weights: {float_size / 2 ** 20:.2f} MiB, "
+    mib = 2 ** 20
+    return (f"Saved model `{r['saved_model']}`: {size / mib:.2f} MiB (float weights: {float_size / mib:.2f} MiB, "
             f"{float_size / size:.1f}x smaller); {r['saved_packed_weights']} weights as packed integer codes, "
             f"{n_float} kept float" + (":" if n_float else ""))
 
