@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 
-from ..quant import find_adapter, freeze, frozen_summary, quantize, save_quantized, state
+from ..quant import find_adapter, freeze, frozen_summary, quantize, read_meta, save_quantized, state
 from ..quant.plan import resolve_plan
 from ..errors import UserInputError
 from ..quant.recon import relu_float_model
@@ -148,9 +148,14 @@ def run_plan(job, task, fp_model, plan, fp_outputs, staging, fp32_bytes, log):
     models = os.path.join(staging, "models")
     if job.save_model:  # before freezing: the saved model is the calibrated fake-quant one
         os.makedirs(models, exist_ok=True)
-        save_quantized(model, os.path.join(models, plan.name),
-                             extra_meta={"model": task.model_meta(), "metrics": metrics})
+        _, meta_path = save_quantized(model, os.path.join(models, plan.name),
+                                      extra_meta={"model": task.model_meta(), "metrics": metrics})
         entry["saved_model"] = os.path.join(job.out_dir, "models", plan.name)
+        saved = read_meta(meta_path)
+        entry["saved_model_bytes"] = saved["size"]["file_bytes"]
+        entry["saved_model_float_bytes"] = saved["size"]["float_bytes"]
+        entry["saved_packed_weights"] = len(saved["packed"]["weights"])
+        entry["saved_float_weights"] = saved["packed"]["float"]
     if job.export_onnx:  # before freezing: the export reads the quantizers
         entry["onnx"] = onnx_entry(job, task, model, plan.name, models, fp32_bytes, log)
     if job.freeze:

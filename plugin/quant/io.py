@@ -7,6 +7,9 @@ added biases, quantizer parameters);
 `load_quantized(path)` first builds that float model from the JSON's `model` record (plugin.quant.model_record).
 A frozen model (plugin.quant.deploy.freeze) is saved as it is: the JSON lists its Int8Linear layers with their constructor
 arguments, and loading rebuilds them in place of the quantized Linears before the tensors load.
+Weights on a plain integer grid are stored as packed codes (plugin.quant.pack; format 2, the JSON's `packed` record
+says which weights are packed and why the others stay float); files of format 1 hold every weight as float and load
+as they always did.
 """
 import inspect
 import json
@@ -22,7 +25,7 @@ from .quant_state import QuantState, attach_state, require_state
 from .registry import Registry
 
 FORMAT = "vitq-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packed integer weight codes (plugin.quant.pack); 1: float weights only
 # Functions (model, state) run after the quantized structure is rebuilt and before the tensors load: passes that add
 # submodules (e.g. unmerged low-rank branches) register one to re-create them.
 LOAD_HOOKS = Registry("load hook")
@@ -85,10 +88,13 @@ def write_json(path, obj, indent=2):
     write_text(path, json.dumps(obj, indent=indent, sort_keys=True))
 
 
-def save_quantized(model: nn.Module, path: str, extra_meta=None):
+def save_quantized(model: nn.Module, path: str, extra_meta=None, pack=True):
     """Write `path.safetensors` and `path.json` (each atomically; a `.safetensors` suffix on `path` is dropped).
     The JSON's `model` entry (how to build the float model again) is `extra_meta["model"]` when given, else what a
-    registered model recorder says of `model` (timm models, once `import plugin` ran). Returns the two file paths."""
+    registered model recorder says of `model` (timm models, once `import plugin` ran). `pack`: weights on a plain
+    integer grid as packed codes (plugin.quant.pack); False keeps every weight float (e.g. to calibrate further from
+    the file). The JSON's `size` holds the file's bytes and those it would have with float weights. Returns the two
+    file paths."""
     path = model_prefix(path)
     from safetensors.torch import save_file
     qstate = require_state(model, "save_quantized")
@@ -108,8 +114,15 @@ def save_quantized(model: nn.Module, path: str, extra_meta=None):
     frozen = _frozen_layers(model)
     if frozen or qstate.frozen:
         meta["frozen"] = frozen
+    extra_float = 0
+    if pack:
+        from .pack import float_extra_bytes, pack_state
+        meta["packed"] = pack_state(model, state)
+        extra_float = float_extra_bytes(meta["packed"], state)
     tensors_path, meta_path = path + ".safetensors", path + ".json"
     _atomic_write(tensors_path, lambda p: save_file(state, p, metadata={"format": FORMAT}))
+    size = os.path.getsize(tensors_path)
+    meta["size"] = {"file_bytes": size, "float_bytes": size + extra_float}
     write_json(meta_path, meta)
     return tensors_path, meta_path
 
@@ -159,6 +172,10 @@ def read_meta(path: str):
         raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("recipe"), dict):
         raise CheckpointError(f"{meta_path} is not a {FORMAT} file")
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path} has format version {version!r}, newer than this code reads "
+                              f"({FORMAT_VERSION}): update vitq")
     return meta
 
 
@@ -196,6 +213,12 @@ def load_quantized(fp_model, path=None, device=None):
         state = load_file(path + ".safetensors", device=str(device) if device else "cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {path}.safetensors: {exc}") from exc
+    if "packed" in meta:  # format 2: the float weights back from their codes before anything reads the state
+        from .pack import unpack_state
+        try:
+            unpack_state(state, meta["packed"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
     fp_model.eval()
     adapter.prepare(fp_model)
     for p in recipe.passes:  # structural changes of the float network (GELU -> ReLU) come before the quantizers

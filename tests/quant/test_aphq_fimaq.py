@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 import timm_toys as T
-from plugin.quant import CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, save_quantized
+from plugin.quant import (CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, read_meta,
+                          save_quantized)
 from plugin.quant.errors import CheckpointError, ConfigError
 from plugin.quant.passes import PASSES, PassConfig, register_pass
 from plugin.quant.recon import float_reference
@@ -155,6 +156,8 @@ def test_recipes_run_end_to_end_and_round_trip(arch, build, tmp_path):
     assert rel_err(model, fp, x) < 1.0
     path = os.path.join(tmp_path, "q")
     save_quantized(model, path)
+    packed = read_meta(path)["packed"]  # percentile_grid weights are plain uniform grids: stored as codes
+    assert packed["weights"] and packed["float"] == {}
     loaded = load_quantized(T.build(arch), path)
     with torch.no_grad():
         assert torch.equal(loaded(x), out)

@@ -18,6 +18,21 @@ from plugin.quant import (RECIPES, CalibData, Recipe, get_recipe, iter_quantizer
 BASELINES = ["minmax", "ptq4vit", "repq"]
 
 
+def reloaded_state(model, path):
+    """The state a reload of `path` (saved from `model`) must have: the model's, each packed weight replaced by its
+    fake-quant value (what the saved model's forward used)."""
+    state = model.state_dict()
+    for key in read_meta(path).get("packed", {"weights": {}})["weights"]:
+        module = model.get_submodule(key[: -len(".weight")])
+        with torch.no_grad():
+            state[key] = module.weight_quantizer.quantize(module.weight)
+    return state
+
+
+def quantized_weights(model):
+    return {f"{n}.weight" for n, m in model.named_modules() if getattr(m, "weight_quantizer", None) is not None}
+
+
 @pytest.fixture(scope="module")
 def saved_vit(tmp_path_factory):
     """A W4A4 repq ViT saved once: (model, path prefix)."""
@@ -44,9 +59,11 @@ def test_save_load_gives_identical_outputs(arch, recipe, tmp_path):
     x = images(3, seed=5)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    ref_state, new_state = model.state_dict(), loaded.state_dict()
+    ref_state, new_state = reloaded_state(model, path), loaded.state_dict()
     assert ref_state.keys() == new_state.keys()
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
+    packed = read_meta(path)["packed"]  # every weight of these recipes is on a uniform integer grid
+    assert set(packed["weights"]) == quantized_weights(model) and packed["float"] == {}
     assert {n for n, _ in iter_quantizers(loaded)} == {n for n, _ in iter_quantizers(model)}
     assert all(q.ready for _, q in iter_quantizers(loaded))
     # a reloaded model saves again to the same tensors
@@ -64,10 +81,16 @@ def test_safetensors_file_is_plain_safetensors(saved_vit):
     header = json.loads(raw[8:8 + header_len])
     assert header["__metadata__"]["format"] == "vitq-quantized"
     state = model.state_dict()
+    packed = read_meta(path)["packed"]["weights"]
+    assert packed and set(packed) <= set(state)
     with safetensors.safe_open(path + ".safetensors", framework="pt") as f:
-        assert set(f.keys()) == set(state)
+        assert set(f.keys()) == (set(state) - set(packed)) | {k + ".codes" for k in packed}
         for k in f.keys():
-            assert torch.equal(f.get_tensor(k), state[k]), k
+            if k.endswith(".codes"):  # W4: two codes per byte
+                assert f.get_tensor(k).dtype == torch.uint8
+                assert f.get_tensor(k).numel() == (state[k[: -len(".codes")]].numel() + 1) // 2
+            else:
+                assert torch.equal(f.get_tensor(k), state[k]), k
 
 
 def test_load_uses_no_pickle(saved_vit, monkeypatch):
@@ -100,7 +123,7 @@ def test_json_holds_recipe_bits_adapter_versions(saved_vit):
     model, path = saved_vit
     meta = json.load(open(path + ".json"))
     assert meta == read_meta(path)
-    assert meta["format"] == "vitq-quantized" and isinstance(meta["format_version"], int)
+    assert meta["format"] == "vitq-quantized" and meta["format_version"] == 2
     assert meta["recipe"]["name"] == "repq"
     assert meta["recipe"]["w_bits"] == 4 and meta["recipe"]["a_bits"] == 4
     assert meta["recipe"]["weight"]["bits"] == 4 and meta["recipe"]["act"]["bits"] == 4
@@ -150,6 +173,10 @@ def _write(text):
     return edit
 
 
+def _first_packed(meta):
+    return meta["packed"]["weights"][sorted(meta["packed"]["weights"])[0]]
+
+
 def _truncate_json(path):
     text = open(path + ".json").read()
     with open(path + ".json", "w") as f:
@@ -168,6 +195,16 @@ CORRUPTIONS = {
     "malformed_state": _edit_meta(lambda m: m.update(state={"ranks": 5})),
     "malformed_frozen": _edit_meta(lambda m: m.update(frozen=["blocks.0.mlp.fc1"])),
     "frozen_layer_unknown": _edit_meta(lambda m: m.update(frozen={"blocks.9.fc": {"in_features": 4}})),
+    "future_format_version": _edit_meta(lambda m: m.update(format_version=99)),
+    "packed_not_a_mapping": _edit_meta(lambda m: m.update(packed=[1, 2])),
+    "packed_bits_out_of_range": _edit_meta(lambda m: _first_packed(m).update(bits=12)),
+    "packed_bits_differ": _edit_meta(lambda m: _first_packed(m).update(bits=8)),
+    "packed_shape_differs": _edit_meta(lambda m: _first_packed(m).update(shape=[3, 5])),
+    "packed_dtype_not_float": _edit_meta(lambda m: _first_packed(m).update(dtype="load")),
+    "packed_signed_not_bool": _edit_meta(lambda m: _first_packed(m).update(signed="yes")),
+    "packed_scale_key_unknown": _edit_meta(lambda m: _first_packed(m).update(scale="no.such.tensor")),
+    "packed_weight_unknown": _edit_meta(lambda m: m["packed"]["weights"].update({"blocks.9.fc.weight": {}})),
+    "unpacked_weight_is_missing": _edit_meta(lambda m: m.pop("packed")),
 }
 BUGGY_CORRUPTIONS = {
     # json.load gives a list, then `meta.get` raises AttributeError (plugin/quant/io.py read_meta)
@@ -270,7 +307,7 @@ def test_frozen_model_saves_and_loads(tmp_path):
     x = images(3, seed=5)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    a, b = model.state_dict(), loaded.state_dict()
+    a, b = reloaded_state(model, path), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -332,6 +369,11 @@ def test_saved_model_names_no_module_path(method, tmp_path):
     assert paths == []
     if method == "aiqvit":
         assert any(k.endswith(".lowrank.A") for k in safetensors.torch.load_file(path + ".safetensors"))
+        # a kept branch: the quantizer rounds W + A·B (or adds A·B to Q(W)), so W itself is saved float, and said so
+        branched = {f"{n}.weight" for n, m in model.named_modules() if hasattr(m, "lowrank")}
+        assert branched and all("low-rank branch" in meta["packed"]["float"][k] for k in branched)
+    else:
+        assert meta["packed"]["float"] == {} and meta["packed"]["weights"]
     loaded = load_quantized(build("vit", seed=123), path)
     x = images(3, seed=5)
     with torch.no_grad():

@@ -12,7 +12,8 @@ timm = pytest.importorskip("timm")
 
 import plugin.adapters  # noqa: E402,F401
 from plugin.quant.errors import ConfigError  # noqa: E402
-from plugin.quant import CalibData, QuantLinear, QuantSpec, get_recipe, load_quantized, quantize  # noqa: E402
+from plugin.quant import (CalibData, QuantLinear, QuantSpec, get_recipe, load_quantized, quantize,  # noqa: E402
+                          read_meta)
 from plugin.quant import save_quantized, state  # noqa: E402
 from plugin.quant.methods.aiqvit import lowrank as lr  # noqa: E402
 from plugin.quant import recon  # noqa: E402
@@ -214,6 +215,7 @@ def test_lowrank_search_merge_and_reload(setup, tmp_path):
     assert torch.allclose(unmerged, merged, atol=1e-5, rtol=0)
 
     save_quantized(model, str(tmp_path / "merged"))
+    assert read_meta(str(tmp_path / "merged"))["packed"]["float"] == {}  # merged: plain integer weights, packed
     loaded = load_quantized(tiny_vit(), str(tmp_path / "merged"))
     with torch.no_grad():
         assert torch.equal(merged, loaded(x))
@@ -227,6 +229,8 @@ def test_kept_branches_reload(setup, tmp_path):
     assert lr.branches(model)
     path = str(tmp_path / "kept")
     save_quantized(model, path)
+    kept_float = read_meta(path)["packed"]["float"]  # Q(W) + A·B: W stays float, said so
+    assert set(kept_float) == {f"{n}.weight" for n, _ in lr.branches(model)}
     loaded = load_quantized(tiny_vit(), path)  # rebuilds the branches first (load hook lr.restore_branches)
     assert [(n, m.lowrank.rank) for n, m in lr.branches(loaded)] == [(n, m.lowrank.rank) for n, m in lr.branches(model)]
     with torch.no_grad():

@@ -262,6 +262,13 @@ def test_saved_models_appear_with_the_report(tmp_path):
     assert sorted(os.listdir(tmp_path / "models")) == ["minmax_w4a4.json", "minmax_w4a4.safetensors"]
     entry = json.load(open(tmp_path / "report.json"))["results"][0]
     assert entry["saved_model"] == str(tmp_path / "models" / "minmax_w4a4")
+    # W4: the weights as packed codes, the file size and the float one in the report
+    size = os.path.getsize(tmp_path / "models" / "minmax_w4a4.safetensors")
+    assert entry["saved_model_bytes"] == size and entry["saved_model_float_bytes"] > 3 * size
+    assert entry["saved_packed_weights"] > 0 and entry["saved_float_weights"] == {}
+    md = open(tmp_path / "report.md").read()
+    assert (f"Saved model `{entry['saved_model']}`: {size / 2 ** 20:.2f} MiB (float weights: "
+            f"{entry['saved_model_float_bytes'] / 2 ** 20:.2f} MiB") in md
 
 
 
