@@ -1,4 +1,4 @@
-"""Tests of the `aphq` and `fimaq` recipes and their parts: APHQ-ViT's `mlp_relu` pass (GELU -> ReLU MLP refit, run
+"""Tests of the `aphq`, `fimaq` and `relu_fisher` recipes and their parts: APHQ-ViT's `mlp_relu` pass (GELU -> ReLU MLP refit, run
 before any quantizer), the `output_search` pass, `Recipe.stat_fraction`, and the recipes end to end on a toy ViT with
 tiny iteration counts (CPU)."""
 import copy
@@ -17,6 +17,7 @@ from plugin.quant.passes import PASSES, PassConfig, register_pass
 from plugin.quant.recon import float_reference
 from plugin.quant.methods.aphq import aphq_recipe
 from plugin.quant.methods.fimaq import fimaq_recipe
+from plugin.quant.methods.relu_fisher import relu_fisher_recipe
 from plugin.quant.recon import relu_float_model
 from plugin.quant.modules import QuantLinear
 
@@ -56,7 +57,22 @@ def test_paper_settings_are_the_official_defaults():
     assert get_recipe("aphq", 2, 4).reparam is None  # the official code folds only when a_bit == w_bit
 
 
-@pytest.mark.parametrize("name", ["aphq", "fimaq", "aphq_small", "fimaq_small", "aphq_no_mlp", "aphq_no_recon"])
+def test_relu_fisher_combines_the_two_codes_and_folds_at_every_width():
+    r = get_recipe("relu_fisher", 2, 4)
+    assert [p.kind for p in r.passes] == ["mlp_relu", "output_search", "qdrop_recon"]
+    assert r.passes[0].loss == "aph" and r.passes[-1].loss == "fisher_dplr"
+    assert r.sites["post_gelu"].opts["zero_fixed"] and r.sites["post_ln"].opts["token_axis"] == -2
+    assert r.reparam == "mean" and get_recipe("relu_fisher_official_reparam", 2, 4).reparam is None
+    assert get_recipe("relu_fisher_official_reparam", 3, 3).reparam == "mean"
+    assert r.sites["post_softmax"].kind == "percentile_grid"
+    assert get_recipe("relu_fisher_adalog_softmax", 3, 3).sites["post_softmax"].kind == "adalog"
+    assert get_recipe("relu_fisher_aph", 3, 3).passes[-1].loss == "aph"
+    with pytest.raises(ConfigError, match="softmax"):
+        relu_fisher_recipe(3, 3, softmax="log2")
+
+
+@pytest.mark.parametrize("name", ["aphq", "fimaq", "aphq_small", "fimaq_small", "aphq_no_mlp", "aphq_no_recon",
+                                  "relu_fisher", "relu_fisher_adalog_softmax"])
 def test_recipes_round_trip_through_json(name):
     r = get_recipe(name, 3, 3)
     assert Recipe.from_dict(r.to_dict()).to_dict() == r.to_dict()
@@ -142,9 +158,10 @@ def test_output_search_lowers_each_module_output_error():
 @pytest.mark.parametrize("arch, build", [
     ("vit", lambda: aphq_recipe(3, 3, setting="small", iters=3, mlp_iters=5, eq_n=32)),
     ("vit", lambda: fimaq_recipe(4, 4, setting="small", iters=3, eq_n=32)),
+    ("vit", lambda: relu_fisher_recipe(2, 4, setting="small", iters=3, mlp_iters=5, eq_n=32, softmax="adalog")),
     # Swin: the APH weight of the MLP step is float-rounding sized there (it underflowed to NaN in float32)
     ("swin", lambda: aphq_recipe(4, 4, setting="small", iters=2, mlp_iters=3, eq_n=16)),
-], ids=["aphq", "fimaq", "aphq-swin"])
+], ids=["aphq", "fimaq", "relu_fisher", "aphq-swin"])
 def test_recipes_run_end_to_end_and_round_trip(arch, build, tmp_path):
     recipe = build()
     fp = T.build(arch)
@@ -162,7 +179,7 @@ def test_recipes_run_end_to_end_and_round_trip(arch, build, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), out)
     acts = [m for n, m in loaded.named_modules() if n.endswith("mlp.act")]
-    assert acts and all(isinstance(a, nn.ReLU if recipe.name == "aphq" else nn.GELU) for a in acts)
+    assert acts and all(isinstance(a, nn.ReLU if recipe.name in ("aphq", "relu_fisher") else nn.GELU) for a in acts)
 
 
 # --- the float reference follows the original network -----------------------------------------------------------------
