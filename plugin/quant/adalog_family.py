@@ -51,7 +51,8 @@ def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=
         sites["post_softmax"] = post_softmax
     return Recipe(
         name=name, w_bits=w_bits, a_bits=a_bits, weight=grid(w_bits, "channel", eq_n=eq_n), act=act, sites=sites,
-        reparam="mean" if reparam_always or a_bits == w_bits else None, reparam_skip_roles=(Role.HEAD,), sequential="none",
+        reparam="mean" if reparam_always or a_bits == w_bits else None, reparam_skip_roles=(Role.HEAD,),
+        sequential="none",
         observe_elems=2 ** 22, passes=[*pre, PASSES["output_search"].from_dict(dict(rounds=3)), *post],
         calib_num=CALIB_NUM[setting], stat_fraction=min(1.0, STAT_IMAGES / CALIB_NUM[setting]),
     )

@@ -9,8 +9,8 @@ ablation on the reference models (docs/results.md, "Beyond the frontier"):
 4. ours: the post-LayerNorm scales are folded into the LayerNorm at every width (the official codes fold only when the
    activation and weight widths are equal, so at W2A4 the post-LayerNorm inputs of qkv and fc1 keep one scale for all
    channels); `reparam_always=False` gives the official rule;
-5. optional, ours: `softmax="adalog"` puts the post-Softmax input on AdaLog's adaptive-base log grid (plugin.quant.adalog)
-   instead of the uniform grid both official codes use.
+5. optional, ours: `softmax="adalog"` puts the post-Softmax input on AdaLog's adaptive-base log grid
+   (plugin.quant.adalog) instead of the uniform grid both official codes use.
 
 Settings as `aphq`: `paper` (1024 images, 128 set the quantizers, 20000 steps per MLP and per block) and `small`.
 """
