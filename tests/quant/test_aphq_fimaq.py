@@ -1,7 +1,6 @@
 """Tests of the `aphq`, `fimaq` and `relu_fisher` recipes and their parts: APHQ-ViT's `mlp_relu` pass (GELU -> ReLU
-MLP refit, run
-before any quantizer), the `output_search` pass, `Recipe.stat_fraction`, and the recipes end to end on a toy ViT with
-tiny iteration counts (CPU)."""
+MLP refit, run before any quantizer), the `output_search` pass, `Recipe.stat_fraction`, and the recipes end to end on
+a toy ViT with tiny iteration counts (CPU)."""
 import copy
 import os
 from dataclasses import dataclass
