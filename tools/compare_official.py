@@ -176,7 +176,7 @@ def run(args):
                     model = copy.deepcopy(fp_model)
                     torch.manual_seed(seed)
                     t0 = time.time()
-                    quantize(model, our_recipe(method, bits, len(images)), calib, log=lambda s: None, seed=seed)
+                    quantize(model, our_recipe(method, bits, len(images)), calib, log=log, seed=seed)
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     t_score = time.time() - t0
