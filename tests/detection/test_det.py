@@ -191,6 +191,32 @@ def test_train_det_two_processes(tiny, tmp_path):
     assert "stopping after epoch 1 of 3" in proc.stdout + proc.stderr
 
 
+def test_train_det_console_is_quiet_and_work_dir_explicit(tiny, tmp_path, monkeypatch, capfd):
+    """One process, the default console: a progress line per epoch and the validation line, no mmengine INFO lines
+    or pycocotools tables (those go to the log file in the work dir); no ./work_dirs made in the current folder, and
+    without --work-dir (and no work_dir in the config) one error line, exit 2."""
+    if os.path.join(REPO, "tools") not in sys.path:
+        sys.path.insert(0, os.path.join(REPO, "tools"))
+    import train_det
+    cfg_path, _, _ = tiny
+    train_cfg = os.path.join(os.path.dirname(cfg_path), "tiny_train.py")
+    with open(train_cfg, "w") as f:
+        f.write(TRAIN_CONFIG)
+    monkeypatch.chdir(tmp_path)
+    assert train_det.main([train_cfg]) == 2
+    err = capfd.readouterr().err
+    assert "--work-dir" in err and len([ln for ln in err.splitlines() if "error:" in ln]) == 1
+    work = tmp_path / "work"
+    assert train_det.main([train_cfg, "--work-dir", str(work), "--cfg-options", "train_cfg.max_epochs=1",
+                           "train_cfg.val_interval=1"]) == 0
+    out = capfd.readouterr().out
+    assert "epoch 1/1  loss " in out and "validation after epoch 1: bbox_mAP " in out, out
+    assert "mmengine - INFO" not in out and "Average Precision" not in out, out
+    assert sorted(os.listdir(tmp_path)) == ["work"]
+    logs = [os.path.join(d, f) for d, _, fs in os.walk(work) for f in fs if f.endswith(".log")]
+    assert logs and "Epoch(train)" in open(logs[0]).read()
+
+
 def test_train_det_fit_schedule_scales_epochs_and_lr_steps():
     """--fit-schedule's fit_schedule on real mmengine schedulers: 36 epochs cut to 12 move the MultiStepLR steps from
     27 and 33 to 9 and 11 and its end to 12; the iteration-based warmup is left alone; the lr then decays at 9."""
