@@ -181,8 +181,11 @@ def main(argv=None):
         counts = {}
         for split, ann, num, images in (("train", args.train_ann, args.train_num, args.train_images),
                                         ("val", args.val_ann, args.val_num, args.val_images)):
-            data = build_split(args.root, ann, images or args.images, os.path.join(tmp, "images"), num, rng,
-                               args.category, args.max_side, split)
+            try:
+                data = build_split(args.root, ann, images or args.images, os.path.join(tmp, "images"), num, rng,
+                                   args.category, args.max_side, split)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:  # an entry without id, bbox, width, ...
+                raise UserInputError(f"{ann}: malformed COCO entry ({type(exc).__name__}: {exc})") from None
             with open(os.path.join(tmp, f"instances_{split}.json"), "w") as f:
                 json.dump(data, f)
             counts[split] = (len(data["images"]), len(data["annotations"]))

@@ -160,6 +160,9 @@ def make_bad(coco):
     missing["images"][0]["file_name"] = "gone.jpg"
     (coco / "missing_image.json").write_text(json.dumps(missing))
     (coco / "notes.txt").write_text("x")
+    no_size = json.loads((coco / "instances_val.json").read_text())
+    del no_size["images"][0]["width"]
+    (coco / "no_size.json").write_text(json.dumps(no_size))
 
 
 BAD = [
@@ -171,6 +174,7 @@ BAD = [
     (["{coco}", "{out}", "--category", "cat"], ["no category 'cat'", "dog, person"]),
     (["{coco}", "{out}", "--val-ann", "missing_image.json", "--val-num", "2"], ["image not found", "gone.jpg"]),
     (["{coco}", "{coco}/notes.txt"], ["not a folder"]),
+    (["{coco}", "{out}", "--val-ann", "no_size.json", "--val-num", "2"], ["no_size.json: malformed COCO entry", "width"]),
     (["{coco}", "{out}", "--train-num", "0"], ["--train-num", "positive integer"]),
     (["{coco}", "{out}", "--max-side", "-5"], ["--max-side"]),
     (["{coco}"], ["required", "out"]),
