@@ -217,6 +217,37 @@ def test_train_det_console_is_quiet_and_work_dir_explicit(tiny, tmp_path, monkey
     assert logs and "Epoch(train)" in open(logs[0]).read()
 
 
+def test_cpu_first_run_chain(tmp_path, monkeypatch, capfd):
+    """The commands of docs/detection.md "A first run on a CPU" on a stand-in COCO root: make_coco_subset (one
+    category, images shrunk) -> train_det with the shipped micro config (one epoch here) -> ptq_test on its
+    model_final.pth (float only: a one-epoch detector may detect nothing to calibrate the heads on)."""
+    import make_coco_subset
+    import train_det
+    root = tmp_path / "coco"
+    os.makedirs(root / "images")
+    rng = np.random.default_rng(0)
+    _write_split(str(root), "train", 1, 4, rng, crowd=True)
+    _write_split(str(root), "val", 100, 2, rng, crowd=False)
+    for split in ("train", "val"):  # the config's one class is 'person'
+        data = json.loads((root / f"instances_{split}.json").read_text())
+        data["categories"][0]["name"] = "person"
+        (root / f"instances_{split}.json").write_text(json.dumps(data))
+    sub = tmp_path / "subset"
+    assert make_coco_subset.main([str(root), str(sub), "--train-num", "4", "--val-num", "2", "--category", "person",
+                                  "--max-side", "96"]) == 0
+    monkeypatch.setenv("COCO_SUBSET_ROOT", str(sub) + "/")
+    monkeypatch.chdir(tmp_path)
+    config = os.path.join(REPO, "configs/detection/mask-rcnn_quantswin-micro-p4-w7_fpn_coco-person-cpu.py")
+    assert train_det.main([config, "--work-dir", str(tmp_path / "det"), "--cfg-options", "train_cfg.max_epochs=1",
+                           "train_cfg.val_interval=1"]) == 0
+    assert "epoch 1/1" in capfd.readouterr().out
+    assert ptq_test.main([config, str(tmp_path / "det" / "model_final.pth"), "--fp-only", "--out",
+                          str(tmp_path / "ptq"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "ptq" / "report.json").read_text())
+    assert report["fp"]["num_images"] == 2 and "bbox_mAP" in report["fp"]
+    assert sorted(os.listdir(tmp_path)) == ["coco", "det", "ptq", "subset"]  # no ./work_dirs
+
+
 def test_train_det_fit_schedule_scales_epochs_and_lr_steps():
     """--fit-schedule's fit_schedule on real mmengine schedulers: 36 epochs cut to 12 move the MultiStepLR steps from
     27 and 33 to 9 and 11 and its end to 12; the iteration-based warmup is left alone; the lr then decays at 9."""
