@@ -5,9 +5,10 @@
     torchrun --nproc_per_node 2 tools/train_det.py CONFIG --work-dir DIR --launcher pytorch --auto-scale-lr
     (the same on a machine without CUDA runs CPU processes over gloo: a check of the multi-GPU path)
 
-mmengine's Runner does the training (as mmdet's tools/train.py); at the end the final weights are also written as a
-plain state dict, WORK_DIR/model_final.pth, that `torch.load(weights_only=True)` reads (mmengine's own training
-checkpoints hold pickled objects and need --unsafe-load in ptq_test.py).
+mmengine's Runner does the training (as mmdet's tools/train.py); at the end the final weights are also written as
+WORK_DIR/model_final.safetensors and as a plain state dict, WORK_DIR/model_final.pth, that
+`torch.load(weights_only=True)` reads; tools/ptq_test.py takes either (mmengine's own training checkpoints,
+epoch_N.pth, hold pickled objects and need --unsafe-load there).
 
 Our choices: the work dir is where the user says (--work-dir, or a work_dir in the config), never a ./work_dirs
 folder made in the current directory; the console shows one progress line per epoch and the validation results,
@@ -17,6 +18,7 @@ work dir, and to the console too with --verbose.
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 
@@ -29,7 +31,7 @@ def parse_args(argv=None):
     p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--work-dir", "--out", dest="work_dir",
-                   help="where logs, checkpoints and model_final.pth go (required unless the config sets work_dir)")
+                   help="where logs, checkpoints and model_final.* go (required unless the config sets work_dir)")
     p.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, fp16)")
     p.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by total batch / auto_scale_lr.base")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from CKPT, or from the latest in work dir")
@@ -94,7 +96,8 @@ def init_cpu_dist(cfg):
 
 
 def export_weights(runner, path):
-    """The trained weights as {'state_dict', 'meta'} of tensors and plain values only (weights_only-loadable)."""
+    """The trained weights as {'state_dict', 'meta'} of tensors and plain values only (weights_only-loadable) at
+    `path`, and the same tensors as a .safetensors file beside it (no pickle at all; `meta` as JSON in its header)."""
     import mmdet
     import torch
     from mmengine.model import is_model_wrapper
@@ -105,6 +108,10 @@ def export_weights(runner, path):
                              else v for k, v in metainfo.items() if k in ("classes", "palette")}}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "meta": meta}, path)
+    from safetensors.torch import save_file
+    # clone: safetensors refuses tensors that share storage
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, os.path.splitext(path)[0] + ".safetensors",
+              metadata={"meta": json.dumps(meta)})
     return path
 
 
@@ -228,7 +235,8 @@ def main(argv=None):
             runner.train()
     if is_main_process():
         path = export_weights(runner, os.path.join(runner.work_dir, "model_final.pth"))
-        print(f"final weights (weights_only-loadable): {path}")
+        print(f"final weights: {os.path.splitext(path)[0]}.safetensors (and {os.path.basename(path)}, "
+              "weights_only-loadable)")
     return 0
 
 

@@ -3,9 +3,9 @@
 #   data:     python tools/make_coco_subset.py ../shared/data/coco_person work_dirs/coco_person_cpu \
 #                 --train-num 128 --val-num 32 --category person --max-side 320
 #   train:    python tools/train_det.py THIS_CONFIG --work-dir work_dirs/det_cpu
-#   quantize: python tools/ptq_test.py THIS_CONFIG work_dirs/det_cpu/model_final.pth --bits 4 \
+#   quantize: python tools/ptq_test.py THIS_CONFIG work_dirs/det_cpu/model_final.safetensors --bits 4 \
 #                 --method minmax repq --out work_dirs/det_cpu/ptq
-# (model_final.pth: the weights_only-loadable state dict train_det.py writes at the end; mmengine's epoch_N.pth
+# (model_final.safetensors: the final weights train_det.py writes, beside model_final.pth; mmengine's epoch_N.pth
 # hold pickled objects and are refused without --unsafe-load.)
 # The data folder is read from the environment variable COCO_SUBSET_ROOT (a path ending in '/'; default below).
 # This checks that the whole chain works on a laptop; a detector trained this briefly finds few people (measured on

@@ -188,6 +188,11 @@ def test_train_det_two_processes(tiny, tmp_path):
     with DefaultScope.overwrite_default_scope("mmdet"):
         model = MODELS.build(Config.fromfile(cfg_path).model)
     model.load_state_dict(saved["state_dict"], strict=True)  # raises on any missing or unexpected key
+    from safetensors import safe_open
+    with safe_open(str(work / "model_final.safetensors"), "pt") as f:  # the same tensors, without pickle
+        assert json.loads(f.metadata()["meta"]) == saved["meta"]
+        assert sorted(f.keys()) == sorted(saved["state_dict"])
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in saved["state_dict"].items())
     assert "stopping after epoch 1 of 3" in proc.stdout + proc.stderr
 
 
@@ -220,7 +225,7 @@ def test_train_det_console_is_quiet_and_work_dir_explicit(tiny, tmp_path, monkey
 def test_cpu_first_run_chain(tmp_path, monkeypatch, capfd):
     """The commands of docs/detection.md "A first run on a CPU" on a stand-in COCO root: make_coco_subset (one
     category, images shrunk) -> train_det with the shipped micro config (one epoch here) -> ptq_test on its
-    model_final.pth (float only: a one-epoch detector may detect nothing to calibrate the heads on)."""
+    model_final.safetensors (float only: a one-epoch detector may detect nothing to calibrate the heads on)."""
     import make_coco_subset
     import train_det
     root = tmp_path / "coco"
@@ -241,7 +246,7 @@ def test_cpu_first_run_chain(tmp_path, monkeypatch, capfd):
     assert train_det.main([config, "--work-dir", str(tmp_path / "det"), "--cfg-options", "train_cfg.max_epochs=1",
                            "train_cfg.val_interval=1"]) == 0
     assert "epoch 1/1" in capfd.readouterr().out
-    assert ptq_test.main([config, str(tmp_path / "det" / "model_final.pth"), "--fp-only", "--out",
+    assert ptq_test.main([config, str(tmp_path / "det" / "model_final.safetensors"), "--fp-only", "--out",
                           str(tmp_path / "ptq"), "--quiet"]) == 0
     report = json.loads((tmp_path / "ptq" / "report.json").read_text())
     assert report["fp"]["num_images"] == 2 and "bbox_mAP" in report["fp"]
