@@ -1,27 +1,37 @@
 #!/usr/bin/env python
 """Train an MMDetection detector from a config (the float model that tools/ptq_test.py then quantizes).
 
-    python tools/train_det.py CONFIG [--work-dir DIR] [--amp] [--cfg-options KEY=VALUE ...]
-    torchrun --nproc_per_node 2 tools/train_det.py CONFIG --launcher pytorch --auto-scale-lr
+    python tools/train_det.py CONFIG --work-dir DIR [--amp] [--verbose] [--cfg-options KEY=VALUE ...]
+    torchrun --nproc_per_node 2 tools/train_det.py CONFIG --work-dir DIR --launcher pytorch --auto-scale-lr
     (the same on a machine without CUDA runs CPU processes over gloo: a check of the multi-GPU path)
 
-mmengine's Runner does the training (as mmdet's tools/train.py); at the end the final weights are also written as a
-plain state dict, WORK_DIR/model_final.pth, that `torch.load(weights_only=True)` reads (mmengine's own training
-checkpoints hold pickled objects and need --unsafe-load in ptq_test.py).
+mmengine's Runner does the training (as mmdet's tools/train.py); at the end the final weights are also written as
+WORK_DIR/model_final.safetensors and as a plain state dict, WORK_DIR/model_final.pth, that
+`torch.load(weights_only=True)` reads; tools/ptq_test.py takes either (mmengine's own training checkpoints,
+epoch_N.pth, hold pickled objects and need --unsafe-load there).
+
+Our choices: the work dir is where the user says (--work-dir, or a work_dir in the config), never a ./work_dirs
+folder made in the current directory; the console shows one progress line per epoch and the validation results,
+mmengine's full log (environment, config, every logged iteration, pycocotools' tables) goes to the log file in the
+work dir, and to the console too with --verbose.
 """
 import argparse
+import contextlib
+import io
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from plugin.errors import ToolParser, nonnegative_int, positive_float, tool_main  # noqa: E402
+from plugin.errors import ToolParser, UserInputError, nonnegative_int, positive_float, tool_main  # noqa: E402
 
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
     p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
-    p.add_argument("--work-dir", help="default: the config's work_dir, else ./work_dirs/<config name>")
+    p.add_argument("--work-dir", "--out", dest="work_dir",
+                   help="where logs, checkpoints and model_final.* go (required unless the config sets work_dir)")
     p.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, fp16)")
     p.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by total batch / auto_scale_lr.base")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from CKPT, or from the latest in work dir")
@@ -34,6 +44,7 @@ def parse_args(argv=None):
                    "budget at the measured epoch time, with the epoch-based lr steps scaled to the new length (so a "
                    "short run still decays)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries (mmengine syntax)")
+    p.add_argument("--verbose", action="store_true", help="mmengine's full log and pycocotools' tables on the console")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -52,7 +63,9 @@ def build_cfg(args):
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = os.path.join("./work_dirs", os.path.splitext(os.path.basename(args.config))[0])
+        raise UserInputError("say where to write: --work-dir DIR (the config sets no work_dir)")
+    if not args.verbose:  # the environment and config dump; the log file gets INFO again in quiet_console
+        cfg.log_level = "WARNING"
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
@@ -83,7 +96,8 @@ def init_cpu_dist(cfg):
 
 
 def export_weights(runner, path):
-    """The trained weights as {'state_dict', 'meta'} of tensors and plain values only (weights_only-loadable)."""
+    """The trained weights as {'state_dict', 'meta'} of tensors and plain values only (weights_only-loadable) at
+    `path`, and the same tensors as a .safetensors file beside it (no pickle at all; `meta` as JSON in its header)."""
     import mmdet
     import torch
     from mmengine.model import is_model_wrapper
@@ -94,6 +108,10 @@ def export_weights(runner, path):
                              else v for k, v in metainfo.items() if k in ("classes", "palette")}}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "meta": meta}, path)
+    from safetensors.torch import save_file
+    # clone: safetensors refuses tensors that share storage
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, os.path.splitext(path)[0] + ".safetensors",
+              metadata={"meta": json.dumps(meta)})
     return path
 
 
@@ -148,6 +166,55 @@ def time_budget_hook(seconds, fit=False):
     return TimeBudgetHook()
 
 
+def quiet_console(logger):
+    """mmengine's logger: warnings on the console, everything from now on in the log file."""
+    import logging
+    for handler in logger.handlers:
+        handler.setLevel(logging.INFO if isinstance(handler, logging.FileHandler) else logging.WARNING)
+
+
+def progress_hook(out):
+    """A hook that writes one line per training epoch (mean losses, lr, elapsed time and ETA) and one per
+    validation (box and mask mAP) to `out`, on the main process only."""
+    import time
+    from collections import defaultdict
+    from mmengine.dist import is_main_process
+    from mmengine.hooks import Hook
+
+    class ProgressHook(Hook):
+        priority = "LOW"
+
+        def before_train(self, runner):
+            self.start = time.monotonic()
+
+        def before_train_epoch(self, runner):
+            self.sums, self.count = defaultdict(float), 0
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            for key, value in (outputs or {}).items():
+                if key.startswith("loss"):
+                    self.sums[key] += float(value.detach()) if hasattr(value, "detach") else float(value)
+            self.count += 1
+
+        def after_train_epoch(self, runner):
+            if not is_main_process():
+                return
+            done, total = runner.epoch + 1, runner.max_epochs  # mmengine counts the epoch up after this hook
+            elapsed = time.monotonic() - self.start
+            losses = "  ".join(f"{k} {v / max(self.count, 1):.3f}" for k, v in self.sums.items())
+            lr = runner.optim_wrapper.get_lr()["lr"][0]
+            print(f"epoch {done}/{total}  {losses}  lr {lr:.2e}  {elapsed:.0f}s elapsed, "
+                  f"ETA {elapsed / done * (total - done):.0f}s", file=out, flush=True)
+
+        def after_val_epoch(self, runner, metrics=None):
+            if is_main_process() and metrics:
+                shown = "  ".join(f"{k.split('/')[-1]} {100 * v:.1f}" for k, v in metrics.items()
+                                  if k.endswith(("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")))
+                print(f"validation after epoch {runner.epoch}: {shown}  (percent)", file=out, flush=True)
+
+    return ProgressHook()
+
+
 @tool_main
 def main(argv=None):
     args = parse_args(argv)
@@ -159,10 +226,17 @@ def main(argv=None):
     runner = Runner.from_cfg(cfg)
     if args.max_time:
         runner.register_hook(time_budget_hook(args.max_time, fit=args.fit_schedule))
-    runner.train()
+    if args.verbose:
+        runner.train()
+    else:
+        quiet_console(runner.logger)
+        runner.register_hook(progress_hook(sys.stdout))
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints; the hook writes to the real stdout
+            runner.train()
     if is_main_process():
         path = export_weights(runner, os.path.join(runner.work_dir, "model_final.pth"))
-        print(f"final weights (weights_only-loadable): {path}")
+        print(f"final weights: {os.path.splitext(path)[0]}.safetensors (and {os.path.basename(path)}, "
+              "weights_only-loadable)")
     return 0
 
 

@@ -1,10 +1,11 @@
 # Reference detector: Mask R-CNN with a small QuantSwin, trained from scratch on the COCO person set of
 # ../shared/data/coco_person (700 train / 100 val images, longer side <= 512 px, one class).
-#   train:    python tools/train_det.py configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person.py
+#   train:    python tools/train_det.py configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person.py \
+#                 --work-dir work_dirs/det_mini
 #   quantize: python tools/ptq_test.py configs/detection/mask-rcnn_quantswin-mini-p4-w7_fpn_coco-person.py \
-#                 work_dirs/<this config>/model_final.pth --bits 4 6 --method repq ptq4vit minmax
-# (model_final.pth is the plain state dict train_det.py exports at the end; mmengine's own epoch_N.pth files hold
-# pickled objects and are refused without --unsafe-load.)
+#                 work_dirs/det_mini/model_final.safetensors --bits 4 6 --method repq ptq4vit minmax
+# (model_final.safetensors / model_final.pth: the final weights train_det.py writes at the end, without pickled
+# objects; mmengine's own epoch_N.pth files hold pickled objects and are refused without --unsafe-load.)
 # The data folder can be moved with the environment variable COCO_PERSON_ROOT (a path ending in '/').
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['plugin.detection'], allow_failed_imports=False)

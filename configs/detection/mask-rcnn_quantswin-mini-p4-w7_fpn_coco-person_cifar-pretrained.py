@@ -8,8 +8,8 @@
 # Schedule for several GPUs: the learning rate is set for a total batch of 32 (4 GPUs x 8 images), and
 # auto_scale_lr.base_batch_size says so, so that `--auto-scale-lr` scales it linearly to the batch actually used
 # (1 GPU: 8 images, lr 1e-4; 2 GPUs: 2e-4; 8 GPUs: 8e-4):
-#   torchrun --nproc_per_node 4 tools/train_det.py THIS_CONFIG --launcher pytorch --auto-scale-lr --amp
-#   python tools/train_det.py THIS_CONFIG --auto-scale-lr --amp                                    (one GPU)
+#   torchrun --nproc_per_node 4 tools/train_det.py THIS_CONFIG --work-dir DIR --launcher pytorch --auto-scale-lr --amp
+#   python tools/train_det.py THIS_CONFIG --work-dir DIR --auto-scale-lr --amp                      (one GPU)
 # lr 4e-4 at 32 lies between linear scalings of mmdet's Swin-T recipe for a pretrained backbone (1e-4 at 16 -> 2e-4)
 # and of the from-scratch mini recipe (2e-4 at 8 -> 8e-4): the backbone is pretrained, the neck and heads are not.
 # Epochs: DET_EPOCHS (default 36) with the two lr steps at 3/4 and 11/12 of it, so that a shorter run still decays.

@@ -39,6 +39,11 @@ def quiet_runner(logger, show):
         set_log_level(logger, level)
 
 
+def quiet_stdout():
+    """stdout dropped for the block (pycocotools' "loading annotations" prints) unless verbose()."""
+    return contextlib.nullcontext() if verbose() else contextlib.redirect_stdout(io.StringIO())
+
+
 def scratch_work_dir():
     """A fresh temporary folder for the runner's logs, removed at process exit."""
     path = tempfile.mkdtemp(prefix="vitq-mmengine-")

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import UserInputError, check_calib_num
 from ..tasks.base import Task, register_task
-from .runner_quiet import quiet_runner, scratch_work_dir, set_log_level, verbose
+from .runner_quiet import quiet_runner, quiet_stdout, scratch_work_dir, set_log_level, verbose
 from .loop import attach_collector, broadcast_from_rank0, run_test_step
 
 # every module outside the backbone: the neck, RPN and RoI heads
@@ -213,7 +213,8 @@ class DetectionTask(Task):
             ds_cfg = copy.deepcopy(unwrap_dataset_cfg(train["dataset"]))
             ds_cfg["pipeline"] = copy.deepcopy(unwrap_dataset_cfg(test["dataset"])["pipeline"])
             with DefaultScope.overwrite_default_scope(self.cfg.get("default_scope", "mmdet")):
-                with _as_user_error(f"cannot load the calibration annotations ({ds_cfg.get('ann_file', '?')})"):
+                with _as_user_error(f"cannot load the calibration annotations ({ds_cfg.get('ann_file', '?')})"), \
+                        quiet_stdout():
                     self._calib_set = DATASETS.build(ds_cfg)
         return self._calib_set
 

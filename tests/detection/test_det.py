@@ -188,7 +188,69 @@ def test_train_det_two_processes(tiny, tmp_path):
     with DefaultScope.overwrite_default_scope("mmdet"):
         model = MODELS.build(Config.fromfile(cfg_path).model)
     model.load_state_dict(saved["state_dict"], strict=True)  # raises on any missing or unexpected key
+    from safetensors import safe_open
+    with safe_open(str(work / "model_final.safetensors"), "pt") as f:  # the same tensors, without pickle
+        assert json.loads(f.metadata()["meta"]) == saved["meta"]
+        assert sorted(f.keys()) == sorted(saved["state_dict"])
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in saved["state_dict"].items())
     assert "stopping after epoch 1 of 3" in proc.stdout + proc.stderr
+
+
+def test_train_det_console_is_quiet_and_work_dir_explicit(tiny, tmp_path, monkeypatch, capfd):
+    """One process, the default console: a progress line per epoch and the validation line, no mmengine INFO lines
+    or pycocotools tables (those go to the log file in the work dir); no ./work_dirs made in the current folder, and
+    without --work-dir (and no work_dir in the config) one error line, exit 2."""
+    if os.path.join(REPO, "tools") not in sys.path:
+        sys.path.insert(0, os.path.join(REPO, "tools"))
+    import train_det
+    cfg_path, _, _ = tiny
+    train_cfg = os.path.join(os.path.dirname(cfg_path), "tiny_train.py")
+    with open(train_cfg, "w") as f:
+        f.write(TRAIN_CONFIG)
+    monkeypatch.chdir(tmp_path)
+    assert train_det.main([train_cfg]) == 2
+    err = capfd.readouterr().err
+    assert "--work-dir" in err and len([ln for ln in err.splitlines() if "error:" in ln]) == 1
+    work = tmp_path / "work"
+    assert train_det.main([train_cfg, "--work-dir", str(work), "--cfg-options", "train_cfg.max_epochs=1",
+                           "train_cfg.val_interval=1"]) == 0
+    out = capfd.readouterr().out
+    assert "epoch 1/1  loss " in out and "validation after epoch 1: bbox_mAP " in out, out
+    assert "mmengine - INFO" not in out and "Average Precision" not in out, out
+    assert sorted(os.listdir(tmp_path)) == ["work"]
+    logs = [os.path.join(d, f) for d, _, fs in os.walk(work) for f in fs if f.endswith(".log")]
+    assert logs and "Epoch(train)" in open(logs[0]).read()
+
+
+def test_cpu_first_run_chain(tmp_path, monkeypatch, capfd):
+    """The commands of docs/detection.md "A first run on a CPU" on a stand-in COCO root: make_coco_subset (one
+    category, images shrunk) -> train_det with the shipped micro config (one epoch here) -> ptq_test on its
+    model_final.safetensors (float only: a one-epoch detector may detect nothing to calibrate the heads on)."""
+    import make_coco_subset
+    import train_det
+    root = tmp_path / "coco"
+    os.makedirs(root / "images")
+    rng = np.random.default_rng(0)
+    _write_split(str(root), "train", 1, 4, rng, crowd=True)
+    _write_split(str(root), "val", 100, 2, rng, crowd=False)
+    for split in ("train", "val"):  # the config's one class is 'person'
+        data = json.loads((root / f"instances_{split}.json").read_text())
+        data["categories"][0]["name"] = "person"
+        (root / f"instances_{split}.json").write_text(json.dumps(data))
+    sub = tmp_path / "subset"
+    assert make_coco_subset.main([str(root), str(sub), "--train-num", "4", "--val-num", "2", "--category", "person",
+                                  "--max-side", "96"]) == 0
+    monkeypatch.setenv("COCO_SUBSET_ROOT", str(sub) + "/")
+    monkeypatch.chdir(tmp_path)
+    config = os.path.join(REPO, "configs/detection/mask-rcnn_quantswin-micro-p4-w7_fpn_coco-person-cpu.py")
+    assert train_det.main([config, "--work-dir", str(tmp_path / "det"), "--cfg-options", "train_cfg.max_epochs=1",
+                           "train_cfg.val_interval=1"]) == 0
+    assert "epoch 1/1" in capfd.readouterr().out
+    assert ptq_test.main([config, str(tmp_path / "det" / "model_final.safetensors"), "--fp-only", "--out",
+                          str(tmp_path / "ptq"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "ptq" / "report.json").read_text())
+    assert report["fp"]["num_images"] == 2 and "bbox_mAP" in report["fp"]
+    assert sorted(os.listdir(tmp_path)) == ["coco", "det", "ptq", "subset"]  # no ./work_dirs
 
 
 def test_train_det_fit_schedule_scales_epochs_and_lr_steps():
