@@ -1,5 +1,7 @@
-"""`relu_fisher`: the two CVPR 2025 codes of the AdaLog family combined, plus two general changes, each chosen by
-ablation on the reference models (docs/results.md, "Beyond the frontier"):
+"""`relu_fisher`: the two CVPR 2025 codes of the AdaLog family combined, plus general changes of ours, each a switch
+so that ablation decides (measured on the DeiT-S-shaped reference at 100 iterations per block, docs/results.md, "The
+frontier on the DeiT-S shape": below `fimaq` at W3A3 and W2A4; the MLP step and the fold at every width are the
+measured causes, so it is not a recommended recipe):
 
 1. APHQ-ViT's MLP reconstruction (`mlp_relu`, plugin.quant.recon.mlp_relu): GELU → ReLU, each MLP re-fitted to the
    float outputs before quantization; the FC2 input then sits on a grid with its zero point fixed at 0;
