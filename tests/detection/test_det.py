@@ -546,16 +546,17 @@ def test_block_skipping_gives_the_same_detector(task_and_model):
         assert torch.equal(models[0][k], models[1][k]), k
 
 
-@pytest.mark.parametrize("method", ["dopq", "isvit", "aiqvit"])
+@pytest.mark.parametrize("method", ["dopq", "isvit", "aiqvit", "aphq", "fimaq", "relu_fisher"])
 def test_seed_recipes_run_unchanged_on_the_detector(task_and_model, method):
-    """The seed methods' recipes (reconstruction passes included, a few steps) quantize and evaluate a detector."""
+    """The seed and frontier methods' recipes (reconstruction passes included, a few steps) quantize and evaluate a
+    detector."""
     import copy
 
     from plugin.quant import get_recipe, quantize
     task, fp_model = task_and_model
     model = copy.deepcopy(fp_model)
     recipe = get_recipe(method, w_bits=4, a_bits=4)
-    recipe.passes = [dict(p, iters=2, batch_size=1) for p in recipe.passes]
+    recipe.passes = [dict(p, iters=2, batch_size=1) if "iters" in p else p for p in recipe.passes]
     quantize(model, recipe, task.calib_data(model, 2, seed=0), log=lambda s: None)
     metrics = task.evaluate(model, progress=False)
     assert "bbox_mAP" in metrics and "segm_mAP" in metrics

@@ -372,10 +372,11 @@ def test_repq_w4a4_quantizes_tiny_models(cfg):
     assert torch.allclose(run(model, (x, c)), ref, atol=1e-5)     # quantizers off: the float function again
 
 
-@pytest.mark.parametrize("method", ["dopq", "isvit", "aiqvit"])
+@pytest.mark.parametrize("method", ["dopq", "isvit", "aiqvit", "aphq", "fimaq", "relu_fisher"])
 @pytest.mark.parametrize("cfg", [TINY_CLS, TINY_SEG], ids=["cls", "partseg"])
 def test_seed_recipes_run_unchanged(cfg, method):
-    """The seed methods' recipes (reconstruction passes included, a few steps) quantize both point-cloud models."""
+    """The seed and frontier methods' recipes (reconstruction passes included, a few steps) quantize both point-cloud
+    models."""
     from plugin.quant import CalibData, get_recipe, quantize
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -383,7 +384,7 @@ def test_seed_recipes_run_unchanged(cfg, method):
     x, c = torch.randn(4, 64, 3), torch.tensor([0, 1, 1, 0])
     run = (lambda m, b: m(b[0], b[1])) if seg else (lambda m, b: m(b[0]))
     recipe = get_recipe(method, w_bits=4, a_bits=4)
-    recipe.passes = [dict(p, iters=2, batch_size=2) for p in recipe.passes]
+    recipe.passes = [dict(p, iters=2, batch_size=2) if "iters" in p else p for p in recipe.passes]
     quantize(model, recipe, CalibData([(x[:2], c[:2]), (x[2:], c[2:])], run), log=lambda *_: None)
     assert torch.isfinite(run(model, (x, c))).all()
 

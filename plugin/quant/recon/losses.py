@@ -44,7 +44,8 @@ def mse_loss(outputs, targets, extra=None):
 def aph_loss(outputs, targets, extra):
     """extra: one weight tensor per output, shaped (1, *item shape) (or broadcastable to the output)."""
     if extra is None or len(extra) != len(outputs):
-        raise CalibrationError("aph loss: needs one weight tensor per unit output")
+        raise CalibrationError(f"aph loss: needs one weight tensor per unit output, got "
+                               f"{'none' if extra is None else len(extra)} for {len(outputs)}")
     return [(2.0, sum(((o - t).pow(2) * w).mean() for (o, t), w in zip(_pairs(outputs, targets), extra)))]
 
 

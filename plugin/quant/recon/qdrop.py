@@ -35,7 +35,8 @@ from .block_recon import Learnables, ReconConfig
 from .cache import float_tensors
 from .engine import ReconMethod, reconstruct, unit_cache
 from .losses import LOSSES, Normalised
-from .sensitivity import FisherDPLR, fisher_row, perturbation_hessian, reference_outputs, sampled_fisher_diag
+from .sensitivity import (FisherDPLR, RepeatedUnit, fisher_row, perturbation_hessian, reference_outputs,
+                          sampled_fisher_diag)
 
 # "paper": the official defaults (test_quant.py never overrides reconstruct_single_block's 20000 iterations; batch 32
 # from configs/{3,4}bit/best.py). "small": a tenth of the iterations, same batch: for small models and quick runs.
@@ -171,7 +172,10 @@ class QDropRecon(ReconMethod):
                          f"uses mse")
             self.loss_name, self.loss_fn = "mse", LOSSES["mse"]
         if self.loss_name == "aph":
-            self.extra = self._aph_weights()
+            try:
+                self.extra = self._aph_weights()
+            except RepeatedUnit as exc:
+                self._fall_back_to_mse(exc)
         self.learnables = Learnables(unit, cfg)
         groups = self.learnables.groups
         for g in groups:
@@ -188,8 +192,17 @@ class QDropRecon(ReconMethod):
         self.fisher_every = max(1, cfg.iters // max(cfg.rank, 1))
         if self.loss_name == "fisher_dplr":
             self.extra = FisherDPLR(None, None, None, cfg.p_lowrank, cfg.p_diag)
-            self._refresh_fisher()
+            try:
+                self._refresh_fisher()
+            except RepeatedUnit as exc:
+                self._fall_back_to_mse(exc)
         return bool(groups)
+
+    def _fall_back_to_mse(self, exc):
+        """A unit that runs several times per forward (a detector's RPN conv over the pyramid levels) has no output
+        gradient per cached output, so no aph / fisher_dplr weight: plain MSE, logged."""
+        self.ctx.log(f"{self.where}: {exc}; {self.loss_name} weights need one run per forward: uses mse")
+        self.loss_name, self.loss_fn, self.extra = "mse", LOSSES["mse"], None
 
     def _ensure_refs(self):
         if self.refs is None:

@@ -24,8 +24,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import CalibrationError
 from ..quantizers import Quantizer
 from .cache import float_tensors
+
+
+class RepeatedUnit(CalibrationError):
+    """The unit runs more than once in one model forward (e.g. a detector's RPN conv, applied to every pyramid level):
+    its output gradients do not line up with its cached outputs, so no per-output weight can be taken."""
 
 
 def _is_logits(out):
@@ -65,14 +71,16 @@ def _map_float(fn, obj):
 
 def unit_output_grads(ctx, unit, batch_index, loss_fn, shift=0.0):
     """(the unit's output tensors, d loss_fn(model output) / d them) on one calibration batch. The graph starts at the
-    unit's output (nothing before it is differentiated); `shift` is added to every element of that output."""
-    live = []
+    unit's output (nothing before it is differentiated); `shift` is added to every element of that output. Raises
+    RepeatedUnit when the unit runs more than once in the forward."""
+    live, calls = [], []
 
     def hook(module, args, output):
+        calls.append(1)
         def start(t):
             t = t.detach().requires_grad_()
             live.append(t)
-            return t + shift if shift else t
+            return t + shift if shift else t.clone()  # not the leaf itself: the model may ReLU it in place
         return _map_float(start, output)
 
     handle = unit.module.register_forward_hook(hook)
@@ -81,6 +89,8 @@ def unit_output_grads(ctx, unit, batch_index, loss_fn, shift=0.0):
         with torch.enable_grad():
             out = ctx.calib.forward(ctx.model, ctx.calib.batches[batch_index])
             loss = loss_fn(out)
+            if len(calls) != 1:
+                raise RepeatedUnit(f"the unit ran {len(calls)} times in one forward")
             grads = torch.autograd.grad(loss, live, allow_unused=True)
     finally:
         handle.remove()
@@ -178,5 +188,5 @@ def fisher_row(ctx, unit, reference, batches, refs, targets, temperature=20.0):
     return g_sum / count, d_sum / count
 
 
-__all__ = ["FisherDPLR", "fisher_row", "float_except", "perturbation_hessian", "reference_outputs",
+__all__ = ["FisherDPLR", "RepeatedUnit", "fisher_row", "float_except", "perturbation_hessian", "reference_outputs",
            "sampled_fisher_diag", "task_loss", "unit_output_grads"]
