@@ -210,9 +210,9 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
     of it at most (plugin.quant.calib_input). `log(message)` receives progress lines (default: logging, INFO, logger
     "plugin.quant").
 
-    With `checkpoint_dir`, the reconstruction passes write a checkpoint there after each finished unit; with `resume`
-    as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). What the run left
-    (recipe, adapter, per-unit errors, rollbacks, ranks) is the model's QuantState: `plugin.quant.state(model)`.
+    With `checkpoint_dir`, the reconstruction and search passes write a checkpoint there after each finished unit; with
+    `resume` as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). What the run
+    left (recipe, adapter, per-unit errors, rollbacks, ranks) is the model's QuantState: `plugin.quant.state(model)`.
     `skip_finished_blocks` (plugin.quant.block_skip) keeps the calibration forwards from recomputing the blocks
     already calibrated; False runs every forward from the input (the same model, slower on deep models)."""
     from .adapter import Adapter, find_adapter

@@ -1,17 +1,19 @@
 """Checkpoints of a running calibration, so a crashed or pre-empted run continues where it stopped.
 
-The reconstruction passes (block_recon, sos, lowrank) visit units one by one; every unit they visit gets a step number
-(counted over the whole `quantize` call). After each finished unit the whole model state is written to
-`DIR/calib-<step>.safetensors`, then `DIR/calib.json` (recipe, model and calibration-data fingerprints, seed, pass index,
-unit index and name, step, the per-unit errors and rollbacks so far) is replaced to point at it; both writes are
+The reconstruction passes (block_recon, sos, lowrank, qdrop_recon) and the search passes (hessian_search,
+output_search) visit units one by one; every unit they visit gets a step number (counted over the whole `quantize`
+call). After each finished unit the whole model state is written to `DIR/calib-<step>.safetensors`, then
+`DIR/calib.json` (recipe, model and calibration-data fingerprints, seed, pass index, unit index and name, step, the
+per-unit errors and rollbacks so far, and the pass's own `pass_state`) is replaced to point at it; both writes are
 atomic (temporary file, then rename), and the JSON is written last, so a kill at any moment leaves the previous complete
 checkpoint in force.
 
 Resuming replays the same `quantize` call: the basic calibration and the passes run as before, but every unit up to
 the checkpoint's step is skipped, and the saved state is loaded in place of the last one. Work done between units
 (SOS stage 2 reparameterisation, low-rank merging) runs again, so the model has the structure the saved state was
-taken from. Units are independent given their inputs (each has its own seeded generator), so the resumed run gives
-the same tensors as an uninterrupted one.
+taken from. Units are independent given their inputs (each has its own seeded generator, or, in output_search, the
+pass's one generator continues from the state saved in `pass_state`), so the resumed run gives the same tensors as an
+uninterrupted one.
 """
 import hashlib
 import json
