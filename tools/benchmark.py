@@ -72,8 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--verbose", action="store_true", help="calibration progress to stderr")
     p.add_argument("--calib-only", action="store_true", help="calibration wall time and peak GPU memory only (no "
                    "throughput, no freeze): the calibration-at-scale table of docs/performance.md")
-    p.add_argument("--checkpoint-dir", default=None, help="reconstruction passes write a checkpoint here after each "
-                   "unit (one subfolder per model and method); with --resume a run continues after the last one")
+    p.add_argument("--checkpoint-dir", default=None, help="reconstruction and search passes write a checkpoint here "
+                   "after each unit (one subfolder per model and method); with --resume a run continues after the "
+                   "last one")
     p.add_argument("--resume", action="store_true", help="continue each calibration from --checkpoint-dir")
     p.add_argument("--no-block-skip", action="store_true", help="calibration forwards recompute the blocks already "
                    "calibrated (plugin.quant.block_skip off: the same model, to time what skipping saves)")

@@ -52,8 +52,8 @@ def parse_args(argv=None):
                    help="print the resolved job and what each recipe quantizes on the model; calibrate nothing")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--save-model", action="store_true", help="also save each quantized model (safetensors + JSON)")
-    p.add_argument("--checkpoint-dir", help="where reconstruction passes write a checkpoint after each finished unit, "
-                   "one subfolder per method and bit widths (default OUT/ckpt)")
+    p.add_argument("--checkpoint-dir", help="where reconstruction and search passes write a checkpoint after each "
+                   "finished unit, one subfolder per method and bit widths (default OUT/ckpt)")
     p.add_argument("--resume", action="store_true",
                    help="continue each calibration after the last finished unit in --checkpoint-dir")
     p.add_argument("--fp-only", action="store_true",

@@ -144,10 +144,9 @@ class CalibContext:
         unreached = [s for s in self.sites if s.name not in calls]
         return order + unreached, calls
 
-    def groups(self, per_site=False):
-        """Consecutive runs of sites (in execution order) that share a block; outside-block runs are groups too.
-        With `per_site`, every site is a group of its own (still labelled with its block)."""
-        order, calls = self.execution_order()
+    def block_runs(self, sites, per_site=False):
+        """Consecutive runs of `sites` (in the order given) that share a block, as (block index, [sites]); sites
+        outside every block form runs too (index None). With `per_site`, every site is a run of its own."""
         blocks = self.adapter.blocks(self.model)
 
         def block_of(name):
@@ -156,14 +155,20 @@ class CalibContext:
                     return i
             return None
 
-        groups = []
-        for site in order:
+        runs = []
+        for site in sites:
             key = block_of(site.name)
-            if groups and groups[-1][0] == key and not per_site:
-                groups[-1][1].append(site)
+            if runs and runs[-1][0] == key and not per_site:
+                runs[-1][1].append(site)
             else:
-                groups.append((key, [site]))
-        return [(key, members, all(calls.get(s.name, 0) == 1 for s in members)) for key, members in groups]
+                runs.append((key, [site]))
+        return runs
+
+    def groups(self, per_site=False):
+        """`block_runs` of the sites in execution order, each with whether all its sites run once per forward."""
+        order, calls = self.execution_order()
+        return [(key, members, all(calls.get(s.name, 0) == 1 for s in members))
+                for key, members in self.block_runs(order, per_site)]
 
 
 def _observe(ctx, members, stop_after):
@@ -205,9 +210,9 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
     of it at most (plugin.quant.calib_input). `log(message)` receives progress lines (default: logging, INFO, logger
     "plugin.quant").
 
-    With `checkpoint_dir`, the reconstruction passes write a checkpoint there after each finished unit; with `resume`
-    as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). What the run left
-    (recipe, adapter, per-unit errors, rollbacks, ranks) is the model's QuantState: `plugin.quant.state(model)`.
+    With `checkpoint_dir`, the reconstruction and search passes write a checkpoint there after each finished unit; with
+    `resume` as well, a run continues after the last unit such a checkpoint holds (plugin.quant.resume). What the run
+    left (recipe, adapter, per-unit errors, rollbacks, ranks) is the model's QuantState: `plugin.quant.state(model)`.
     `skip_finished_blocks` (plugin.quant.block_skip) keeps the calibration forwards from recomputing the blocks
     already calibrated; False runs every forward from the input (the same model, slower on deep models)."""
     from .adapter import Adapter, find_adapter

@@ -22,12 +22,13 @@ module's other operand is quantized once per search and the candidates are score
 in chunks of at most `CHUNK_ELEMS` values per stacked tensor (`_Search.errors`); the errors equal the one-pass-per-
 candidate ones (`_Search.error`, kept for Conv sites) up to float summation order.
 """
+import base64
 from dataclasses import dataclass
 
 import torch
 
 from .calibrate import iter_quantizers, set_quant_enabled
-from .errors import CalibrationError
+from .errors import CalibrationError, CheckpointError
 from .modules import MatMul, QuantConv2d, QuantLinear
 from .passes import PassConfig, is_int, register_pass
 from .percentile_grid import PercentileGridQuantizer
@@ -209,15 +210,43 @@ class OutputSearch(PassConfig):
         self.require(is_int(self.rounds) and self.rounds >= 0, "rounds", "a non-negative integer")
 
     def run(self, ctx):
-        gen = torch.Generator().manual_seed(ctx.seed)
-        _, per_forward = ctx.execution_order()
-        sites = [s for s in ctx.sites if any(isinstance(q, PercentileGridQuantizer) for _, q in s.quantizers())]
-        progress = Progress(len(sites), "[output_search]", ctx.log)
-        for site in sites:
+        output_search(ctx, self.rounds)
+
+
+def output_search(ctx, rounds):
+    """Search every site with `percentile_grid` quantizers (module docstring), in the order of `ctx.sites`.
+
+    The units of the run's checkpoints (plugin.quant.resume) are the consecutive sites of one block (or between
+    blocks): with a checkpoint directory the model state is written after each, with the state of the random
+    generator that subsamples rows (`_subsample`, one generator for the whole pass as before), and a resumed run skips
+    the units it holds and continues with that generator, so it gives the same scales as an uninterrupted run."""
+    gen = torch.Generator().manual_seed(ctx.seed)
+    _, per_forward = ctx.execution_order()
+    sites = [s for s in ctx.sites if any(isinstance(q, PercentileGridQuantizer) for _, q in s.quantizers())]
+    units = ctx.block_runs(sites)
+    ckpt = ctx.checkpoint
+    steps = [ckpt.next_unit() if ckpt is not None else (None, False) for _ in units]
+    progress = Progress(len(sites), "[output_search]", ctx.log,
+                        done=sum(len(members) for (_, members), (_, skip) in zip(units, steps) if skip))
+    for i, ((key, members), (step, skip)) in enumerate(zip(units, steps)):
+        where = f"block {key}" if key is not None else "between blocks"
+        if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
+            if step == ckpt.resume_step:
+                ckpt.restore(ctx.model, ctx.pass_index, i)
+                gen_state = (ckpt.pass_state or {}).get("generator")
+                if gen_state is None:
+                    raise CheckpointError(f"the checkpoint in {ckpt.dir} has no generator state for output_search")
+                gen.set_state(torch.frombuffer(bytearray(base64.b64decode(gen_state)), dtype=torch.uint8))
+                ctx.log(f"[output_search] resumed after unit {i + 1}/{len(units)} ({where})")
+            continue
+        for site in members:
             calls = _capture(ctx, site, once=per_forward.get(site.name, 0) == 1)
-            _search_site(site, calls, self.rounds, gen)
+            _search_site(site, calls, rounds, gen)
             _expand_tokens(site, calls)
             progress.step(f"sites ({site.name})")
+        if ckpt is not None:
+            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, where, ctx.state,
+                      pass_state={"generator": base64.b64encode(gen.get_state().numpy().tobytes()).decode()})
 
 
-__all__ = ["OutputSearch"]
+__all__ = ["OutputSearch", "output_search"]

@@ -1,17 +1,19 @@
 """Checkpoints of a running calibration, so a crashed or pre-empted run continues where it stopped.
 
-The reconstruction passes (block_recon, sos, lowrank) visit units one by one; every unit they visit gets a step number
-(counted over the whole `quantize` call). After each finished unit the whole model state is written to
-`DIR/calib-<step>.safetensors`, then `DIR/calib.json` (recipe, model and calibration-data fingerprints, seed, pass index,
-unit index and name, step, the per-unit errors and rollbacks so far) is replaced to point at it; both writes are
+The reconstruction passes (block_recon, sos, lowrank, qdrop_recon) and the search passes (hessian_search,
+output_search) visit units one by one; every unit they visit gets a step number (counted over the whole `quantize`
+call). After each finished unit the whole model state is written to `DIR/calib-<step>.safetensors`, then
+`DIR/calib.json` (recipe, model and calibration-data fingerprints, seed, pass index, unit index and name, step, the
+per-unit errors and rollbacks so far, and the pass's own `pass_state`) is replaced to point at it; both writes are
 atomic (temporary file, then rename), and the JSON is written last, so a kill at any moment leaves the previous complete
 checkpoint in force.
 
 Resuming replays the same `quantize` call: the basic calibration and the passes run as before, but every unit up to
 the checkpoint's step is skipped, and the saved state is loaded in place of the last one. Work done between units
 (SOS stage 2 reparameterisation, low-rank merging) runs again, so the model has the structure the saved state was
-taken from. Units are independent given their inputs (each has its own seeded generator), so the resumed run gives
-the same tensors as an uninterrupted one.
+taken from. Units are independent given their inputs (each has its own seeded generator, or, in output_search, the
+pass's one generator continues from the state saved in `pass_state`), so the resumed run gives the same tensors as an
+uninterrupted one.
 """
 import hashlib
 import json
@@ -142,10 +144,24 @@ class CalibCheckpoint:
         self.step += 1
         return step, self.resume_step is not None and step <= self.resume_step
 
-    def restore(self, model):
-        """Load the checkpoint's state into the model (at the step it was written)."""
+    @property
+    def pass_state(self):
+        """What the pass that wrote the checkpoint saved beside the model state (`save(pass_state=...)`), or None."""
+        return self.resume_meta.get("pass_state") if self.resume_meta else None
+
+    def restore(self, model, pass_index, unit_index):
+        """Load the checkpoint's state into the model (at the step it was written), which the caller, unit
+        `unit_index` of pass `pass_index`, is about to skip. A checkpoint written by another unit at that step (by an
+        older version, before a pass got units of its own) is refused instead of loaded out of place."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+        meta = self.resume_meta
+        if (meta.get("pass_index"), meta.get("unit_index")) != (pass_index, unit_index):
+            raise CheckpointError(
+                f"cannot resume from {self.dir}: its step {self.resume_step + 1} is unit {meta.get('unit_index')} "
+                f"(from 0) of pass {meta.get('pass_index')} ({meta.get('pass')}), where this version has unit "
+                f"{unit_index} of pass {pass_index}: it was written by an older version; remove it or choose another "
+                f"--checkpoint-dir")
         path = os.path.join(self.dir, self.resume_meta["file"])
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         try:
@@ -165,7 +181,9 @@ class CalibCheckpoint:
                                   f"{self.resume_step + 1}: {str(exc).splitlines()[-1].strip()}") from exc
         self.resume_step = None  # from here on, units run and write checkpoints again
 
-    def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, qstate):
+    def save(self, model, step, pass_index, pass_kind, unit_index, unit_name, qstate, pass_state=None):
+        """Write the model state after a finished unit; `pass_state` (JSON data) is what the pass needs besides the
+        model to continue exactly (output_search: its random generator), read back as `pass_state` on resume."""
         from safetensors.torch import save_file
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         name = f"calib-{step:05d}.safetensors"
@@ -173,6 +191,8 @@ class CalibCheckpoint:
         meta = dict(format=FORMAT, format_version=FORMAT_VERSION, **self.identity, step=step, file=name,
                     pass_index=pass_index, **{"pass": pass_kind}, unit_index=unit_index, unit=unit_name,
                     rollbacks=list(qstate.rollbacks), units=list(qstate.units))
+        if pass_state is not None:
+            meta["pass_state"] = pass_state
         write_json(self.meta_path, meta, indent=1)
         for old in os.listdir(self.dir):  # earlier states are superseded once the JSON points at the new one
             if old.startswith("calib-") and old.endswith(".safetensors") and old != name:

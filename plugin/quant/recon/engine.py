@@ -316,7 +316,7 @@ def reconstruct(ctx, method, reference=None):
     for i, (unit, (step, skip)) in enumerate(zip(units, steps)):
         if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
             if step == ckpt.resume_step:
-                ckpt.restore(ctx.model)
+                ckpt.restore(ctx.model, ctx.pass_index, i)
                 method.resumed(ctx.model)
                 ctx.log(f"[{cfg.tag}] resumed after unit {i + 1}/{len(units)} {unit.name}")
             continue

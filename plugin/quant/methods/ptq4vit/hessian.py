@@ -280,7 +280,7 @@ def hessian_search(ctx, cfg):
         where = f"block {key}" if key is not None else "between blocks"
         if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
             if step == ckpt.resume_step:
-                ckpt.restore(ctx.model)
+                ckpt.restore(ctx.model, ctx.pass_index, i)
                 ctx.log(f"[hessian_search] resumed after unit {i + 1}/{len(groups)} ({where})")
             continue
         gen = torch.Generator().manual_seed(int(ctx.seed) * 1000003 + i)
