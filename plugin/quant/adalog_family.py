@@ -28,6 +28,18 @@ def grid(bits, granularity="tensor", **options):
     return QuantSpec(bits, kind="percentile_grid", granularity=granularity, options=options)
 
 
+SOFTMAX = ("grid", "adalog")
+
+
+def softmax_spec(softmax, a_bits, eq_n, name):
+    """The post-Softmax spec a recipe asks for: None (the family's uniform grid) or AdaLog's log grid per head."""
+    if softmax not in SOFTMAX:
+        raise ConfigError(f"{name}: softmax must be one of {SOFTMAX}, got {softmax!r}")
+    if softmax == "grid":
+        return None
+    return QuantSpec(a_bits, kind="adalog", granularity="head", options=dict(eq_n=eq_n))
+
+
 def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=(), post_gelu=None, eq_n=128,
                          token_wise=False, post_softmax=None, reparam_always=False):
     """The shared skeleton (module docstring): the method's `pre` passes, `output_search`, its `post` passes;
@@ -58,4 +70,4 @@ def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=
     )
 
 
-__all__ = ["adalog_family_recipe", "grid", "CALIB_NUM", "STAT_IMAGES"]
+__all__ = ["adalog_family_recipe", "grid", "softmax_spec", "CALIB_NUM", "SOFTMAX", "STAT_IMAGES"]

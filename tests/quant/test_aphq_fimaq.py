@@ -67,12 +67,15 @@ def test_relu_fisher_combines_the_two_codes_and_folds_at_every_width():
     assert r.sites["post_softmax"].kind == "percentile_grid"
     assert get_recipe("relu_fisher_adalog_softmax", 3, 3).sites["post_softmax"].kind == "adalog"
     assert get_recipe("relu_fisher_aph", 3, 3).passes[-1].loss == "aph"
-    with pytest.raises(ConfigError, match="softmax"):
-        relu_fisher_recipe(3, 3, softmax="log2")
+    assert get_recipe("fimaq_adalog_softmax", 3, 3).sites["post_softmax"].kind == "adalog"
+    assert get_recipe("fimaq", 3, 3).sites["post_softmax"].kind == "percentile_grid"
+    for build in (relu_fisher_recipe, fimaq_recipe):
+        with pytest.raises(ConfigError, match="softmax"):
+            build(3, 3, softmax="log2")
 
 
 @pytest.mark.parametrize("name", ["aphq", "fimaq", "aphq_small", "fimaq_small", "aphq_no_mlp", "aphq_no_recon",
-                                  "relu_fisher", "relu_fisher_adalog_softmax"])
+                                  "relu_fisher", "relu_fisher_adalog_softmax", "fimaq_adalog_softmax"])
 def test_recipes_round_trip_through_json(name):
     r = get_recipe(name, 3, 3)
     assert Recipe.from_dict(r.to_dict()).to_dict() == r.to_dict()

@@ -18,30 +18,22 @@ Settings as `aphq`: `paper` (1024 images, 128 set the quantizers, 20000 steps pe
 """
 from functools import partial
 
-from ...adalog_family import adalog_family_recipe, grid
-from ...errors import ConfigError
+from ...adalog_family import adalog_family_recipe, grid, softmax_spec
 from ...passes import PASSES
 from ...recipe import register_recipe
 from ...recon import clamp_pct
-from ...spec import QuantSpec
-
-SOFTMAX = ("grid", "adalog")
 
 
 @register_recipe("relu_fisher")
 def relu_fisher_recipe(w_bits, a_bits, *, setting="paper", loss="fisher_dplr", token_wise=True, reparam_always=True,
                        softmax="grid", iters=None, mlp_iters=None, batch_size=32, eq_n=128, name="relu_fisher"):
-    if softmax not in SOFTMAX:
-        raise ConfigError(f"{name}: softmax must be one of {SOFTMAX}, got {softmax!r}")
     pre = [PASSES["mlp_relu"].from_dict(dict(setting=setting, iters=mlp_iters, clamp_pct=clamp_pct(a_bits),
                                               loss="aph", batch_size=batch_size))]
     post = [PASSES["qdrop_recon"].from_dict(dict(setting=setting, iters=iters, batch_size=batch_size, drop_prob=0.5,
                                                  loss=loss))]
-    post_softmax = QuantSpec(a_bits, kind="adalog", granularity="head", options=dict(eq_n=eq_n)) \
-        if softmax == "adalog" else None
     return adalog_family_recipe(name, w_bits, a_bits, setting=setting, pre=pre, post=post,
                                 post_gelu=grid(a_bits, zero_fixed=True, eq_n=eq_n), eq_n=eq_n, token_wise=token_wise,
-                                post_softmax=post_softmax, reparam_always=reparam_always)
+                                post_softmax=softmax_spec(softmax, a_bits, eq_n, name), reparam_always=reparam_always)
 
 
 ABLATIONS = {"relu_fisher_small": dict(setting="small"), "relu_fisher_aph": dict(loss="aph"),
