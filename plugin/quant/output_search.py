@@ -128,7 +128,7 @@ class _Search:
             for ops, out in calls:
                 a, b = [_stacked_quant(q, t, s, z) if i == arg else t for i, t in enumerate(ops)]
                 y = a @ b.transpose(-1, -2) + (0.0 if m.bias is None else m.bias) if linear else a @ b
-                err = (y - out).pow(2)
+                err = y.sub_(out).pow_(2)  # y is this product's own tensor
                 total = total + (err.movedim(axis % out.dim() + 1, -1).reshape(len(s), -1, out.shape[axis]).sum(1)
                                  if axis is not None else err.reshape(len(s), -1).sum(1, keepdim=True))
             parts.append(total)

@@ -239,6 +239,12 @@ class UniformQuantizer(Quantizer):
         return scale, (zero.clamp(self.qmin, self.qmax) if include_zero else zero)
 
     def fake_quant(self, x, scale, zero):
+        if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero.requires_grad)):
+            # no graph (calibration searches, evaluation): the same operations in place on one new tensor, so the
+            # same values with one allocation instead of five (the candidate searches stack k copies of x)
+            t = x / scale
+            if t.shape == torch.broadcast_shapes(t.shape, zero.shape):
+                return t.add_(zero).clamp_(self.qmin, self.qmax).round_().sub_(zero).mul_(scale)
         # Clamp before rounding: the straight-through gradient is then 1 everywhere inside the range, end bins too.
         q = round_ste(torch.clamp(x / scale + zero, self.qmin, self.qmax))
         return (q - zero) * scale
