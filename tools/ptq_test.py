@@ -40,10 +40,11 @@ def parse_args(argv=None):
     p.add_argument("--method", nargs="+", default=["repq"], help="one or several registered methods")
     p.add_argument("--calib-num", type=positive_int, help="calibration samples (default: the method's/task's)")
     p.add_argument("--recon-setting", choices=["paper", "small"],
-                   help="iterations/batch of the reconstruction passes (isvit, dopq, aiqvit; other methods' passes "
-                        "are left alone): the paper's, or the documented small setting")
+                   help="iterations/batch of the training passes (reconstruction of isvit, dopq, aiqvit, aphq, "
+                        "fimaq, relu_fisher; APHQ-ViT's MLP step; searches are left alone): the paper's, or the "
+                        "documented small setting")
     p.add_argument("--recon-iters", type=positive_int, metavar="N",
-                   help="iterations of every reconstruction pass (per unit), replacing the setting's count")
+                   help="iterations of every training pass (per unit: block, MLP), replacing the setting's count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder for report.json / report.md (default work_dirs/ptq/<config>)")
     p.add_argument("--overwrite", action="store_true",
