@@ -33,6 +33,7 @@ from .modules import MatMul, QuantConv2d, QuantLinear
 from .passes import PassConfig, is_int, register_pass
 from .percentile_grid import PercentileGridQuantizer
 from .progress import Progress
+from .resume import UnitSteps
 
 MAX_ROWS = 2 ** 22  # candidate quantiles and the own-input error are taken on at most this many rows
 CHUNK_ELEMS = 2 ** 26  # candidates scored together: at most this many float32 values (256 MB) per stacked tensor
@@ -224,29 +225,26 @@ def output_search(ctx, rounds):
     _, per_forward = ctx.execution_order()
     sites = [s for s in ctx.sites if any(isinstance(q, PercentileGridQuantizer) for _, q in s.quantizers())]
     units = ctx.block_runs(sites)
-    ckpt = ctx.checkpoint
-    steps = [ckpt.next_unit() if ckpt is not None else (None, False) for _ in units]
+    steps = UnitSteps(ctx, len(units), "output_search")
+
+    def restore_generator(ckpt):
+        gen_state = (ckpt.pass_state or {}).get("generator")
+        if gen_state is None:
+            raise CheckpointError(f"the checkpoint in {ckpt.dir} has no generator state for output_search")
+        gen.set_state(torch.frombuffer(bytearray(base64.b64decode(gen_state)), dtype=torch.uint8))
+
     progress = Progress(len(sites), "[output_search]", ctx.log,
-                        done=sum(len(members) for (_, members), (_, skip) in zip(units, steps) if skip))
-    for i, ((key, members), (step, skip)) in enumerate(zip(units, steps)):
+                        done=sum(len(members) for i, (_, members) in enumerate(units) if steps.finished(i)))
+    for i, (key, members) in enumerate(units):
         where = f"block {key}" if key is not None else "between blocks"
-        if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
-            if step == ckpt.resume_step:
-                ckpt.restore(ctx.model, ctx.pass_index, i)
-                gen_state = (ckpt.pass_state or {}).get("generator")
-                if gen_state is None:
-                    raise CheckpointError(f"the checkpoint in {ckpt.dir} has no generator state for output_search")
-                gen.set_state(torch.frombuffer(bytearray(base64.b64decode(gen_state)), dtype=torch.uint8))
-                ctx.log(f"[output_search] resumed after unit {i + 1}/{len(units)} ({where})")
+        if steps.skip(i, where, restore_generator):  # a resumed run: this unit finished before
             continue
         for site in members:
             calls = _capture(ctx, site, once=per_forward.get(site.name, 0) == 1)
             _search_site(site, calls, rounds, gen)
             _expand_tokens(site, calls)
             progress.step(f"sites ({site.name})")
-        if ckpt is not None:
-            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, where, ctx.state,
-                      pass_state={"generator": base64.b64encode(gen.get_state().numpy().tobytes()).decode()})
+        steps.save(i, where, lambda: {"generator": base64.b64encode(gen.get_state().numpy().tobytes()).decode()})
 
 
 __all__ = ["OutputSearch", "output_search"]

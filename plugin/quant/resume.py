@@ -202,4 +202,38 @@ class CalibCheckpoint:
                     pass
 
 
-__all__ = ["CalibCheckpoint", "data_fingerprint", "model_fingerprint"]
+class UnitSteps:
+    """The checkpoint side of a pass that runs in units (hessian_search, output_search, reconstruction): each unit is
+    one step of the run's checkpoint (`ctx.checkpoint`, a CalibCheckpoint, or None without a checkpoint directory);
+    a resumed run skips the units it holds, loading the saved state at the last of them, and a save follows each unit
+    that runs."""
+
+    def __init__(self, ctx, count, tag):
+        self.ctx, self.ckpt, self.tag, self.count = ctx, ctx.checkpoint, tag, count
+        self.steps = [self.ckpt.next_unit() if self.ckpt is not None else (None, False) for _ in range(count)]
+
+    def finished(self, i):
+        """Whether unit i finished in the run this one resumes."""
+        return self.steps[i][1]
+
+    def skip(self, i, where, on_restore=None):
+        """`finished(i)`; at the last finished unit the checkpoint is loaded into the model, `on_restore(checkpoint)`
+        runs (what the pass restores besides the model) and the resume is logged."""
+        step, skip = self.steps[i]
+        if skip and step == self.ckpt.resume_step:
+            self.ckpt.restore(self.ctx.model, self.ctx.pass_index, i)
+            if on_restore is not None:
+                on_restore(self.ckpt)
+            self.ctx.log(f"[{self.tag}] resumed after unit {i + 1}/{self.count} ({where})")
+        return skip
+
+    def save(self, i, where, pass_state=None):
+        """The checkpoint after unit i (`where` names it), when there is a checkpoint directory; `pass_state`: a
+        function returning what the pass saves besides the model (called only then)."""
+        if self.ckpt is not None:
+            ctx = self.ctx
+            self.ckpt.save(ctx.model, self.steps[i][0], ctx.pass_index, ctx.pass_kind, i, where, ctx.state,
+                           pass_state=None if pass_state is None else pass_state())
+
+
+__all__ = ["CalibCheckpoint", "UnitSteps", "data_fingerprint", "model_fingerprint"]

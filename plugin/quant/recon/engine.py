@@ -24,6 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..progress import Progress
+from ..resume import UnitSteps
 from .cache import (Sampler, UnitCache, capture_inputs, capture_outputs, depends_on_model, item_errors, mse,
                     realign_targets, reconstruction_units)
 from .reference import float_reference
@@ -309,24 +310,18 @@ def reconstruct(ctx, method, reference=None):
     if reference is None:
         reference = float_reference(ctx)
     units = reconstruction_units(ctx, cfg.layers)
-    ckpt = ctx.checkpoint
     report = {}
-    steps = [ckpt.next_unit() if ckpt is not None else (None, False) for _ in units]
-    progress = Progress(len(units), f"[{cfg.tag}]", ctx.log, done=sum(skip for _, skip in steps))
-    for i, (unit, (step, skip)) in enumerate(zip(units, steps)):
-        if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
-            if step == ckpt.resume_step:
-                ckpt.restore(ctx.model, ctx.pass_index, i)
-                method.resumed(ctx.model)
-                ctx.log(f"[{cfg.tag}] resumed after unit {i + 1}/{len(units)} {unit.name}")
+    steps = UnitSteps(ctx, len(units), cfg.tag)
+    progress = Progress(len(units), f"[{cfg.tag}]", ctx.log, done=sum(map(steps.finished, range(len(units)))))
+    for i, unit in enumerate(units):
+        if steps.skip(i, unit.name, lambda _: method.resumed(ctx.model)):  # a resumed run: finished before
             continue
         report[unit.name] = before, after, status = reconstruct_unit(ctx, unit, method, reference, i, len(units))
         where = {"pass": cfg.tag, "pass_index": ctx.pass_index, "unit": unit.name}
         ctx.state.units.append(dict(where, before=before, after=after, status=status))
         if status not in ("ok", "skipped"):
             ctx.state.rollbacks.append(dict(where, reason=status))
-        if ckpt is not None:
-            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, unit.name, ctx.state)
+        steps.save(i, unit.name)
         progress.step("units")
     rolled = [n for n, (_, _, s) in report.items() if s not in ("ok", "skipped")]
     gains = [(b, a) for b, a, s in report.values() if s == "ok"]

@@ -37,6 +37,7 @@ from ...modules import MatMul, QuantConv2d, QuantLinear
 from ...passes import PassConfig, is_int, is_number, register_pass
 from ...progress import Progress
 from ...quantizers import UniformQuantizer
+from ...resume import UnitSteps
 from .quantizers import TwinUniformQuantizer
 
 METRICS = ("hessian", "mse")
@@ -273,15 +274,11 @@ def hessian_search(ctx, cfg):
     quantizers = [q for _, q in iter_quantizers(ctx.model)]
     enabled = [q.enabled for q in quantizers]
     groups = ctx.groups()
-    ckpt = ctx.checkpoint
-    steps = [ckpt.next_unit() if ckpt is not None else (None, False) for _ in groups]
-    progress = Progress(len(groups), "[hessian_search]", ctx.log, done=sum(skip for _, skip in steps))
-    for i, ((key, members, _), (step, skip)) in enumerate(zip(groups, steps)):
+    steps = UnitSteps(ctx, len(groups), "hessian_search")
+    progress = Progress(len(groups), "[hessian_search]", ctx.log, done=sum(map(steps.finished, range(len(groups)))))
+    for i, (key, members, _) in enumerate(groups):
         where = f"block {key}" if key is not None else "between blocks"
-        if skip:  # a resumed run: this unit finished before; the last such one restores the saved state
-            if step == ckpt.resume_step:
-                ckpt.restore(ctx.model, ctx.pass_index, i)
-                ctx.log(f"[hessian_search] resumed after unit {i + 1}/{len(groups)} ({where})")
+        if steps.skip(i, where):  # a resumed run: this unit finished before
             continue
         gen = torch.Generator().manual_seed(int(ctx.seed) * 1000003 + i)
         for q in quantizers:
@@ -295,8 +292,7 @@ def hessian_search(ctx, cfg):
         for site in members:
             _search_site(site, cap.get(site.name), cfg)
         del cap
-        if ckpt is not None:
-            ckpt.save(ctx.model, step, ctx.pass_index, ctx.pass_kind, i, where, ctx.state)
+        steps.save(i, where)
         progress.step(f"({where})")
 
 
