@@ -44,11 +44,19 @@ import sys
 import time
 import types
 
-from .harness import cuda_calls_stay_on, is_swin, labelled, official_import_path
+from .harness import OfficialCode, cuda_calls_stay_on, is_swin, labelled, official_import_path
 
 OFFICIAL_ITERS, OFFICIAL_CALIB, OFFICIAL_OPTIM, OFFICIAL_BATCH = 20000, 128, 1024, 32  # their configs and defaults
 CPU_MEMORY = 4 * 2 ** 30  # reported as the "GPU" memory on a CPU: bounds how many scale candidates go in one batch
 MODULES = ("utils", "quant_layers", "quantizers", "test_quant", "best")  # "best": their config module's name
+
+
+def official_code(title, run, markers, ours, preflight):
+    """The harness entry of one code of the family (APHQ-ViT, FIMA-Q): what every one shares (modules, image counts,
+    --official-args, settings, how our side follows the counts) and what is its own."""
+    return OfficialCode(title, run, ("",), markers, MODULES, calib_num=OFFICIAL_OPTIM, ours=ours,
+                        options={"iters": int, "calib": int, "batch": int}, preflight=preflight, settings=settings,
+                        tune_ours=tune_ours)
 
 
 def config_path(repo_dir, bits):

@@ -7,7 +7,6 @@ reconstructed with AdaRound/QDrop and the average-perturbation Hessian loss on a
 Both reconstructions run `iters` iterations per block (official 20000).
 """
 from . import adalog
-from .harness import OfficialCode
 
 
 def run_official_aphq(repo_dir, fp_model, images, w_bits, a_bits, seed, device, options):
@@ -22,9 +21,6 @@ def preflight(repo_dir, fp_model, bits, options, calib_num):
     adalog.check_run(APHQ.title, repo_dir, fp_model, bits, options, calib_num)
 
 
-APHQ = OfficialCode("APHQ-ViT", run_official_aphq, ("",),
-                    ("test_quant.py", "utils/mlp_recon.py", "utils/block_recon.py", "utils/calibrator.py",
-                     "utils/wrap_net.py", "quant_layers/linear.py"),
-                    adalog.MODULES, calib_num=adalog.OFFICIAL_OPTIM, ours="aphq",
-                    options={"iters": int, "calib": int, "batch": int}, preflight=preflight,
-                    settings=adalog.settings, tune_ours=adalog.tune_ours)
+APHQ = adalog.official_code("APHQ-ViT", run_official_aphq,
+                            ("test_quant.py", "utils/mlp_recon.py", "utils/block_recon.py", "utils/calibrator.py",
+                             "utils/wrap_net.py", "quant_layers/linear.py"), "aphq", preflight)

@@ -8,7 +8,6 @@ new_fisher_ro). `iters` iterations per block (official 20000); below k their ste
 schedule divides by it, so fewer than k iterations are refused.
 """
 from . import adalog
-from .harness import OfficialCode
 
 FISHER_RANK = 5  # `k` of its configs/{3,4,6}bit/best.py
 
@@ -25,9 +24,6 @@ def preflight(repo_dir, fp_model, bits, options, calib_num):
     adalog.check_run(FIMAQ.title, repo_dir, fp_model, bits, options, calib_num, min_iters=FISHER_RANK)
 
 
-FIMAQ = OfficialCode("FIMA-Q", run_official_fimaq, ("",),
-                     ("test_quant.py", "utils/block_recon.py", "utils/calibrator.py", "utils/wrap_net.py",
-                      "quantizers/logarithm.py", "quant_layers/linear.py"),
-                     adalog.MODULES, calib_num=adalog.OFFICIAL_OPTIM, ours="fimaq",
-                     options={"iters": int, "calib": int, "batch": int}, preflight=preflight,
-                     settings=adalog.settings, tune_ours=adalog.tune_ours)
+FIMAQ = adalog.official_code("FIMA-Q", run_official_fimaq,
+                             ("test_quant.py", "utils/block_recon.py", "utils/calibrator.py", "utils/wrap_net.py",
+                              "quantizers/logarithm.py", "quant_layers/linear.py"), "fimaq", preflight)
