@@ -24,8 +24,8 @@ from .qdrop import QDropRecon, QDropReconConfig
 from .reference import FloatReference, float_reference
 from .sos import CHANNEL_FOLDS, SosConfig, register_channel_fold, reparameterize_channelwise
 
-__all__ = ["BlockRecon", "CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "LOSSES", "Learnables", "MlpRelu", "QDropRecon",
-           "QDropReconConfig", "ReconConfig", "ReconMethod", "SETTINGS", "Sampler", "SosConfig", "Unit", "UnitCache",
-           "capture_inputs", "capture_outputs", "clamp_pct", "default_iters", "float_reference", "item_errors", "reconstruct",
-           "reconstruct_unit", "relu_float_model", "reconstruction_units", "register_channel_fold", "register_loss",
-           "reparameterize_channelwise"]
+__all__ = ["BlockRecon", "CHANNEL_FOLDS", "FloatReference", "LEARNABLE", "LOSSES", "Learnables", "MlpRelu",
+           "QDropRecon", "QDropReconConfig", "ReconConfig", "ReconMethod", "SETTINGS", "Sampler", "SosConfig", "Unit",
+           "UnitCache", "capture_inputs", "capture_outputs", "clamp_pct", "default_iters", "float_reference",
+           "item_errors", "reconstruct", "reconstruct_unit", "reconstruction_units", "register_channel_fold",
+           "register_loss", "relu_float_model", "reparameterize_channelwise"]

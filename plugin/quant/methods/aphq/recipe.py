@@ -1,8 +1,8 @@
 """APHQ-ViT as its official code runs it (`test_quant.py --config configs/{3,4}bit/best.py --reconstruct-mlp
 --calibrate --optimize`):
 
-1. `mlp_relu` (plugin.quant.recon.mlp_relu): GELU → ReLU in every MLP, each MLP re-fitted to the original float outputs on
-   the 1024 optimisation images (20000 steps, Adam 4e-5, batch 32, average-perturbation Hessian weights, fc2 input
+1. `mlp_relu` (plugin.quant.recon.mlp_relu): GELU → ReLU in every MLP, each MLP re-fitted to the original float outputs
+   on the 1024 optimisation images (20000 steps, Adam 4e-5, batch 32, average-perturbation Hessian weights, fc2 input
    clamped at the 0.99 (3-bit) / 0.98 (2- and 4-bit configs) percentile);
 2. the AdaLog family's calibration (plugin.quant.adalog_family) on 128 images, the FC2 input (now post-ReLU) with its
    zero point fixed at 0 (`post_relu` → `fix_zp_zero` in the official Linear);
