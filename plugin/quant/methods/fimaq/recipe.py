@@ -24,9 +24,11 @@ from ...recipe import register_recipe
 
 @register_recipe("fimaq")
 def fimaq_recipe(w_bits, a_bits, *, setting="paper", recon=True, loss="fisher_dplr", iters=None, batch_size=32,
-                 eq_n=128, token_wise=True, softmax="grid", gelu="grid", name="fimaq"):
+                 eq_n=128, token_wise=True, softmax="grid", gelu="grid", lowrank=False, name="fimaq"):
     post = [PASSES["qdrop_recon"].from_dict(dict(setting=setting, iters=iters, batch_size=batch_size, drop_prob=0.5,
                                                  loss=loss))] if recon else []
+    if lowrank:  # AIQViT's pass, registered by its package (imported before this one); its own defaults but iters
+        post.append(PASSES["lowrank"].from_dict(dict(setting=setting, iters=iters)))
     return adalog_family_recipe(name, w_bits, a_bits, setting=setting, post=post, eq_n=eq_n, token_wise=token_wise,
                                 post_softmax=softmax_spec(softmax, a_bits, eq_n, name),
                                 post_gelu=gelu_spec(gelu, a_bits, eq_n, name))
@@ -34,5 +36,6 @@ def fimaq_recipe(w_bits, a_bits, *, setting="paper", recon=True, loss="fisher_dp
 
 for _name, _switches in {"fimaq_small": dict(setting="small"), "fimaq_no_recon": dict(recon=False),
                          "fimaq_adalog_softmax": dict(softmax="adalog"),
-                         "fimaq_adalog": dict(softmax="adalog", gelu="adalog")}.items():
+                         "fimaq_adalog": dict(softmax="adalog", gelu="adalog"),
+                         "fimaq_adalog_softmax_lowrank": dict(softmax="adalog", lowrank=True)}.items():
     register_recipe(_name)(partial(fimaq_recipe, name=_name, **_switches))
