@@ -12,8 +12,9 @@ in reconstruction differ (`token_wise=False` keeps one per tensor / head).
 `setting="paper"` is that; `"small"`: 256 images (128 set the quantizers) and the reconstruction pass's "small"
 iterations. `recon=False`: calibration only; `loss="mse"`: QDrop with plain MSE. Ours, not in the official code:
 `softmax="adalog"` (`fimaq_adalog_softmax`) puts the post-Softmax input on AdaLog's adaptive-base log grid
-(plugin.quant.adalog, per head) instead of the uniform grid; `gelu="adalog"` does the same for the post-GELU input of FC2
-(per tensor, shifted by GELU's minimum, as AdaLog's configs do); `fimaq_adalog` switches both.
+(plugin.quant.adalog, per head) instead of the uniform grid; `gelu="adalog"` does the same for the post-GELU input of
+FC2 (per tensor, shifted by GELU's minimum, as AdaLog's configs do); `fimaq_adalog` switches both. `lowrank=True`
+(`fimaq_adalog_softmax_lowrank`): AIQViT's low-rank compensation (`lowrank` pass) after the reconstruction.
 """
 from functools import partial
 
