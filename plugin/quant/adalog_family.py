@@ -15,6 +15,7 @@ their `wrap_modules_in_net` and calibrator set it up (read from GoatWu/APHQ-ViT 
 - FIMA-Q only (`token_channel_wise = True`): after the search, Linear inputs of three dimensions and the attention
   operands get one scale per token (left operand: per row; right operand: per column), trained apart by reconstruction.
 """
+from .adalog import GELU_SHIFT
 from .errors import ConfigError
 from .passes import PASSES
 from .recipe import Recipe
@@ -29,6 +30,7 @@ def grid(bits, granularity="tensor", **options):
 
 
 SOFTMAX = ("grid", "adalog")
+GELU = SOFTMAX
 
 
 def softmax_spec(softmax, a_bits, eq_n, name):
@@ -38,6 +40,16 @@ def softmax_spec(softmax, a_bits, eq_n, name):
     if softmax == "grid":
         return None
     return QuantSpec(a_bits, kind="adalog", granularity="head", options=dict(eq_n=eq_n))
+
+
+def gelu_spec(gelu, a_bits, eq_n, name):
+    """The post-GELU (FC2 input) spec a recipe asks for: None (the family's uniform grid) or AdaLog's log grid per
+    tensor on x + GELU_SHIFT with a searched scale, as AdaLog's own configs set it (plugin.quant.adalog)."""
+    if gelu not in GELU:
+        raise ConfigError(f"{name}: gelu must be one of {GELU}, got {gelu!r}")
+    if gelu == "grid":
+        return None
+    return QuantSpec(a_bits, kind="adalog", options=dict(eq_n=eq_n, scale=None, shift=GELU_SHIFT))
 
 
 def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=(), post_gelu=None, eq_n=128,
@@ -70,4 +82,4 @@ def adalog_family_recipe(name, w_bits, a_bits, *, setting="paper", pre=(), post=
     )
 
 
-__all__ = ["adalog_family_recipe", "grid", "softmax_spec", "CALIB_NUM", "SOFTMAX", "STAT_IMAGES"]
+__all__ = ["adalog_family_recipe", "gelu_spec", "grid", "softmax_spec", "CALIB_NUM", "GELU", "SOFTMAX", "STAT_IMAGES"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from plugin.quant import Observation, QuantSpec, build_quantizer
+from plugin.quant.adalog import GELU_SHIFT
 from plugin.quant.errors import ConfigError
 
 
@@ -143,3 +144,50 @@ def test_adalog_per_head_bases_and_negative_input_refused():
     assert q.q.shape == (2,)
     with pytest.raises(ConfigError):
         adalog(3).calibrate(Observation.from_tensor(torch.randn(10, 4), -1))
+
+
+# --- adalog on post-GELU inputs (shifted, searched scale) -------------------------------------------------------------
+def gelu_batch(seed=0, n=4096, c=16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.gelu(torch.randn(n, c, generator=g) * 2 - 1)
+    x[:3] = x[:3].abs() * 6 + 4  # a few large activations: clipping them is worth it on a log grid
+    return x
+
+
+def test_gelu_shift_is_the_lowest_gelu_output():
+    xs = torch.linspace(-3, 0, 300001, dtype=torch.float64)
+    assert torch.nn.functional.gelu(xs).min().item() == pytest.approx(-GELU_SHIFT, abs=1e-7)
+
+
+def test_shifted_adalog_levels_are_a_log_grid_moved_down_by_the_shift():
+    x = gelu_batch()
+    q = adalog(3, scale=None, shift=GELU_SHIFT).calibrate(Observation.from_tensor(x, -1))
+    s, base = q.scale.item(), q.q.item() / 37
+    levels = {round(s * 2 ** (-k * base) - GELU_SHIFT, 5) for k in range(8)} | {round(-GELU_SHIFT, 5)}
+    assert {round(v, 5) for v in torch.unique(q(x)).tolist()} <= levels
+    assert q(torch.full((1,), -GELU_SHIFT)).item() == pytest.approx(-GELU_SHIFT)  # the zero code is GELU's floor
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_searched_scale_is_never_worse_than_the_maximum_and_clips_outliers(bits):
+    x = gelu_batch(seed=bits)
+    obs = Observation.from_tensor(x, -1)
+    searched = adalog(bits, scale=None, shift=GELU_SHIFT).calibrate(obs)
+    at_max = adalog(bits, scale=float(x.max()) + GELU_SHIFT, shift=GELU_SHIFT).calibrate(obs)
+    err = lambda q: (q(x) - x).pow(2).sum().item()  # noqa: E731
+    assert err(searched) <= err(at_max) + 1e-6
+    assert searched.scale.item() < x.max().item() + GELU_SHIFT  # a quantile won, not the outliers' maximum
+
+
+def test_values_below_the_shift_are_refused():
+    x = gelu_batch()
+    with pytest.raises(ConfigError, match="shift"):
+        adalog(3, scale=None).calibrate(Observation.from_tensor(x, -1))
+    with pytest.raises(ConfigError, match="shift"):
+        adalog(3, scale=None, shift=GELU_SHIFT).calibrate(Observation.from_tensor(x - 0.5, -1))
+
+
+@pytest.mark.parametrize("shift", [-0.1, "0.17", None])
+def test_bad_shift_is_refused(shift):
+    with pytest.raises(ConfigError, match="shift"):
+        adalog(3, shift=shift)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import timm_toys as T
 from plugin.quant import (CalibData, Recipe, get_recipe, iter_quantizers, load_quantized, quantize, read_meta,
                           save_quantized)
+from plugin.quant.adalog import GELU_SHIFT
 from plugin.quant.errors import CheckpointError, ConfigError
 from plugin.quant.passes import PASSES, PassConfig, register_pass
 from plugin.quant.recon import float_reference
@@ -69,13 +70,22 @@ def test_relu_fisher_combines_the_two_codes_and_folds_at_every_width():
     assert get_recipe("relu_fisher_aph", 3, 3).passes[-1].loss == "aph"
     assert get_recipe("fimaq_adalog_softmax", 3, 3).sites["post_softmax"].kind == "adalog"
     assert get_recipe("fimaq", 3, 3).sites["post_softmax"].kind == "percentile_grid"
+    assert "post_gelu" not in get_recipe("fimaq_adalog_softmax", 3, 3).sites
+    both = get_recipe("fimaq_adalog", 3, 3).sites
+    assert both["post_softmax"].kind == both["post_gelu"].kind == "adalog"
+    assert both["post_gelu"].opts["shift"] == GELU_SHIFT and both["post_gelu"].opts["scale"] is None
+    with pytest.raises(ConfigError, match="gelu"):
+        fimaq_recipe(3, 3, gelu="log2")
+    kinds = lambda name: [p.kind for p in get_recipe(name, 3, 3).passes]  # noqa: E731
+    assert kinds("fimaq_adalog_softmax_lowrank") == kinds("fimaq_adalog_softmax") + ["lowrank"]
     for build in (relu_fisher_recipe, fimaq_recipe):
         with pytest.raises(ConfigError, match="softmax"):
             build(3, 3, softmax="log2")
 
 
 @pytest.mark.parametrize("name", ["aphq", "fimaq", "aphq_small", "fimaq_small", "aphq_no_mlp", "aphq_no_recon",
-                                  "relu_fisher", "relu_fisher_adalog_softmax", "fimaq_adalog_softmax"])
+                                  "relu_fisher", "relu_fisher_adalog_softmax", "fimaq_adalog_softmax", "fimaq_adalog",
+                                  "fimaq_adalog_softmax_lowrank"])
 def test_recipes_round_trip_through_json(name):
     r = get_recipe(name, 3, 3)
     assert Recipe.from_dict(r.to_dict()).to_dict() == r.to_dict()
@@ -161,10 +171,12 @@ def test_output_search_lowers_each_module_output_error():
 @pytest.mark.parametrize("arch, build", [
     ("vit", lambda: aphq_recipe(3, 3, setting="small", iters=3, mlp_iters=5, eq_n=32)),
     ("vit", lambda: fimaq_recipe(4, 4, setting="small", iters=3, eq_n=32)),
+    ("vit", lambda: fimaq_recipe(3, 3, setting="small", iters=3, eq_n=32, softmax="adalog", gelu="adalog")),
+    ("vit", lambda: fimaq_recipe(3, 3, setting="small", iters=3, eq_n=32, softmax="adalog", lowrank=True)),
     ("vit", lambda: relu_fisher_recipe(2, 4, setting="small", iters=3, mlp_iters=5, eq_n=32, softmax="adalog")),
     # Swin: the APH weight of the MLP step is float-rounding sized there (it underflowed to NaN in float32)
     ("swin", lambda: aphq_recipe(4, 4, setting="small", iters=2, mlp_iters=3, eq_n=16)),
-], ids=["aphq", "fimaq", "relu_fisher", "aphq-swin"])
+], ids=["aphq", "fimaq", "fimaq_adalog", "fimaq_lowrank", "relu_fisher", "aphq-swin"])
 def test_recipes_run_end_to_end_and_round_trip(arch, build, tmp_path):
     recipe = build()
     fp = T.build(arch)
