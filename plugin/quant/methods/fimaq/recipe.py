@@ -28,7 +28,7 @@ def fimaq_recipe(w_bits, a_bits, *, setting="paper", recon=True, loss="fisher_dp
                  eq_n=128, token_wise=True, softmax="grid", gelu="grid", lowrank=False, name="fimaq"):
     post = [PASSES["qdrop_recon"].from_dict(dict(setting=setting, iters=iters, batch_size=batch_size, drop_prob=0.5,
                                                  loss=loss))] if recon else []
-    if lowrank:  # AIQViT's pass, registered by its package (imported before this one); its own defaults but iters
+    if lowrank:  # AIQViT's pass, found in the registry when the recipe is built; its own defaults but iters
         post.append(PASSES["lowrank"].from_dict(dict(setting=setting, iters=iters)))
     return adalog_family_recipe(name, w_bits, a_bits, setting=setting, post=post, eq_n=eq_n, token_wise=token_wise,
                                 post_softmax=softmax_spec(softmax, a_bits, eq_n, name),
