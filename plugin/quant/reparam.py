@@ -8,14 +8,24 @@ r1 = s_c / s̃ and r2 = z_c − z̃. With
 the layer-wise quantizer (s̃, z̃) on x' = x / r1 + s̃·r2 produces exactly the codes of the channel-wise quantizer on x,
 and the float network is unchanged. The rule that picks s̃ from the s_c is registered by name (`mean` for RepQ-ViT;
 other methods register theirs) and changes only how hard the reparameterised weights are to quantize.
+
+The layer-wise zero point (`Recipe.reparam_zero`). "round" (ours, the default): z̃ = round(mean z_c), as above, so
+the fold is exact. "mean": the official RepQ-ViT code's (classification/test_quant.py, read and written anew here):
+z̄ = mean z_c unrounded, and the quantizer rounds x'/s̃ before adding it (UniformQuantizer's `zero_after_round`), so
+each channel's grid is shifted by the fraction z̄ − round(z̄) of a step and clipped at 0 and 2^b − 1 (2^b + 1 values).
+As in that code, every quantizer is calibrated with the exact fold in place (its channel-wise quantizers) and the
+fractional zero point replaces the rounded one once calibration is done (`apply_mean_zero_points`): only the folded
+quantizers' zero points and the LayerNorm and consumer biases (by s̃·(z̃ − z̄)) change.
 """
 import torch
 import torch.nn as nn
 
 from .quantizers import UniformQuantizer
 from .registry import Registry
+from .spec import QUANTIZERS
 
 REPARAM_RULES = Registry("reparameterisation rule")  # name -> fn(channel scales, Observation or None) -> s̃
+REPARAM_ZEROS = ("round", "mean")  # the layer-wise zero point: round(mean z_c) (exact fold) or mean z_c (official)
 
 
 def register_reparam_rule(name):
@@ -67,6 +77,25 @@ def fold_channelwise(norm, consumers, scales, zeros, s_layer):
     return z_layer, r1, shift
 
 
+def foldable(spec):
+    """Whether a consumer input quantizer of `spec` can absorb the channel-wise one exactly: an asymmetric per-tensor
+    uniform grid (the rule `reparameterize_group` applies to the built quantizers)."""
+    return (spec is not None and issubclass(QUANTIZERS[spec.kind], UniformQuantizer) and not spec.symmetric
+            and spec.granularity == "tensor")
+
+
+def apply_mean_zero_points(ctx):
+    """`reparam_zero` "mean", once calibration is done: give every folded quantizer the unrounded mean z̄ of its
+    channel zero points in place of z̃ = round(z̄), moving the LayerNorm output by s̃·(z̃ − z̄) (undone in the consumers'
+    biases, so the float network is unchanged)."""
+    for norm, consumers, s_layer, z_layer, z_mean in ctx.mean_zero_folds:
+        ones = torch.ones_like(norm.weight)
+        fold_scales(norm, consumers, ones, ones * (s_layer * (z_layer - z_mean)))
+        for lin in consumers:
+            lin.input_quantizer.set_params(zero_point=z_mean.reshape(1))
+    ctx.mean_zero_folds = []
+
+
 def reparameterize_group(ctx, members, observations):
     """Reparameterise every norm → consumers pair whose consumers are in `members`, and set their input quantizers."""
     rule = REPARAM_RULES[ctx.recipe.reparam]
@@ -76,8 +105,7 @@ def reparameterize_group(ctx, members, observations):
         if sites[0].name not in member_names:
             continue
         quantizers = [s.module.input_quantizer for s in sites]
-        if any(q is None or not isinstance(q, UniformQuantizer) or q.spec.symmetric or q.per_channel
-               for q in quantizers):
+        if any(q is None or not foldable(q.spec) for q in quantizers):
             continue  # only an asymmetric layer-wise uniform quantizer can absorb the channel-wise one exactly
         obs = observations.get((sites[0].name, "input_quantizer"))
         if obs is None:
@@ -87,8 +115,10 @@ def reparameterize_group(ctx, members, observations):
         channelwise = type(quantizers[0])(spec.replace(granularity="channel"), channel_axis=-1).calibrate(obs)
         scales, zeros = channelwise.scale, channelwise.zero_point
         s_layer = rule(scales, obs).reshape(())
-        z_layer, r1, shift = fold_channelwise(ctx.model.get_submodule(norm_name), [s.module for s in sites],
-                                              scales, zeros, s_layer)
+        norm, consumers = ctx.model.get_submodule(norm_name), [s.module for s in sites]
+        z_layer, r1, shift = fold_channelwise(norm, consumers, scales, zeros, s_layer)
+        if ctx.recipe.reparam_zero == "mean":
+            ctx.mean_zero_folds.append((norm, consumers, s_layer, z_layer, zeros.mean()))
         new_obs = obs.map_channels(lambda t: t / r1 + shift)
         for site, q in zip(sites, quantizers):
             q.set_params(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))
