@@ -12,7 +12,8 @@ beside the official one (mean over channels, largest relative difference).
 The official fold (read from its test_quant.py, written anew here): the layer-wise zero point of a folded post-LN
 quantizer is the unrounded mean of the channel zero points, added after rounding, so the grid of each channel is shifted
 by that fraction of a step and clipped at the channel's range ends; ours rounds it (plugin/quant/reparam.py). The third
-row is our recipe `repq_official_fold`, which changes only that: it shows whether it is what separates the two sides.
+row is our recipe `repq_official_fold`, which does the fold as that code does: it shows whether it is what separates
+the two sides.
 """
 import argparse
 import copy
@@ -52,9 +53,8 @@ def summary(name, fp, q, labels):
 
 def quantize_ours(fp_model, calib, bits, seed, official_fold):
     """A copy of `fp_model` quantized with our `repq`, or with `official_fold` the recipe `repq_official_fold`: the
-    same, with each folded post-LN quantizer set as the official code leaves it (plugin.quant.reparam, reparam_zero
-    "mean"): its zero point the unrounded mean of the channel zero points, added after rounding, set once every
-    quantizer was calibrated with the exact fold, as the official code calibrates every quantizer before its fold."""
+    same with RepQ-ViT's own fold (plugin.quant.reparam, reparam_fold "official": calibrated channel-wise with unfolded
+    weights, folded afterwards with the unrounded mean zero point added after rounding)."""
     from plugin.quant import get_recipe, quantize
     recipe = get_recipe("repq_official_fold" if official_fold else "repq", bits, bits)
     return quantize(copy.deepcopy(fp_model), recipe, calib, seed=seed, log=lambda s: None)

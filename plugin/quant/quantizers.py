@@ -209,8 +209,8 @@ class UniformQuantizer(Quantizer):
     slices of channels: PTQ4ViT's per-q/k/v-slice weight scale of a fused qkv Linear. That search uses the range as found (it need not hold 0; the zero point may then lie outside the
     code range), as RepQ-ViT's code does: a post-LayerNorm channel that never crosses zero keeps its whole grid.
     `options: zero_after_round=True` (asymmetric only) computes q = clamp(round(x/s) + z, 0, 2^b − 1) instead, the
-    order of RepQ-ViT's code: the same values for an integer z; a fractional z (its post-LN fold, `Recipe.reparam_zero`
-    "mean") shifts the interior of the grid by that fraction of a step while the ends stay at 0 and 2^b − 1, so the
+    order of RepQ-ViT's code: the same values for an integer z; a fractional z (its post-LN fold, `Recipe.reparam_fold`
+    "official") shifts the interior of the grid by that fraction of a step while the ends stay at 0 and 2^b − 1, so the
     grid holds 2^b + 1 values and has no b-bit integer form (plugin.quant.deploy.lower refuses it).
     """
 

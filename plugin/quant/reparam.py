@@ -9,13 +9,14 @@ the layer-wise quantizer (s̃, z̃) on x' = x / r1 + s̃·r2 produces exactly th
 and the float network is unchanged. The rule that picks s̃ from the s_c is registered by name (`mean` for RepQ-ViT;
 other methods register theirs) and changes only how hard the reparameterised weights are to quantize.
 
-The layer-wise zero point (`Recipe.reparam_zero`). "round" (ours, the default): z̃ = round(mean z_c), as above, so
-the fold is exact. "mean": the official RepQ-ViT code's (classification/test_quant.py, read and written anew here):
-z̄ = mean z_c unrounded, and the quantizer rounds x'/s̃ before adding it (UniformQuantizer's `zero_after_round`), so
-each channel's grid is shifted by the fraction z̄ − round(z̄) of a step and clipped at 0 and 2^b − 1 (2^b + 1 values).
-As in that code, every quantizer is calibrated with the exact fold in place (its channel-wise quantizers) and the
-fractional zero point replaces the rounded one once calibration is done (`apply_mean_zero_points`): only the folded
-quantizers' zero points and the LayerNorm and consumer biases (by s̃·(z̃ − z̄)) change.
+How the fold is done (`Recipe.reparam_fold`). "exact" (ours, the default): as above, when the consumer is calibrated,
+with z̃ = round(mean z_c), so the layer-wise codes are exactly the channel-wise ones. "official": what the official
+RepQ-ViT code does (classification/test_quant.py, read and written anew here): every quantizer is calibrated with the
+post-LN inputs quantized channel-wise (s_c, z_c) and the consumers' weights unfolded; then (`finish_official_folds`)
+the fold is applied with z̄ = mean z_c unrounded, the layer-wise quantizer rounds x'/s̃ before adding z̄
+(UniformQuantizer's `zero_after_round`), so each channel's grid is shifted by the fraction z̄ − round(z̄) of a step and
+clipped at 0 and 2^b − 1 (2^b + 1 values), and the consumers' weight quantizers are calibrated again on the folded
+weights.
 """
 import torch
 import torch.nn as nn
@@ -25,7 +26,7 @@ from .registry import Registry
 from .spec import QUANTIZERS
 
 REPARAM_RULES = Registry("reparameterisation rule")  # name -> fn(channel scales, Observation or None) -> s̃
-REPARAM_ZEROS = ("round", "mean")  # the layer-wise zero point: round(mean z_c) (exact fold) or mean z_c (official)
+REPARAM_FOLDS = ("exact", "official")  # at calibration with round(mean z_c), or RepQ-ViT's code (module docstring)
 
 
 def register_reparam_rule(name):
@@ -84,16 +85,17 @@ def foldable(spec):
             and spec.granularity == "tensor")
 
 
-def apply_mean_zero_points(ctx):
-    """`reparam_zero` "mean", once calibration is done: give every folded quantizer the unrounded mean z̄ of its
-    channel zero points in place of z̃ = round(z̄), moving the LayerNorm output by s̃·(z̃ − z̄) (undone in the consumers'
-    biases, so the float network is unchanged)."""
-    for norm, consumers, s_layer, z_layer, z_mean in ctx.mean_zero_folds:
-        ones = torch.ones_like(norm.weight)
-        fold_scales(norm, consumers, ones, ones * (s_layer * (z_layer - z_mean)))
+def finish_official_folds(ctx):
+    """`reparam_fold` "official", once calibration is done: fold each channel-wise (s_c, z_c) into the LayerNorm and
+    consumers for (s̃, z̄ = mean z_c unrounded), set the layer-wise quantizers to it and calibrate the consumers' weight
+    quantizers again on the folded weights (the float network is unchanged)."""
+    for norm, consumers, scales, zeros, s_layer in ctx.official_folds:
+        z_mean = zeros.mean()
+        fold_scales(norm, consumers, scales / s_layer, s_layer * (zeros - z_mean))
         for lin in consumers:
-            lin.input_quantizer.set_params(zero_point=z_mean.reshape(1))
-    ctx.mean_zero_folds = []
+            lin.input_quantizer.set_params(scale=s_layer.reshape(1), zero_point=z_mean.reshape(1))
+            lin.weight_quantizer.calibrate_tensor(lin.weight)
+    ctx.official_folds = []
 
 
 def reparameterize_group(ctx, members, observations):
@@ -116,9 +118,12 @@ def reparameterize_group(ctx, members, observations):
         scales, zeros = channelwise.scale, channelwise.zero_point
         s_layer = rule(scales, obs).reshape(())
         norm, consumers = ctx.model.get_submodule(norm_name), [s.module for s in sites]
+        if ctx.recipe.reparam_fold == "official":  # channel-wise (a per-channel buffer) until calibration ends
+            for q in quantizers:
+                q.set_params(scale=scales, zero_point=zeros)
+            ctx.official_folds.append((norm, consumers, scales, zeros, s_layer))
+            continue
         z_layer, r1, shift = fold_channelwise(norm, consumers, scales, zeros, s_layer)
-        if ctx.recipe.reparam_zero == "mean":
-            ctx.mean_zero_folds.append((norm, consumers, s_layer, z_layer, zeros.mean()))
         new_obs = obs.map_channels(lambda t: t / r1 + shift)
         for site, q in zip(sites, quantizers):
             q.set_params(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))

@@ -1,5 +1,6 @@
-"""`repq_official_fold`: RepQ-ViT's official post-LN fold (fractional zero point added after rounding) as an option
-of the reparameterisation (Recipe.reparam_zero "mean"): what it changes, its grid, saving, and the integer paths."""
+"""`repq_official_fold`: RepQ-ViT's official post-LN fold (calibrated channel-wise with unfolded weights, folded
+afterwards with a fractional zero point added after rounding) as an option of the reparameterisation
+(Recipe.reparam_fold "official"): what the fold changes, its grid, saving, and the integer paths."""
 import copy
 
 import pytest
@@ -41,32 +42,44 @@ def folded(model):
 
 
 @pytest.mark.parametrize("arch", ["vit", "swin"])
-def test_only_the_folded_zero_points_and_biases_change(arch):
-    fp, ours, official = both(arch)
+def test_calibrated_channel_wise_then_folded(arch, monkeypatch):
+    """Calibration sees the channel-wise post-LN quantizers and unfolded weights; the fold afterwards changes only the
+    folded LayerNorms and consumers (their weights, biases, input quantizers and weight quantizers), to the official
+    layer-wise grid: the mean scale and the unrounded mean zero point."""
+    import plugin.quant.calibrate as calibrate
+    fp = outlier_model(arch)
+    recipe = get_recipe("repq_official_fold", 4, 4)
+    official = quantize(copy.deepcopy(fp), recipe, calib_data(), **QUIET)
+    monkeypatch.setattr(calibrate, "finish_official_folds", lambda ctx: None)
+    unfolded = quantize(copy.deepcopy(fp), recipe, calib_data(), **QUIET)  # the model just before the fold
     groups = folded(official)
-    assert groups and groups == folded(ours)
-    zeros = {f"{c}.input_quantizer.zero_point" for _, cs in groups for c in cs}
-    biases = {f"{n}.bias" for n, _ in groups} | {f"{c}.bias" for _, cs in groups for c in cs}
-    a, b = ours.state_dict(), official.state_dict()
-    assert a.keys() == b.keys()
-    changed = {k for k in a if not torch.equal(a[k], b[k])}
-    assert changed <= zeros | biases and zeros <= changed  # every folded zero point moved, nothing else but biases
+    assert groups and groups == folded(unfolded)
+    a, b = unfolded.state_dict(), official.state_dict()
+    touched = {n for n, _ in groups} | {c for _, cs in groups for c in cs}
+    assert a.keys() <= b.keys() and {k.rsplit(".", 1)[0] for k in b.keys() - a.keys()} <= touched  # added biases
+    changed = {k for k in a if not torch.equal(a[k], b[k])} | (b.keys() - a.keys())
+    assert changed and all(k.rsplit(".", 1)[0].replace(".input_quantizer", "").replace(".weight_quantizer", "")
+                           in touched for k in changed)
+    fp_state = fp.state_dict()
     for norm, consumers in groups:
-        z_round, z_mean = a[f"{consumers[0]}.input_quantizer.zero_point"], b[f"{consumers[0]}.input_quantizer.zero_point"]
-        assert torch.equal(z_mean.round(), z_round) and z_mean != z_round
-        s = b[f"{consumers[0]}.input_quantizer.scale"]
-        torch.testing.assert_close(b[f"{norm}.bias"] - a[f"{norm}.bias"], (s * (z_round - z_mean)).expand_as(a[f"{norm}.bias"]))
-        assert official.get_submodule(consumers[0]).input_quantizer.zero_after_round
+        assert torch.equal(a[f"{norm}.weight"], fp_state[f"{norm}.weight"])  # unfolded during calibration
+        channel = unfolded.get_submodule(consumers[0]).input_quantizer
+        assert channel.scale.numel() > 1 and torch.equal(channel.zero_point, channel.zero_point.round())
+        for c in consumers:
+            lin = official.get_submodule(c)
+            q = lin.input_quantizer
+            assert q.zero_after_round and q.scale.numel() == 1
+            torch.testing.assert_close(q.scale, channel.scale.mean().reshape(1))
+            torch.testing.assert_close(q.zero_point, channel.zero_point.mean().reshape(1))
+            assert q.zero_point != q.zero_point.round()
+            w = build_quantizer(lin.weight_quantizer.spec, lin.weight_quantizer.channel_axis)
+            assert torch.equal(lin.weight_quantizer.scale, w.calibrate_tensor(lin.weight).scale)  # on W·diag(r1)
     head = official.get_submodule("head.fc" if arch == "swin" else "head").input_quantizer
     assert not head.zero_after_round and torch.equal(head.zero_point, head.zero_point.round())
-    for m in (ours, official):  # the float network is unchanged by either fold
-        set_quant_enabled(m, False)
+    set_quant_enabled(official, False)  # the float network is unchanged by the fold
     with torch.no_grad():
         x = images(2, 5)
         torch.testing.assert_close(official(x), fp(x), rtol=1e-4, atol=1e-4)
-    set_quant_enabled(official, True)
-    with torch.no_grad():
-        assert not torch.equal(official(x), (set_quant_enabled(ours, True), ours(x))[1])
 
 
 def test_fake_quant_is_the_official_formula_with_2b_plus_1_values():
@@ -106,14 +119,14 @@ def test_save_and_reload_bit_identical(tmp_path, pack):
 def test_recipe_switch():
     a, b = get_recipe("repq", 3, 3).to_dict(), get_recipe("repq_official_fold", 3, 3).to_dict()
     assert (a.pop("name"), b.pop("name")) == ("repq", "repq_official_fold")
-    assert (a.pop("reparam_zero"), b.pop("reparam_zero")) == ("round", "mean") and a == b
+    assert (a.pop("reparam_fold"), b.pop("reparam_fold")) == ("exact", "official") and a == b
     old = get_recipe("repq", 3, 3).to_dict()
-    old.pop("reparam_zero")  # a file written before the switch
-    assert Recipe.from_dict(old).reparam_zero == "round"
-    with pytest.raises(ConfigError, match="reparam_zero"):
-        get_recipe("repq", 3, 3, reparam_zero="floor")
+    old.pop("reparam_fold")  # a file written before the switch
+    assert Recipe.from_dict(old).reparam_fold == "exact"
+    with pytest.raises(ConfigError, match="reparam_fold"):
+        get_recipe("repq", 3, 3, reparam_fold="late")
     with pytest.raises(ConfigError, match="needs a reparam rule"):
-        get_recipe("minmax", 3, 3, reparam_zero="mean")
+        get_recipe("minmax", 3, 3, reparam_fold="official")
 
 
 def test_integer_paths_refuse_the_fractional_grid():
