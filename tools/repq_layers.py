@@ -11,8 +11,9 @@ beside the official one (mean over channels, largest relative difference).
 
 The official fold (read from its test_quant.py, written anew here): the layer-wise zero point of a folded post-LN
 quantizer is the unrounded mean of the channel zero points, added after rounding, so the grid of each channel is shifted
-by that fraction of a step and clipped at the channel's range ends; ours rounds it (plugin/quant/reparam.py). Swapping
-only that lets one see whether it is what separates the two sides on a model.
+by that fraction of a step and clipped at the channel's range ends; ours rounds it (plugin/quant/reparam.py). The third
+row is our recipe `repq_official_fold`, which does the fold as that code does: it shows whether it is what separates
+the two sides.
 """
 import argparse
 import copy
@@ -50,40 +51,13 @@ def summary(name, fp, q, labels):
     return errs
 
 
-def _official_fake_quant(self, x, scale, zero):
-    """The official UniformQuantizer: round, then add the (possibly fractional) zero point, then clip."""
-    import torch
-    return ((torch.round(x / scale) + zero).clamp(self.qmin, self.qmax) - zero) * scale
-
-
 def quantize_ours(fp_model, calib, bits, seed, official_fold):
-    """Our `repq`; with `official_fold`, each folded post-LN quantizer then set as the official code leaves it: its
-    zero point the unrounded mean z̄ of the channel zero points (the LayerNorm and consumer biases moved by
-    s̃·(z̃ − z̄) so that the float network is unchanged) and rounding before the zero point is added. Everything was
-    calibrated with the exact fold before, as the official code calibrates every quantizer before its fold."""
-    import torch
-    import plugin.quant.reparam as reparam
+    """A copy of `fp_model` quantized with our `repq`, or with `official_fold` the recipe `repq_official_fold`: the
+    same with RepQ-ViT's own fold (plugin.quant.reparam, reparam_fold "official": calibrated channel-wise with unfolded
+    weights, folded afterwards with the unrounded mean zero point added after rounding)."""
     from plugin.quant import get_recipe, quantize
-    model, exact, folds = copy.deepcopy(fp_model), reparam.fold_channelwise, []
-
-    def recording_fold(norm, consumers, scales, zeros, s_layer):
-        z_layer, r1, shift = exact(norm, consumers, scales, zeros, s_layer)
-        folds.append((norm, consumers, zeros.mean(), s_layer, z_layer))
-        return z_layer, r1, shift
-
-    reparam.fold_channelwise = recording_fold
-    try:
-        quantize(model, get_recipe("repq", bits, bits), calib, seed=seed, log=lambda s: None)
-    finally:
-        reparam.fold_channelwise = exact
-    if official_fold:
-        for norm, consumers, z_mean, s_layer, z_layer in folds:
-            ones = torch.ones_like(norm.weight)
-            reparam.fold_scales(norm, consumers, ones, ones * s_layer * (z_layer - z_mean))
-            for lin in consumers:
-                lin.input_quantizer.set_params(zero_point=z_mean.reshape(1))
-                lin.input_quantizer.fake_quant = _official_fake_quant.__get__(lin.input_quantizer)
-    return model
+    recipe = get_recipe("repq_official_fold" if official_fold else "repq", bits, bits)
+    return quantize(copy.deepcopy(fp_model), recipe, calib, seed=seed, log=lambda s: None)
 
 
 def official_params(model):

@@ -32,7 +32,7 @@ from .passes import check_passes
 from .progress import Progress
 from .quant_state import QuantState, attach_state
 from .quantizers import Observation
-from .reparam import REPARAM_RULES, reparameterize_group  # noqa: F401  (REPARAM_RULES: re-exported)
+from .reparam import REPARAM_RULES, finish_official_folds, reparameterize_group  # noqa: F401  (REPARAM_RULES)
 
 logger = logging.getLogger("plugin.quant")
 
@@ -94,6 +94,8 @@ class CalibContext:
         # plugin.quant.resume.CalibCheckpoint (or None): reconstruction writes one after each unit, skips finished ones
         self.checkpoint = checkpoint
         self.pass_index, self.pass_kind = None, None
+        # (norm, consumers, s_c, z_c, s̃) of the folds done after calibration (reparam_fold "official")
+        self.official_folds = []
         self.batch_index = None  # the calibration batch run_calib is running
         # {module name: the original float module} for the modules a "pre" pass replaced (plugin.quant.recon.mlp_relu):
         # the float reference of reconstruction runs these, so it follows the original network
@@ -277,6 +279,7 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
         if skip is not None:
             skip.remove()
         ctx.calib = calib
+    finish_official_folds(ctx)  # reparam_fold "official": RepQ-ViT's code folds after calibration (reparam.py)
     for pass_index, p in enumerate(passes):
         if p.STAGE == "pre":
             continue

@@ -6,6 +6,8 @@ whether it consumes a LayerNorm output, and `{slot: QuantSpec | None}` per quant
 Linear/Conv; `a`, `b` for the two matmul operands; a slot mapped to None stays float) or `specs=None` (the module
 stays float: not swapped, no quantizer). It also records the LayerNorm groups and, among them, those the
 post-LayerNorm reparameterisation may fold (every consumer quantized, none of a role in `reparam_skip_roles`).
+With `Recipe.reparam_fold` "official" (RepQ-ViT's code, plugin.quant.reparam), the input spec of each consumer
+in those groups that can be folded gets `zero_after_round`, so a saved plan rebuilds the same grid.
 
 `attach_quantizers` builds exactly that; calibration, reparameterisation and SOS read the groups from it; a saved model
 carries it (with every quantizer's buffer shapes, `with_buffers`), so loading rebuilds the modules from the file
@@ -29,6 +31,7 @@ from .errors import CheckpointError, ConfigError
 from .modules import MatMul, quant_class_for, quantizer_slots
 from .overrides import find_override
 from .quantizers import Quantizer
+from .reparam import foldable
 from .spec import QuantSpec, Role
 
 PLAN_VERSION = 1
@@ -197,6 +200,12 @@ def resolve_plan(model, recipe, adapter) -> Plan:
     # a consumer kept float would see the folded LayerNorm output uncompensated; skip roles keep their own quantizer
     reparam = [(n, cs) for n, cs in groups if cs and all(c in quantized for c in cs)
                and not any(sites[c].role in recipe.reparam_skip_roles for c in cs)]
+    if recipe.reparam is not None and recipe.reparam_fold == "official":
+        for c in (c for _, cs in reparam for c in cs):
+            spec = sites[c].specs.get("input")
+            if foldable(spec):
+                specs = dict(sites[c].specs, input=spec.replace(options={**spec.opts, "zero_after_round": True}))
+                sites[c] = replace(sites[c], specs=specs)
     return Plan(adapter.name, sites, groups, reparam)
 
 

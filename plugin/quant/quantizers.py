@@ -208,6 +208,10 @@ class UniformQuantizer(Quantizer):
     squared error. `options: groups=G` (channel granularity, min-max only) shares one range among each of G equal
     slices of channels: PTQ4ViT's per-q/k/v-slice weight scale of a fused qkv Linear. That search uses the range as found (it need not hold 0; the zero point may then lie outside the
     code range), as RepQ-ViT's code does: a post-LayerNorm channel that never crosses zero keeps its whole grid.
+    `options: zero_after_round=True` (asymmetric only) computes q = clamp(round(x/s) + z, 0, 2^b − 1) instead, the
+    order of RepQ-ViT's code: the same values for an integer z; a fractional z (its post-LN fold, `Recipe.reparam_fold`
+    "official") shifts the interior of the grid by that fraction of a step while the ends stay at 0 and 2^b − 1, so the
+    grid holds 2^b + 1 values and has no b-bit integer form (plugin.quant.deploy.lower refuses it).
     """
 
     def __init__(self, spec, channel_axis=-1):
@@ -221,6 +225,10 @@ class UniformQuantizer(Quantizer):
             if spec.granularity != "channel" or spec.search != "minmax":
                 raise ConfigError("uniform: groups (one range per equal slice of channels) needs granularity "
                                   f"'channel' and search 'minmax', got {spec.granularity!r} and {spec.search!r}")
+        self.zero_after_round = spec.opts.get("zero_after_round", False)
+        if not isinstance(self.zero_after_round, bool) or (self.zero_after_round and spec.symmetric):
+            raise ConfigError("uniform: zero_after_round must be True or False, and True only on an asymmetric "
+                              f"grid, got {self.zero_after_round!r} (symmetric={spec.symmetric})")
         if spec.symmetric:
             self.qmin, self.qmax = -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
         else:
@@ -239,6 +247,9 @@ class UniformQuantizer(Quantizer):
         return scale, (zero.clamp(self.qmin, self.qmax) if include_zero else zero)
 
     def fake_quant(self, x, scale, zero):
+        if self.zero_after_round:  # RepQ-ViT's order: the zero point (possibly fractional) added after rounding
+            q = torch.clamp(round_ste(x / scale) + zero, self.qmin, self.qmax)
+            return (q - zero) * scale
         if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero.requires_grad)):
             # no graph (calibration searches, evaluation): the same operations in place on one new tensor, so the
             # same values with one allocation instead of five (the candidate searches stack k copies of x)

@@ -28,11 +28,11 @@ from .errors import ConfigError
 from .overrides import normalize_overrides, overrides_to_dict
 from .passes import PASSES, PassConfig, pass_config
 from .registry import Registry
-from .reparam import REPARAM_RULES
+from .reparam import REPARAM_FOLDS, REPARAM_RULES
 from .spec import QuantSpec, Role
 
-RECIPE_VERSION = 5  # 3: passes are typed configs (plugin.quant.passes), written with every option and a version;
-#                    4: per-module `overrides`; 5: `stat_fraction`
+RECIPE_VERSION = 6  # 3: passes are typed configs (plugin.quant.passes), written with every option and a version;
+#                    4: per-module `overrides`; 5: `stat_fraction`; 6: `reparam_fold`
 SEQUENTIAL_MODES = ("block", "site", "none")
 RECIPES = Registry("method")  # name -> fn(w_bits, a_bits) -> Recipe
 
@@ -48,6 +48,7 @@ class Recipe:
     float_roles: tuple = ()
     reparam: Optional[str] = None          # None | "mean" (RepQ-ViT) | other registered scale rules
     reparam_skip_roles: tuple = ()         # consumers of these roles keep their own (unfolded) input quantizer
+    reparam_fold: str = "exact"            # "exact" | "official" (RepQ-ViT's code: plugin.quant.reparam)
     sequential: str = "block"              # calibration order, see SEQUENTIAL_MODES and the module docstring
     observe_elems: int = 2 ** 20           # sampled activation values kept per quantizer for the range searches
     passes: List[PassConfig] = field(default_factory=list)  # dict entries are turned into configs (__setattr__)
@@ -74,6 +75,11 @@ class Recipe:
         if self.reparam is not None:
             REPARAM_RULES.lookup(self.reparam, where=f"recipe {self.name}")
         self.reparam_skip_roles = tuple(Role(r) for r in self.reparam_skip_roles)
+        if self.reparam_fold not in REPARAM_FOLDS:
+            raise ConfigError(f"recipe {self.name}: reparam_fold must be one of {REPARAM_FOLDS}, "
+                              f"got {self.reparam_fold!r}")
+        if self.reparam_fold != "exact" and self.reparam is None:
+            raise ConfigError(f"recipe {self.name}: reparam_fold {self.reparam_fold!r} needs a reparam rule")
         for key, spec in self.sites.items():
             if spec is not None and not isinstance(spec, QuantSpec):
                 raise ConfigError(f"recipe {self.name}: site {key!r} must map to a QuantSpec or None")
@@ -102,7 +108,7 @@ class Recipe:
             "weight": self.weight.to_dict(), "act": self.act.to_dict(),
             "sites": {k: (v.to_dict() if v is not None else None) for k, v in self.sites.items()},
             "float_roles": [Role(r).value for r in self.float_roles], "reparam": self.reparam,
-            "reparam_skip_roles": [r.value for r in self.reparam_skip_roles],
+            "reparam_skip_roles": [r.value for r in self.reparam_skip_roles], "reparam_fold": self.reparam_fold,
             "sequential": self.sequential, "observe_elems": self.observe_elems,
             "passes": [pass_config(p).to_dict() for p in self.passes], "overrides": overrides_to_dict(self.overrides),
             "calib_num": self.calib_num, "stat_fraction": self.stat_fraction, "version": self.version,
@@ -117,7 +123,7 @@ class Recipe:
             weight=QuantSpec.from_dict(d["weight"]), act=QuantSpec.from_dict(d["act"]),
             sites={k: (QuantSpec.from_dict(v) if v is not None else None) for k, v in d["sites"].items()},
             float_roles=tuple(Role(r) for r in d.get("float_roles", ())), reparam=d.get("reparam"),
-            reparam_skip_roles=tuple(d.get("reparam_skip_roles", ())),
+            reparam_skip_roles=tuple(d.get("reparam_skip_roles", ())), reparam_fold=d.get("reparam_fold", "exact"),
             sequential=d.get("sequential", "block"), observe_elems=d.get("observe_elems", 2 ** 20),
             passes=[dict(p) for p in d.get("passes", [])], overrides=d.get("overrides", []),
             calib_num=d.get("calib_num"), stat_fraction=d.get("stat_fraction", 1.0),

@@ -8,14 +8,25 @@ r1 = s_c / s̃ and r2 = z_c − z̃. With
 the layer-wise quantizer (s̃, z̃) on x' = x / r1 + s̃·r2 produces exactly the codes of the channel-wise quantizer on x,
 and the float network is unchanged. The rule that picks s̃ from the s_c is registered by name (`mean` for RepQ-ViT;
 other methods register theirs) and changes only how hard the reparameterised weights are to quantize.
+
+How the fold is done (`Recipe.reparam_fold`). "exact" (ours, the default): as above, when the consumer is calibrated,
+with z̃ = round(mean z_c), so the layer-wise codes are exactly the channel-wise ones. "official": what the official
+RepQ-ViT code does (classification/test_quant.py, read and written anew here): every quantizer is calibrated with the
+post-LN inputs quantized channel-wise (s_c, z_c) and the consumers' weights unfolded; then (`finish_official_folds`)
+the fold is applied with z̄ = mean z_c unrounded, the layer-wise quantizer rounds x'/s̃ before adding z̄
+(UniformQuantizer's `zero_after_round`), so each channel's grid is shifted by the fraction z̄ − round(z̄) of a step and
+clipped at 0 and 2^b − 1 (2^b + 1 values), and the consumers' weight quantizers are calibrated again on the folded
+weights.
 """
 import torch
 import torch.nn as nn
 
 from .quantizers import UniformQuantizer
 from .registry import Registry
+from .spec import QUANTIZERS
 
 REPARAM_RULES = Registry("reparameterisation rule")  # name -> fn(channel scales, Observation or None) -> s̃
+REPARAM_FOLDS = ("exact", "official")  # at calibration with round(mean z_c), or RepQ-ViT's code (module docstring)
 
 
 def register_reparam_rule(name):
@@ -67,6 +78,26 @@ def fold_channelwise(norm, consumers, scales, zeros, s_layer):
     return z_layer, r1, shift
 
 
+def foldable(spec):
+    """Whether a consumer input quantizer of `spec` can absorb the channel-wise one exactly: an asymmetric per-tensor
+    uniform grid (the rule `reparameterize_group` applies to the built quantizers)."""
+    return (spec is not None and issubclass(QUANTIZERS[spec.kind], UniformQuantizer) and not spec.symmetric
+            and spec.granularity == "tensor")
+
+
+def finish_official_folds(ctx):
+    """`reparam_fold` "official", once calibration is done: fold each channel-wise (s_c, z_c) into the LayerNorm and
+    consumers for (s̃, z̄ = mean z_c unrounded), set the layer-wise quantizers to it and calibrate the consumers' weight
+    quantizers again on the folded weights (the float network is unchanged)."""
+    for norm, consumers, scales, zeros, s_layer in ctx.official_folds:
+        z_mean = zeros.mean()
+        fold_scales(norm, consumers, scales / s_layer, s_layer * (zeros - z_mean))
+        for lin in consumers:
+            lin.input_quantizer.set_params(scale=s_layer.reshape(1), zero_point=z_mean.reshape(1))
+            lin.weight_quantizer.calibrate_tensor(lin.weight)
+    ctx.official_folds = []
+
+
 def reparameterize_group(ctx, members, observations):
     """Reparameterise every norm → consumers pair whose consumers are in `members`, and set their input quantizers."""
     rule = REPARAM_RULES[ctx.recipe.reparam]
@@ -76,8 +107,7 @@ def reparameterize_group(ctx, members, observations):
         if sites[0].name not in member_names:
             continue
         quantizers = [s.module.input_quantizer for s in sites]
-        if any(q is None or not isinstance(q, UniformQuantizer) or q.spec.symmetric or q.per_channel
-               for q in quantizers):
+        if any(q is None or not foldable(q.spec) for q in quantizers):
             continue  # only an asymmetric layer-wise uniform quantizer can absorb the channel-wise one exactly
         obs = observations.get((sites[0].name, "input_quantizer"))
         if obs is None:
@@ -87,8 +117,13 @@ def reparameterize_group(ctx, members, observations):
         channelwise = type(quantizers[0])(spec.replace(granularity="channel"), channel_axis=-1).calibrate(obs)
         scales, zeros = channelwise.scale, channelwise.zero_point
         s_layer = rule(scales, obs).reshape(())
-        z_layer, r1, shift = fold_channelwise(ctx.model.get_submodule(norm_name), [s.module for s in sites],
-                                              scales, zeros, s_layer)
+        norm, consumers = ctx.model.get_submodule(norm_name), [s.module for s in sites]
+        if ctx.recipe.reparam_fold == "official":  # channel-wise (a per-channel buffer) until calibration ends
+            for q in quantizers:
+                q.set_params(scale=scales, zero_point=zeros)
+            ctx.official_folds.append((norm, consumers, scales, zeros, s_layer))
+            continue
+        z_layer, r1, shift = fold_channelwise(norm, consumers, scales, zeros, s_layer)
         new_obs = obs.map_channels(lambda t: t / r1 + shift)
         for site, q in zip(sites, quantizers):
             q.set_params(scale=s_layer.reshape(1), zero_point=z_layer.reshape(1))

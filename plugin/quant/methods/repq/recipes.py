@@ -1,12 +1,14 @@
-"""RepQ-ViT's recipes: "repq" (the official code's post-Softmax grid) and "repq_strict" (an honest b-bit grid)."""
+"""RepQ-ViT's recipes: "repq" (the official code's post-Softmax grid), "repq_strict" (an honest b-bit grid) and
+"repq_official_fold" (repq with the official code's fractional post-LN zero point as well)."""
 from ...recipe import Recipe, register_recipe
 from ...spec import QuantSpec, Role
 
 
-def _repq(name, w_bits, a_bits, masked_zero):
+def _repq(name, w_bits, a_bits, masked_zero, reparam_fold="exact"):
     """RepQ-ViT as its official code does it (zkkli/RepQ-ViT): every range from the 0.999/0.9999/0.99999 quantile
     search, each quantizer set as the forward reaches it, post-LN channel-wise ranges folded into the LayerNorm of
-    each block (the classifier's input stays a plain per-tensor quantizer), log√2 post-Softmax."""
+    each block (the classifier's input stays a plain per-tensor quantizer), log√2 post-Softmax. `reparam_fold`: when
+    and how the post-LN ranges are folded (plugin.quant.reparam)."""
     act = QuantSpec(a_bits, search="quantile")
     options = (("masked_zero", True),) if masked_zero else ()
     return Recipe(
@@ -15,7 +17,8 @@ def _repq(name, w_bits, a_bits, masked_zero):
         act=act,
         sites={"patch_embed.input": QuantSpec(8, search="quantile"), "post_ln": act,
                "post_softmax": QuantSpec(a_bits, kind="log_sqrt2", search="quantile", options=options)},
-        reparam="mean", reparam_skip_roles=(Role.HEAD,), sequential="site", observe_elems=2 ** 24,
+        reparam="mean", reparam_skip_roles=(Role.HEAD,), reparam_fold=reparam_fold, sequential="site",
+        observe_elems=2 ** 24,
     )
 
 
@@ -34,4 +37,13 @@ def repq_strict_recipe(w_bits, a_bits):
     return _repq("repq_strict", w_bits, a_bits, masked_zero=False)
 
 
-__all__ = ["repq_recipe", "repq_strict_recipe"]
+@register_recipe("repq_official_fold")
+def repq_official_fold_recipe(w_bits, a_bits):
+    """`repq` with the official code's post-LN fold (plugin.quant.reparam, `reparam_fold="official"`): calibrated with
+    channel-wise post-LN inputs and unfolded weights, folded afterwards with the unrounded mean of the channel zero
+    points as the layer-wise zero point, added after rounding (2^b + 1 values). The computation of the official
+    RepQ-ViT code; such a grid has no integer deployment (plugin.quant.deploy.lower)."""
+    return _repq("repq_official_fold", w_bits, a_bits, masked_zero=True, reparam_fold="official")
+
+
+__all__ = ["repq_official_fold_recipe", "repq_recipe", "repq_strict_recipe"]
