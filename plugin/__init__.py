@@ -19,3 +19,16 @@ from .tasks.base import TASKS  # noqa: E402
 for _task, _package in (("classification", "plugin.classification"), ("detection", "plugin.detection"),
                         ("pointcloud_cls", "plugin.pointcloud"), ("pointcloud_partseg", "plugin.pointcloud")):
     TASKS.register_lazy(_task, _package)
+
+
+def _timm_recorder(name):
+    """The timm model recorder's `name` function (plugin.classification.timm_models), imported on its first call, so
+    `import plugin` registers the recorder (save_quantized records a timm model, load_quantized(path) rebuilds it)
+    without importing the classification package or timm."""
+    def call(arg):
+        from .classification import timm_models
+        return getattr(timm_models, name)(arg)
+    return call
+
+
+quant.register_model_recorder("timm", _timm_recorder("describe_timm_model"), _timm_recorder("build_timm_model"))

@@ -148,3 +148,21 @@ def test_import_plugin_for_classification_imports_no_openmmlab():
                          env={**__import__("os").environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[]", "[]"]
+
+
+def test_import_plugin_registers_the_timm_recorder_without_timm():
+    """A fresh `import plugin` (the README's Python example) records timm models at save time: the timm model recorder
+    is registered by `import plugin` itself, and imports timm only when first used."""
+    import subprocess
+    import sys
+    code = ("import sys, plugin\n"
+            "from plugin.quant.model_record import MODEL_RECORDERS\n"
+            "print('timm' in MODEL_RECORDERS.names(), 'timm' in sys.modules)\n"
+            "import timm\n"
+            "from plugin.quant.model_record import describe_model\n"
+            "m = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=4, depth=2, num_classes=10)\n"
+            "print(describe_model(m)['timm_kwargs']['depth'])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["True False", "2"]

@@ -9,7 +9,6 @@ patch embedding.
 import torch
 
 from ..errors import UserInputError
-from ..quant.model_record import register_model_recorder
 
 
 def patch_embedding(model):
@@ -169,5 +168,3 @@ def build_timm_model(record):
         raise UserInputError(f"cannot build the recorded timm model {record['timm_model']!r} with {kwargs}: "
                              f"{exc}") from exc
 
-
-register_model_recorder("timm", describe_timm_model, build_timm_model)

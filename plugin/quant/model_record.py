@@ -5,7 +5,7 @@ callbacks. `describe(model)` returns a JSON-able record of how to build a float 
 when the model is not one it knows); `build(record)` builds that float model (or returns None when the record is not
 one of its own). `save_quantized` writes the first record a recorder gives as the JSON's `model` entry, unless the
 caller's `extra_meta` already has one; `load_quantized(path)` without a float model asks each recorder to build it.
-The classification layer registers one for timm models (plugin/classification/timm_models.py).
+`import plugin` registers one for timm models (plugin/classification/timm_models.py, imported on first use).
 """
 from .errors import CheckpointError
 from .registry import Registry
