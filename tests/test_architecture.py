@@ -131,11 +131,19 @@ def test_methods_import_only_the_core_and_recon():
             assert t.startswith("plugin.quant"), f"{m} imports {t}: a method imports only plugin.quant"
 
 
+def _fresh_python(code):
+    """The output lines of `code` run by a new interpreter from the repository root."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("\n")
+
+
 def test_import_plugin_for_classification_imports_no_openmmlab():
     """`import plugin` knows the task names but imports a task package on its first lookup; classification (config
     loading included) imports neither MMDetection, MMEngine nor MMCV, nor timm before a model is built."""
-    import subprocess
-    import sys
     code = ("import sys, plugin\n"
             "heavy = lambda: sorted(m for m in ('mmdet', 'mmengine', 'mmcv', 'timm') if m in sys.modules)\n"
             "print(heavy())\n"
@@ -144,17 +152,12 @@ def test_import_plugin_for_classification_imports_no_openmmlab():
             "from plugin.config import load_config\n"
             "get_task(load_config('configs/classification/fmnist_vit_tiny.py')['task'])\n"
             "print(heavy())\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": REPO})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["[]", "[]"]
+    assert _fresh_python(code)[:2] == ["[]", "[]"]
 
 
 def test_import_plugin_registers_the_timm_recorder_without_timm():
     """A fresh `import plugin` (the README's Python example) records timm models at save time: the timm model recorder
     is registered by `import plugin` itself, and imports timm only when first used."""
-    import subprocess
-    import sys
     code = ("import sys, plugin\n"
             "from plugin.quant.model_record import MODEL_RECORDERS\n"
             "print('timm' in MODEL_RECORDERS.names(), 'timm' in sys.modules)\n"
@@ -162,7 +165,4 @@ def test_import_plugin_registers_the_timm_recorder_without_timm():
             "from plugin.quant.model_record import describe_model\n"
             "m = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=4, depth=2, num_classes=10)\n"
             "print(describe_model(m)['timm_kwargs']['depth'])\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": REPO})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["True False", "2"]
+    assert _fresh_python(code)[:2] == ["True False", "2"]
