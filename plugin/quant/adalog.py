@@ -27,7 +27,8 @@ on the uniform `percentile_grid`. It is here for recipes that want the adaptive 
 import torch
 
 from .errors import ConfigError
-from .quantizers import QUANTILE_CANDIDATES, Quantizer, _broadcast, _quantile_rows, register_quantizer, round_ste
+from .quantizers import (QUANTILE_CANDIDATES, Quantizer, _broadcast, _quantile_rows, _search_best, register_quantizer,
+                         round_ste)
 
 R = 37.0
 GELU_SHIFT = 0.16997124  # −min over x of x·Φ(x), the lowest GELU output (AdaLog's post-GELU shift)
@@ -76,17 +77,9 @@ class AdaLogQuantizer(Quantizer):
             top = _quantile_rows(rows) + self.shift
             quantiles = torch.quantile(top, torch.tensor(QUANTILE_CANDIDATES, dtype=top.dtype), dim=0)
             scales = [(hi + self.shift).clamp_min(1e-8), *quantiles.clamp_min(1e-8)]
-        best_err, best_scale, best_q = None, None, None
-        for scale in scales:
-            for q in range(self.q_min, self.q_min + self.eq_n):
-                qt = torch.full_like(scale, float(q))
-                err = (self.fake_quant(rows, scale, qt) - rows).pow(2).sum(0)
-                if best_err is None:
-                    best_err, best_scale, best_q = err, scale, qt
-                    continue
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best_scale, best_q = torch.where(better, scale, best_scale), torch.where(better, qt, best_q)
+        candidates = [(scale, torch.full_like(scale, float(q))) for scale in scales
+                      for q in range(self.q_min, self.q_min + self.eq_n)]
+        best_scale, best_q = _search_best(candidates, lambda c: (self.fake_quant(rows, *c) - rows).pow(2).sum(0))
         self._set(scale=best_scale, q=best_q)
 
     def range_names(self):
