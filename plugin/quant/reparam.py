@@ -65,13 +65,14 @@ def fold_scales(norm: nn.Module, consumers, r1, shift):
                 lin.bias.sub_(correction)
 
 
-def fold_channelwise(norm, consumers, scales, zeros, s_layer):
+def fold_channelwise(norm, consumers, scales, zeros, s_layer, round_zero=True):
     """Fold channel-wise (scales, integer zeros) into `norm` and `consumers` for the layer-wise scale `s_layer`.
 
-    Returns (z̃, r1, shift): the layer-wise zero point round(mean z_c), r1 = s_c / s̃ and shift = s̃·(z_c − z̃).
+    Returns (z̃, r1, shift): the layer-wise zero point round(mean z_c) (unrounded with `round_zero=False`: the official
+    fold), r1 = s_c / s̃ and shift = s̃·(z_c − z̃).
     """
     with torch.no_grad():
-        z_layer = zeros.mean().round()
+        z_layer = zeros.mean().round() if round_zero else zeros.mean()
         r1 = scales / s_layer
         shift = s_layer * (zeros - z_layer)
     fold_scales(norm, consumers, r1, shift)
@@ -90,8 +91,7 @@ def finish_official_folds(ctx):
     consumers for (s̃, z̄ = mean z_c unrounded), set the layer-wise quantizers to it and calibrate the consumers' weight
     quantizers again on the folded weights (the float network is unchanged)."""
     for norm, consumers, scales, zeros, s_layer in ctx.official_folds:
-        z_mean = zeros.mean()
-        fold_scales(norm, consumers, scales / s_layer, s_layer * (zeros - z_mean))
+        z_mean, _, _ = fold_channelwise(norm, consumers, scales, zeros, s_layer, round_zero=False)
         for lin in consumers:
             lin.input_quantizer.set_params(scale=s_layer.reshape(1), zero_point=z_mean.reshape(1))
             lin.weight_quantizer.calibrate_tensor(lin.weight)
