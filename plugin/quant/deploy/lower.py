@@ -7,8 +7,9 @@ The one rule (`grid_reason`): a quantizer lowers to integers when it is a calibr
 at most 256 codes (≤ 8 bits) that adds its zero point before rounding (not `zero_after_round`: the official RepQ-ViT
 post-LN fold, whose fractional zero point gives 2^b + 1 values that no b-bit code holds). A weight grid must also be
 per tensor or per output channel (`weight_reason`; the axis taken modulo the weight's dimensions, so −2 of a Linear
-weight is its output channel) of a module whose weight lowering is known: a plain QuantLinear / QuantConv2d, or one with a low-rank branch (`lowrank`): a pre-quantization
-branch (Q(W + A·B)) is folded into the codes, a post-quantization one (Q(W) + A·B) leaves no integer weight.
+weight is its output channel) of a module whose weight lowering is known: a plain QuantLinear / QuantConv2d, or one
+with a low-rank branch (`lowrank`): a pre-quantization branch (Q(W + A·B)) is folded into the codes, a
+post-quantization one (Q(W) + A·B) leaves no integer weight.
 Each consumer adds only what its own arithmetic needs:
 - an integer GEMM (`gemm_reason`: freeze, int8 and FP8 deployment): a Linear whose input grid is per tensor (the
   input scale and zero point are factored out of the sum over K);
