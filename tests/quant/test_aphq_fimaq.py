@@ -210,11 +210,22 @@ class _ProbeReference(PassConfig):
             PROBE.append(ctx.model(T.images(4, 9)))
 
 
-def test_reconstruction_reference_runs_the_original_gelu_mlps():
+def aphq_folding(**options):
+    """APHQ-ViT's W3A3 recipe (it folds the post-LayerNorm scales: equal widths) with the MLP step alone."""
+    recipe = get_recipe("aphq", 3, 3)
+    recipe.passes = [dict(type="mlp_relu", **options)]
+    return recipe
+
+
+@pytest.mark.parametrize("make", [with_mlp_pass, aphq_folding], ids=["no_fold", "fold"])
+def test_reconstruction_reference_runs_the_original_gelu_mlps(make):
+    """With a fold, norm2 is rescaled for the quantized fc1 while the original MLP keeps the unscaled fc1: the
+    reference must see the parameters from before the fold (it was 0.1 off on the toy's logits)."""
     fp = T.build("vit")
     register_pass("_probe_float_reference")(_ProbeReference)
     try:  # registered only while this test runs (other tests list the registered passes)
-        recipe = with_mlp_pass(iters=3, loss="mse")
+        recipe = make(iters=3, loss="mse")
+        assert (recipe.reparam is not None) == (make is aphq_folding)
         recipe.passes = [*recipe.passes, dict(type="_probe_float_reference")]
         PROBE.clear()
         model = quantize(copy.deepcopy(fp), recipe, calib(2), **QUIET)

@@ -23,8 +23,10 @@ nn.GELU inside it becomes nn.ReLU. The official optimiser also lists the block's
 
 The fitted float network is the one the quantizers then start from. `relu_float_model(fp_model, quantized)` rebuilds it
 (for reporting its float accuracy). The original MLPs (the copies taken before the change) are `ctx.float_originals`
-for the passes that follow: the float reference of reconstruction runs them, so block reconstruction targets the
-original GELU network as the official code's `full_model` does (dropped when quantize returns).
+for the passes that follow: the float reference of reconstruction runs them, with every parameter as it was before
+the quantizers and post-LayerNorm folds existed (a fold rescales norm2 for the new fc1, not for the original one), so
+block reconstruction targets the original GELU network as the official code's `full_model` does (dropped when
+quantize returns).
 """
 import copy
 import hashlib
