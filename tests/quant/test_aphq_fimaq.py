@@ -55,6 +55,8 @@ def test_paper_settings_are_the_official_defaults():
     assert aphq.passes[0].loss == "aph" and aphq.passes[-1].loss == "aph"
     assert fimaq.passes[-1].loss == "fisher_dplr"
     assert aphq.sites["post_gelu"].opts["zero_fixed"] and "post_gelu" not in fimaq.sites
+    # the official per-tensor search ignores its post_relu flag: this ablation searches the zero point like theirs
+    assert "post_gelu" not in get_recipe("aphq_fc2_zero_searched", 3, 3).sites
     assert get_recipe("aphq", 2, 4).reparam is None  # the official code folds only when a_bit == w_bit
 
 
@@ -84,7 +86,7 @@ def test_relu_fisher_combines_the_two_codes_and_folds_at_every_width():
 
 
 @pytest.mark.parametrize("name", ["aphq", "fimaq", "aphq_small", "fimaq_small", "aphq_no_mlp", "aphq_no_recon",
-                                  "relu_fisher", "relu_fisher_adalog_softmax", "fimaq_adalog_softmax", "fimaq_adalog",
+                                  "aphq_fc2_zero_searched", "relu_fisher", "relu_fisher_adalog_softmax", "fimaq_adalog_softmax", "fimaq_adalog",
                                   "fimaq_adalog_softmax_lowrank"])
 def test_recipes_round_trip_through_json(name):
     r = get_recipe(name, 3, 3)
@@ -96,6 +98,8 @@ def test_bad_settings_and_options_are_refused():
         aphq_recipe(3, 3, setting="huge")
     with pytest.raises(ConfigError):
         fimaq_recipe(3, 3, loss="nope")
+    with pytest.raises(ConfigError):
+        aphq_recipe(3, 3, fc2_zero="free")
     with pytest.raises(ConfigError):
         with_mlp_pass(loss="kl")
     with pytest.raises(ConfigError):
