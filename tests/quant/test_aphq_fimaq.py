@@ -86,8 +86,8 @@ def test_relu_fisher_combines_the_two_codes_and_folds_at_every_width():
 
 
 @pytest.mark.parametrize("name", ["aphq", "fimaq", "aphq_small", "fimaq_small", "aphq_no_mlp", "aphq_no_recon",
-                                  "aphq_fc2_zero_searched", "relu_fisher", "relu_fisher_adalog_softmax", "fimaq_adalog_softmax", "fimaq_adalog",
-                                  "fimaq_adalog_softmax_lowrank"])
+                                  "aphq_fc2_zero_searched", "relu_fisher", "relu_fisher_adalog_softmax",
+                                  "fimaq_adalog_softmax", "fimaq_adalog", "fimaq_adalog_softmax_lowrank"])
 def test_recipes_round_trip_through_json(name):
     r = get_recipe(name, 3, 3)
     assert Recipe.from_dict(r.to_dict()).to_dict() == r.to_dict()

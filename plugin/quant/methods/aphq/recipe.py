@@ -40,5 +40,6 @@ def aphq_recipe(w_bits, a_bits, *, setting="paper", mlp=True, recon=True, loss="
 
 
 for _name, _switches in {"aphq_small": dict(setting="small"), "aphq_no_mlp": dict(mlp=False),
-                         "aphq_no_recon": dict(recon=False), "aphq_fc2_zero_searched": dict(fc2_zero="searched")}.items():
+                         "aphq_no_recon": dict(recon=False),
+                         "aphq_fc2_zero_searched": dict(fc2_zero="searched")}.items():
     register_recipe(_name)(partial(aphq_recipe, name=_name, **_switches))
