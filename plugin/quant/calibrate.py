@@ -254,9 +254,9 @@ def quantize(model: nn.Module, recipe, calib=None, adapter=None, log=None, seed=
     if ctx.float_originals:
         # the reference runs the original modules, so it must also see the parameters around them as the pre passes
         # left them: a fold (reparameterize_group) rescales a norm whose consumer inside an original module it
-        # cannot rescale. Taken now, before any quantizer or fold; without originals it stays lazy (float_reference)
-        from .recon.reference import FloatReference
-        ctx.float_reference = FloatReference(model, snapshot=True, originals=ctx.float_originals)
+        # cannot rescale. Made now, before any quantizer or fold; without originals the first pass that asks makes it
+        from .recon.reference import float_reference
+        float_reference(ctx)
     ctx.calib = CalibData(calib.batches[:ctx.stat_batches()], calib.forward)  # the quantizers' images (stat_fraction)
     if recipe.sequential == "none":
         groups = [(None, ctx.sites, False)]

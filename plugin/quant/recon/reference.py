@@ -83,7 +83,8 @@ class FloatReference:
 
 def float_reference(ctx):
     """The context's float reference, made (with a parameter snapshot) by the first pass that asks for it, so a later
-    pass still compares with the float model after an earlier one trained or merged weights."""
+    pass still compares with the float model after an earlier one trained or merged weights. When a "pre" pass
+    replaced modules, quantize() makes it before any quantizer or fold (plugin.quant.calibrate)."""
     ref = getattr(ctx, "float_reference", None)
     if ref is None:
         ref = ctx.float_reference = FloatReference(ctx.model, snapshot=True,
