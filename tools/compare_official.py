@@ -103,6 +103,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def reset_peak(device):
+    """Start a new CUDA peak-memory count (nothing elsewhere)."""
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device):
+    """Peak CUDA memory allocated by this process since reset_peak (the float model it holds included), in GiB;
+    None elsewhere."""
+    import torch
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+
+
 def run(args):
     import torch
 
@@ -157,7 +175,7 @@ def run(args):
     rows = []
     for method, repo in officials.items():
         for bits in args.bits:
-            runs = {"official": [], "ours": [], "t_official": [], "t_ours": []}
+            runs = {"official": [], "ours": [], "t_official": [], "t_ours": [], "m_official": [], "m_ours": []}
             calib_num = args.calib_num or OFFICIAL[method].calib_num
             for seed in args.seeds:
                 torch.manual_seed(seed)
@@ -165,14 +183,17 @@ def run(args):
                 images = torch.cat(list(calib.batches))
                 score = t_score = None
                 if args.side in ("both", "official"):
+                    reset_peak(device)
                     q_model, t_score = OFFICIAL[method].run(repo, fp_model, images, bits, bits, seed, device,
                                                             options[method])
+                    runs["m_official"].append(peak_gib(device))
                     score = task.evaluate(q_model, False)[task.primary_metric]
                     del q_model
                 runs["official"].append(score)
                 runs["t_official"].append(t_score)
                 score = t_score = None
                 if args.side in ("both", "ours"):
+                    reset_peak(device)
                     model = copy.deepcopy(fp_model)
                     torch.manual_seed(seed)
                     t0 = time.time()
@@ -180,6 +201,7 @@ def run(args):
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     t_score = time.time() - t0
+                    runs["m_ours"].append(peak_gib(device))
                     score = task.evaluate(model, False)[task.primary_metric]
                     del model
                 runs["ours"].append(score)
@@ -195,6 +217,8 @@ def run(args):
                          "calib_num": len(images), "official_args": options[method],
                          "calib_s_official": mean_std(runs["t_official"])[0],
                          "calib_s_ours": mean_std(runs["t_ours"])[0], "device": device,
+                         **{f"calib_peak_gib_{side}": max(runs[f"m_{side}"]) for side in ("official", "ours")
+                            if runs[f"m_{side}"][:1] not in ([], [None])},  # CUDA only
                          "command": args.command})
             if OFFICIAL[method].settings:  # the counts the official side ran with (reduced where the GPU budget forces)
                 rows[-1]["official_settings"] = OFFICIAL[method].settings(options[method], len(images), bits, bits)

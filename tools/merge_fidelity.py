@@ -28,7 +28,11 @@ def merge(rows):
     merged = {}
     for r in rows:
         key = (r["model"], r["method"], r.get("ours_recipe", r["method"]), r["w_bits"], r["a_bits"])
-        m = merged.setdefault(key, dict(r, per_seed={}, commands=[], times={side: [] for side in SIDES}))
+        m = merged.setdefault(key, dict(r, per_seed={}, commands=[], times={side: [] for side in SIDES},
+                                              peaks={side: [] for side in SIDES}))
+        for side in SIDES:  # peak GPU memory (CUDA runs only): the largest over the pooled runs
+            if r.get(f"calib_peak_gib_{side}") is not None:
+                m["peaks"][side].append(r[f"calib_peak_gib_{side}"])
         for i, seed in enumerate(r["seeds"]):
             slot = m["per_seed"].setdefault(seed, {})
             for side in SIDES:
@@ -43,7 +47,7 @@ def merge(rows):
         m["commands"] += [c for c in (r.get("commands") or [r.get("command")]) if c]
     out = []
     for m in merged.values():
-        per_seed, times = m.pop("per_seed"), m.pop("times")
+        per_seed, times, peaks = m.pop("per_seed"), m.pop("times"), m.pop("peaks")
         m["seeds"] = sorted(per_seed)
         for side in SIDES:
             runs = [per_seed[s].get(side) for s in m["seeds"]]
@@ -52,6 +56,9 @@ def merge(rows):
             m[side] = statistics.mean(measured) if measured else None
             m[f"{side}_std"] = (statistics.stdev(measured) if len(measured) > 1 else 0.0) if measured else None
             m[f"calib_s_{side}"] = statistics.mean(times[side]) if times[side] else None
+            m.pop(f"calib_peak_gib_{side}", None)
+            if peaks[side]:
+                m[f"calib_peak_gib_{side}"] = max(peaks[side])
         m["command"] = "\n".join(m["commands"])  # one per line: the runs whose seeds were pooled
         out.append(m)
     return sorted(out, key=lambda m: (m["model"], m["method"], -m["w_bits"]))

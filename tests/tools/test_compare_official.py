@@ -186,6 +186,7 @@ def test_adalog_family_on_the_embedded_model(tmp_path, method, iters):
     # float 84.1, chance 10: a W4A4 model lands far above chance even with this little data and so few iterations
     assert 60 < row["official"] <= row["fp"] + 2, row
     assert 60 < row["ours"] <= row["fp"] + 2, row
+    assert not any(key.startswith("calib_peak_gib") for key in row)  # peak memory is counted on CUDA only
     assert (builtins.print, list(logging.getLogger().handlers), os.getcwd(),
             sorted(os.listdir(CHECKOUTS[method]))) == state
     assert not any(name.split(".")[0] in compare_official.OFFICIAL[method].modules for name in sys.modules)

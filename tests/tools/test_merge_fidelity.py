@@ -9,13 +9,15 @@ sys.path.insert(0, TOOLS)
 import merge_fidelity  # noqa: E402
 
 
-def _run(tmp_path, name, bits, seeds, official, ours, t=(10.0, 1.0)):
+def _run(tmp_path, name, bits, seeds, official, ours, t=(10.0, 1.0), peak=None):
     d = tmp_path / name
     d.mkdir()
     row = {"model": "m", "method": "repq", "ours_recipe": "repq", "w_bits": bits, "a_bits": bits, "fp": 90.0,
            "official": None, "official_std": None, "official_runs": official,  # recomputed by the merge
            "ours": None, "ours_std": None, "ours_runs": ours, "seeds": seeds,
            "calib_s_official": t[0], "calib_s_ours": t[1], "command": f"cmd {name}"}
+    for side, gib in (peak or {}).items():  # CUDA runs carry each measured side's peak memory
+        row[f"calib_peak_gib_{side}"] = gib
     (d / "fidelity.json").write_text(json.dumps([row]))
     return str(d)
 
@@ -51,3 +53,14 @@ def test_one_sided_runs_join(tmp_path):
     assert row["seeds"] == [0, 1, 2] and row["official_runs"] == [70.0, 72.0, None]
     assert row["official"] == pytest.approx(71.0) and row["ours"] == pytest.approx(73.333, abs=1e-3)
     assert row["calib_s_official"] == pytest.approx(50.0) and row["calib_s_ours"] == pytest.approx(4 / 3)
+
+
+def test_peak_memory_is_the_largest_of_the_pooled_runs(tmp_path):
+    off = _run(tmp_path, "off", 3, [0], [70.0], [None], t=(50.0, None), peak={"official": 2.5})
+    ours = _run(tmp_path, "ours", 3, [0], [None], [71.0], t=(None, 1.0), peak={"ours": 1.5})
+    ours2 = _run(tmp_path, "ours2", 3, [1], [None], [72.0], t=(None, 1.0), peak={"ours": 1.75})
+    cpu = _run(tmp_path, "cpu", 4, [0], [80.0], [80.5])
+    assert merge_fidelity.main([ours, off, ours2, cpu, "--out", str(tmp_path / "out")]) == 0
+    w3, w4 = sorted(json.loads((tmp_path / "out" / "fidelity.json").read_text()), key=lambda r: r["w_bits"])
+    assert w3["calib_peak_gib_official"] == 2.5 and w3["calib_peak_gib_ours"] == 1.75
+    assert not any(key.startswith("calib_peak_gib") for key in w4)
