@@ -21,6 +21,7 @@ from plugin.quant.methods.fimaq import fimaq_recipe
 from plugin.quant.methods.relu_fisher import relu_fisher_recipe
 from plugin.quant.recon import relu_float_model
 from plugin.quant.modules import QuantLinear
+from plugin.quant.spec import Role
 
 QUIET = dict(log=lambda *a: None)
 
@@ -135,6 +136,27 @@ def test_mlp_reconstruction_brings_the_relu_model_close_to_the_gelu_one(loss):
     fitted = relu_float_model(fp, model)
     assert isinstance(fitted.blocks[0].mlp.act, nn.ReLU)
     assert rel_err(fitted, fp, x) < 0.5 * rel_err(swapped, fp, x)
+
+
+def test_mlp_reconstruction_takes_batches_of_different_token_counts():
+    """A detector's calibration images differ in size, so its MLPs see batches of different token counts: the samples
+    are kept per shape (no concatenation error), the APH weight falls back to w = 1, and the fit still helps."""
+    fp = T.build("vit", dynamic_img_size=True)
+    sizes = (32, 48, 32, 40)
+    data = CalibData([torch.randn(4, 3, s, s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(sizes)],
+                     lambda m, b: m(b))
+    swapped = copy.deepcopy(fp)
+    for block in swapped.blocks:
+        block.mlp.act = nn.ReLU()
+    recipe = with_mlp_pass(iters=150, lr=3e-3, loss="aph")
+    recipe.float_roles = (Role.MATMUL_QK, Role.MATMUL_AV)  # per-head matmul scales are for one token count
+    logs = []
+    model = quantize(copy.deepcopy(fp), recipe, data, log=logs.append)
+    assert any("token count differs" in line for line in logs)
+    fitted = relu_float_model(fp, model)
+    for s in (32, 48):
+        x = torch.randn(6, 3, s, s, generator=torch.Generator().manual_seed(20 + s))
+        assert rel_err(fitted, fp, x) < 0.5 * rel_err(swapped, fp, x)
 
 
 def test_relu_float_model_is_none_without_the_pass():

@@ -17,7 +17,9 @@ mean square; `loss="mse"`: w = 1.
 Our choices where the official code is silent or tied to its setting: u is taken over a random sample of the
 positive values (the official code sorts the first chunk that fits in GPU memory); models whose output is not one
 tensor of class scores (detectors) use `loss="mse"`, and a perturbation that leaves no gradient (w ≡ 0) falls back to
-w = 1 (both logged); the MLP is the smallest module holding both fc1 and fc2 (by the adapter's roles) and every
+w = 1 (both logged); calibration batches whose token counts differ (a detector's images of different sizes) keep
+their samples in one group per shape, each step draws its batch from one group chosen in proportion to its size, and
+w = 1 there too (w is one value per token position); the MLP is the smallest module holding both fc1 and fc2 (by the adapter's roles) and every
 nn.GELU inside it becomes nn.ReLU. The official optimiser also lists the block's norm2, which gets no gradient there
 (the MLP is run on norm2's output), so only fc1 and fc2 learn here.
 
@@ -119,7 +121,15 @@ class _MlpData:
         finally:
             for h in handles:
                 h.remove()
-        self.x, self.y = torch.cat(ins), torch.cat(outs)
+        # batches whose token counts differ (a detector's images of different sizes) cannot be stacked: one group of
+        # samples per shape, in the order first seen (one group, the usual case, is the plain concatenation)
+        groups = {}
+        for x, y in zip(ins, outs):
+            xs, ys = groups.setdefault(tuple(x.shape[1:]), ([], []))
+            xs.append(x)
+            ys.append(y)
+        self.groups = [(torch.cat(xs), torch.cat(ys)) for xs, ys in groups.values()]
+        self.count = sum(x.shape[0] for x, _ in self.groups)
         positives = torch.cat(pos).float()
         if positives.numel() == 0:
             raise CalibrationError(f"mlp_relu: the input of {fc2} is never positive")
@@ -131,6 +141,9 @@ class _MlpData:
             refs = [_logits(ctx.calib.forward(teacher, batch)) for batch in ctx.calib.batches]
         if any(r is None for r in refs):
             log(f"[mlp_relu] the model output is not one tensor of class scores: unweighted loss")
+            return None
+        if len(self.groups) > 1:  # the weight is one value per token position and channel
+            log(f"[mlp_relu] {mlp}: the token count differs between calibration batches: unweighted loss")
             return None
         mod, grads = teacher.get_submodule(mlp), {}
         for sign in (1.0, -1.0):
@@ -172,11 +185,14 @@ def _fit(fc1, fc2, mlp_mod, data, weight, iters, batch_size, lr, quant_weight, g
         return err.sum(1).mean() / 10  # the official reduction: sum over dim 1 (tokens), mean over the rest
 
     clamp = fc2.register_forward_pre_hook(lambda m, args: (args[0].clamp(0, data.bound),) if clamping[0] else None)
+    sizes = torch.tensor([float(x.shape[0]) for x, _ in data.groups])
     try:
         with torch.enable_grad():
             for _ in range(iters):
-                idx = torch.randperm(data.x.shape[0], generator=gen)[:batch_size].to(data.x.device)
-                x, y = data.x[idx], data.y[idx]
+                # one group per step, drawn in proportion to its sample count (no draw when there is one)
+                xs, ys = data.groups[int(torch.multinomial(sizes, 1, generator=gen)) if len(sizes) > 1 else 0]
+                idx = torch.randperm(xs.shape[0], generator=gen)[:batch_size].to(xs.device)
+                x, y = xs[idx], ys[idx]
                 opt.zero_grad(set_to_none=True)
                 clamping[0] = False
                 rec = loss_of(mlp_mod(x), y)
@@ -273,7 +289,7 @@ class MlpRelu(PassConfig):
                 data = _MlpData(ctx, teacher, mlp, fc2, self.clamp_pct, gen)
                 weight = data.aph_weight(ctx, teacher, mlp, self.temperature, log) if self.loss == "aph" else None
                 _fit(model.get_submodule(fc1), model.get_submodule(fc2), model.get_submodule(mlp), data, weight,
-                     iters, min(self.batch_size, data.x.shape[0]), self.lr, self.quant_weight, gen)
+                     iters, min(self.batch_size, data.count), self.lr, self.quant_weight, gen)
                 log(f"[mlp_relu] {mlp}: fc2 input clamp {data.bound:.4g}, {iters} steps")
             for name in names:
                 ctx.state.float_params[name] = model.get_parameter(name).detach().cpu().clone()
