@@ -20,8 +20,8 @@ tensor of class scores (detectors) use `loss="mse"`, and a perturbation that lea
 w = 1 (both logged); calibration batches whose token counts differ (a detector's images of different sizes) keep
 their samples in one group per shape, each step draws its batch from one group chosen in proportion to its size, and
 w = 1 there too (w is one value per token position); the MLP is the smallest module holding both fc1 and fc2 (by the
-adapter's roles) and every nn.GELU inside it becomes nn.ReLU. The official optimiser also lists the block's norm2, which gets no gradient there
-(the MLP is run on norm2's output), so only fc1 and fc2 learn here.
+adapter's roles) and every nn.GELU inside it becomes nn.ReLU. The official optimiser also lists the block's norm2,
+which gets no gradient there (the MLP is run on norm2's output), so only fc1 and fc2 learn here.
 
 The fitted float network is the one the quantizers then start from. `relu_float_model(fp_model, quantized)` rebuilds it
 (for reporting its float accuracy). The original MLPs (the copies taken before the change) are `ctx.float_originals`
