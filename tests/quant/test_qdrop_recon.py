@@ -9,7 +9,7 @@ timm = pytest.importorskip("timm")
 
 import plugin.adapters  # noqa: E402,F401
 from plugin.quant import CalibData, get_recipe, load_quantized, quantize, save_quantized  # noqa: E402
-from plugin.quant.errors import ConfigError  # noqa: E402
+from plugin.quant.errors import CalibrationError, ConfigError  # noqa: E402
 from plugin.quant.modules import QuantLinear  # noqa: E402
 from plugin.quant.passes import PASSES  # noqa: E402
 from plugin.quant.quantizers import UniformQuantizer  # noqa: E402
@@ -19,7 +19,7 @@ from plugin.quant.recon.cache import float_tensors  # noqa: E402
 from plugin.quant.recon.engine import reconstruct_unit  # noqa: E402
 from plugin.quant.recon.losses import aph_loss, fisher_dplr_loss  # noqa: E402
 from plugin.quant.recon.qdrop import QDropRecon  # noqa: E402
-from plugin.quant.recon.sensitivity import FisherDPLR, reference_outputs, unit_output_grads  # noqa: E402
+from plugin.quant.recon.sensitivity import FisherDPLR, reference_outputs, task_loss, unit_output_grads  # noqa: E402
 from plugin.quant.spec import QuantSpec  # noqa: E402
 from recon_helpers import context_for, run_pass  # noqa: E402
 
@@ -298,3 +298,20 @@ def test_head_unit_uses_the_kl_loss(setup):
     method = _Probe(cfg(loss="aph", iters=40, w_lr=5e-2, drop_prob=0.0), ctx)
     assert reconstruct_unit(ctx, head, method, float_reference(ctx))[2] == "ok"
     assert method.loss_name == "kl" and method.after < method.before
+
+
+def test_output_matching_loss_skips_outputs_whose_shape_changed():
+    """A detector's final detections (boxes, scores) change in count when a unit upstream of NMS is quantized: such
+    tensors give no term (counted), the others keep theirs, and with none left the loss is 0 with zero gradients."""
+    ref = [torch.zeros(3, 4), torch.zeros(3), torch.ones(2, 2)]
+    boxes, scores, other = torch.ones(4, 4, requires_grad=True), torch.ones(4, requires_grad=True), \
+        torch.full((2, 2), 3.0, requires_grad=True)
+    unmatched = []
+    loss = task_loss([boxes, scores, other], ref, 20.0, unmatched)
+    assert unmatched == [2] and loss.item() == pytest.approx(0.5 * 4 * 4 / 2)  # ½ Σ (3 − 1)² / 2 items
+    g_boxes, g_other = torch.autograd.grad(loss, [boxes, other], allow_unused=True)
+    assert g_boxes is None and torch.equal(g_other, torch.full((2, 2), 1.0))
+    zero = task_loss([boxes, scores], ref[:2], 20.0)
+    assert zero.item() == 0.0 and torch.equal(torch.autograd.grad(zero, boxes)[0], torch.zeros(4, 4))
+    with pytest.raises(CalibrationError, match="3 floating-point tensors, the float model's 2"):
+        task_loss([boxes, scores, other], ref[:2], 20.0)

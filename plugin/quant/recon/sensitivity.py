@@ -16,6 +16,8 @@ model whose output is not one tensor of class scores (detection, segmentation) u
 - `fisher_row` (FIMA-Q, official `new_fisher_ro`): the model runs as the float network except the unit, which runs
   quantized as it trains (soft rounding, QDrop); one row of G = mean over items |g| and one of D = mean over items
   |ŷ − y| (ŷ the unit's output there, y its float target). FIMA-Q captures `k` such rows during a unit's optimisation.
+  Upstream of a detector's non-maximum suppression the quantized unit can change how many boxes come out: output
+  tensors whose shape differs from the float model's then give no loss term (logged), so G comes from the rest.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,14 +51,24 @@ def reference_outputs(ctx, reference, batches):
     return refs
 
 
-def task_loss(out, ref, temperature):
-    """The official KL at temperature T for one logits tensor; ½‖z − z_fp‖² per item otherwise."""
+def task_loss(out, ref, temperature, unmatched=None):
+    """The official KL at temperature T for one logits tensor; ½‖z − z_fp‖² per item otherwise. A tensor whose shape
+    differs from the float model's (a detector's final detections, whose count follows the quantized unit) has no
+    term: its count is appended to the list `unmatched` when given; with no term left the loss is 0 (zero gradients)."""
     if _is_logits(out) and len(ref) == 1:
         z, z_fp = out.flatten(0, -2).float(), ref[0].flatten(0, -2).float()
         return F.kl_div(F.log_softmax(z / temperature, dim=-1), F.softmax(z_fp / temperature, dim=-1),
                         reduction="batchmean")
     outs = float_tensors(out, detach=False)
-    return sum(0.5 * (o.float() - r.float()).pow(2).sum() / max(o.shape[0], 1) for o, r in zip(outs, ref))
+    if len(outs) != len(ref):
+        raise CalibrationError(f"the model's output holds {len(outs)} floating-point tensors, the float model's "
+                               f"{len(ref)}: no output-matching loss can pair them")
+    pairs = [(o, r) for o, r in zip(outs, ref) if o.shape == r.shape]
+    if unmatched is not None and len(pairs) < len(outs):
+        unmatched.append(len(outs) - len(pairs))
+    if not pairs:
+        return sum(o.sum() * 0.0 for o in outs)  # still a function of the outputs: zero gradients
+    return sum(0.5 * (o.float() - r.float()).pow(2).sum() / max(o.shape[0], 1) for o, r in pairs)
 
 
 def _map_float(fn, obj):
@@ -174,10 +186,11 @@ def fisher_row(ctx, unit, reference, batches, refs, targets, temperature=20.0):
     """One FIMA-Q capture: (G row, D row), each (1, N) with N the unit's output elements per item. `targets(start,
     n)`: the unit's float targets of the cached items start … start + n − 1 (the items of `batches`, in order)."""
     g_sum = d_sum = None
-    count = 0
+    count, unmatched = 0, []
     with float_except(reference, unit):
         for i in batches:
-            outs, grads = unit_output_grads(ctx, unit, i, lambda out, i=i: task_loss(out, refs[i], temperature))
+            outs, grads = unit_output_grads(ctx, unit, i,
+                                            lambda out, i=i: task_loss(out, refs[i], temperature, unmatched))
             n = outs[0].shape[0]
             g = torch.cat([x.abs().flatten(1) for x in grads], dim=1).sum(0, keepdim=True)
             d = torch.cat([(o.float() - t.float()).abs().flatten(1) for o, t in zip(outs, targets(count, n))],
@@ -185,6 +198,9 @@ def fisher_row(ctx, unit, reference, batches, refs, targets, temperature=20.0):
             g_sum = g if g_sum is None else g_sum + g
             d_sum = d if d_sum is None else d_sum + d
             count += n
+    if unmatched:
+        ctx.log(f"[fisher] {unit.name}: in {len(unmatched)} of {len(batches)} batches, {sum(unmatched)} output "
+                f"tensors differ in shape from the float model's (e.g. a detector's detection count) and give no loss")
     return g_sum / count, d_sum / count
 
 
