@@ -562,6 +562,23 @@ def test_seed_recipes_run_unchanged_on_the_detector(task_and_model, method):
     assert "bbox_mAP" in metrics and "segm_mAP" in metrics
 
 
+def test_fisher_loss_falls_back_where_the_items_depend_on_the_model(task_and_model):
+    """FIMA-Q's D row pairs a unit's outputs in the float forward with its cached targets: the ROI heads' items (boxes
+    from the model's own proposals) are other items there, so those units use MSE, logged; the backbone keeps the
+    Fisher loss."""
+    import copy
+
+    from plugin.quant import get_recipe, quantize
+    task, fp_model = task_and_model
+    recipe = get_recipe("fimaq", w_bits=4, a_bits=4)
+    recipe.passes = [dict(p, iters=5, batch_size=1) if "iters" in p else p for p in recipe.passes]
+    logs = []
+    quantize(copy.deepcopy(fp_model), recipe, task.calib_data(fp_model, 2, seed=0), log=logs.append)
+    fallbacks = [line for line in logs if "depend on the model's own predictions (other items" in line]
+    assert fallbacks and all("roi_head" in line and "uses mse" in line for line in fallbacks), fallbacks
+    assert not any("backbone" in line and "uses mse" in line for line in logs)
+
+
 def test_ptq_test_cli_end_to_end(tiny, tmp_path):
     cfg_path, ckpt, _ = tiny
     out = tmp_path / "out"

@@ -32,7 +32,7 @@ from ..passes import is_int, is_number, register_pass
 from ..spec import Role
 from .adaround import ActivationDrop, AdaRoundWeight, DropGenerators, RoundingSchedule, can_adaround
 from .block_recon import Learnables, ReconConfig
-from .cache import float_tensors
+from .cache import depends_on_model, float_tensors
 from .engine import ReconMethod, reconstruct, unit_cache
 from .losses import LOSSES, Normalised
 from .sensitivity import (FisherDPLR, RepeatedUnit, fisher_row, perturbation_hessian, reference_outputs,
@@ -190,7 +190,13 @@ class QDropRecon(ReconMethod):
         self.drop = ActivationDrop(acts, cfg.drop_prob, self.gens)
         self.schedule = RoundingSchedule(cfg.iters, cfg.warmup, cfg.b_start, cfg.b_end)
         self.fisher_every = max(1, cfg.iters // max(cfg.rank, 1))
-        if self.loss_name == "fisher_dplr":
+        if self.loss_name == "fisher_dplr" and depends_on_model(self.ctx, unit.name):
+            # D = |ŷ − y| pairs the unit's outputs in the Fisher forward (float elsewhere) with its cached targets
+            # (taken on the quantized model's inputs): items that depend on the model's own predictions (a detector's
+            # ROIs) are other items there, so no D row can be formed
+            self._fall_back_to_mse("its inputs depend on the model's own predictions (other items in the float "
+                                   "forward than in its cache)")
+        elif self.loss_name == "fisher_dplr":
             self.extra = FisherDPLR(None, None, None, cfg.p_lowrank, cfg.p_diag)
             try:
                 self._refresh_fisher()
@@ -198,10 +204,12 @@ class QDropRecon(ReconMethod):
                 self._fall_back_to_mse(exc)
         return bool(groups)
 
-    def _fall_back_to_mse(self, exc):
+    def _fall_back_to_mse(self, why):
         """A unit that runs several times per forward (a detector's RPN conv over the pyramid levels) has no output
-        gradient per cached output, so no aph / fisher_dplr weight: plain MSE, logged."""
-        self.ctx.log(f"{self.where}: {exc}; {self.loss_name} weights need one run per forward: uses mse")
+        gradient per cached output, and one whose inputs depend on the model's own predictions no Fisher D row, so
+        no aph / fisher_dplr weight: plain MSE, logged."""
+        self.ctx.log(f"{self.where}: {why}; {self.loss_name} weights need the cached items in the float forward: "
+                     f"uses mse")
         self.loss_name, self.loss_fn, self.extra = "mse", LOSSES["mse"], None
 
     def _ensure_refs(self):
