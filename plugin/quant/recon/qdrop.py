@@ -208,8 +208,7 @@ class QDropRecon(ReconMethod):
         """A unit that runs several times per forward (a detector's RPN conv over the pyramid levels) has no output
         gradient per cached output, and one whose inputs depend on the model's own predictions no Fisher D row, so
         no aph / fisher_dplr weight: plain MSE, logged."""
-        self.ctx.log(f"{self.where}: {why}; {self.loss_name} weights need the cached items in the float forward: "
-                     f"uses mse")
+        self.ctx.log(f"{self.where}: {why}; no {self.loss_name} weights for this unit: uses mse")
         self.loss_name, self.loss_fn, self.extra = "mse", LOSSES["mse"], None
 
     def _ensure_refs(self):

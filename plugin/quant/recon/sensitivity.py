@@ -52,9 +52,10 @@ def reference_outputs(ctx, reference, batches):
 
 
 def task_loss(out, ref, temperature, unmatched=None):
-    """The official KL at temperature T for one logits tensor; ½‖z − z_fp‖² per item otherwise. A tensor whose shape
-    differs from the float model's (a detector's final detections, whose count follows the quantized unit) has no
-    term: its count is appended to the list `unmatched` when given; with no term left the loss is 0 (zero gradients)."""
+    """The official KL at temperature T for one logits tensor; ½‖z − z_fp‖² per item otherwise. A tensor whose
+    shape differs from the float model's (a detector's final detections, whose count follows the quantized unit) has
+    no term; how many had none is appended to the list `unmatched` when given. With no term left the loss is 0 (zero
+    gradients)."""
     if _is_logits(out) and len(ref) == 1:
         z, z_fp = out.flatten(0, -2).float(), ref[0].flatten(0, -2).float()
         return F.kl_div(F.log_softmax(z / temperature, dim=-1), F.softmax(z_fp / temperature, dim=-1),
