@@ -103,22 +103,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def reset_peak(device):
-    """Start a new CUDA peak-memory count (nothing elsewhere)."""
-    import torch
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib(device):
-    """Peak CUDA memory allocated by this process since reset_peak (the float model it holds included), in GiB;
-    None elsewhere."""
-    import torch
-    if not device.startswith("cuda"):
-        return None
-    torch.cuda.synchronize()
-    return round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+def peak_gib(peak):
+    """A peak_memory count in GiB (3 decimals), None off CUDA."""
+    return None if peak["bytes"] is None else round(peak["bytes"] / 2 ** 30, 3)
 
 
 def run(args):
@@ -130,6 +117,7 @@ def run(args):
     from plugin.quant import get_recipe, quantize
     from plugin.tasks.base import get_task
     from plugin.config import apply_cfg_options
+    from plugin.utils.timing import peak_memory
 
     officials = {}
     for item in args.official:
@@ -183,25 +171,23 @@ def run(args):
                 images = torch.cat(list(calib.batches))
                 score = t_score = None
                 if args.side in ("both", "official"):
-                    reset_peak(device)
-                    q_model, t_score = OFFICIAL[method].run(repo, fp_model, images, bits, bits, seed, device,
-                                                            options[method])
-                    runs["m_official"].append(peak_gib(device))
+                    with peak_memory(device) as peak:
+                        q_model, t_score = OFFICIAL[method].run(repo, fp_model, images, bits, bits, seed, device,
+                                                                options[method])
+                    runs["m_official"].append(peak_gib(peak))
                     score = task.evaluate(q_model, False)[task.primary_metric]
                     del q_model
                 runs["official"].append(score)
                 runs["t_official"].append(t_score)
                 score = t_score = None
                 if args.side in ("both", "ours"):
-                    reset_peak(device)
-                    model = copy.deepcopy(fp_model)
-                    torch.manual_seed(seed)
-                    t0 = time.time()
-                    quantize(model, our_recipe(method, bits, len(images)), calib, log=log, seed=seed)
-                    if device.startswith("cuda"):
-                        torch.cuda.synchronize()
-                    t_score = time.time() - t0
-                    runs["m_ours"].append(peak_gib(device))
+                    with peak_memory(device) as peak:
+                        model = copy.deepcopy(fp_model)
+                        torch.manual_seed(seed)
+                        t0 = time.time()
+                        quantize(model, our_recipe(method, bits, len(images)), calib, log=log, seed=seed)
+                    t_score = time.time() - t0  # after the synchronisation that ends the peak count
+                    runs["m_ours"].append(peak_gib(peak))
                     score = task.evaluate(model, False)[task.primary_metric]
                     del model
                 runs["ours"].append(score)

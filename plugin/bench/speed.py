@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..classification.timm_models import input_size
-from ..utils.timing import forward_throughput, peak_gib_so_far, timed
+from ..utils.timing import forward_throughput, peak_gib_so_far, peak_memory, timed
 from .models import bench_recipe, build_model, random_calib
 
 
@@ -30,13 +30,12 @@ def calibrate_timed(model, recipe, calib, s, device, ckpt_name):
         print(f"[{time.perf_counter() - t0:7.1f}s{peak_gib_so_far(device)}]", *a, file=sys.stderr)
     quiet = progress if s.verbose else (lambda *a: None)
     ckpt = os.path.join(s.checkpoint_dir, ckpt_name) if s.checkpoint_dir else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _, calib_s = timed(lambda: quantize(model, recipe, calib, log=quiet, checkpoint_dir=ckpt, resume=s.resume,
-                                        skip_finished_blocks=not s.no_block_skip), device)
+    with peak_memory(device) as peak:
+        _, calib_s = timed(lambda: quantize(model, recipe, calib, log=quiet, checkpoint_dir=ckpt, resume=s.resume,
+                                            skip_finished_blocks=not s.no_block_skip), device)
     res = {"calib_s": calib_s, "resumed": bool(s.resume), "block_skip": not s.no_block_skip}
-    if device.type == "cuda":
-        res["calib_peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+    if peak["bytes"] is not None:
+        res["calib_peak_mem_bytes"] = peak["bytes"]
     return res
 
 

@@ -1,6 +1,7 @@
 """Wall-clock and GPU-memory measurement of torch code (torch only): synchronised timing, CUDA-graph capture, and the
 images/s of a model's forward. Used by plugin/bench and the tools; nothing here knows a model family or a method."""
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -9,6 +10,21 @@ def sync(device):
     """Wait for the device's queued work (CUDA); a no-op elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def peak_memory(device):
+    """The peak CUDA memory allocated by this process inside the block: yields a dict whose "bytes" is set on leaving
+    it (the device synchronised before the count starts and before it is read); it stays None off CUDA."""
+    device = torch.device(device)
+    peak = {"bytes": None}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    yield peak
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak["bytes"] = torch.cuda.max_memory_allocated(device)
 
 
 def timed(fn, device):
