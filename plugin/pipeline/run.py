@@ -16,7 +16,6 @@ from ..quant import find_adapter, freeze, frozen_summary, quantize, read_meta, s
 from ..quant.plan import resolve_plan
 from ..errors import UserInputError
 from ..quant.recon import relu_float_model
-from ..utils.timing import peak_memory
 from .outdir import OutputFolder
 from .report import write_reports
 
@@ -120,13 +119,18 @@ def run_plan(job, task, fp_model, plan, fp_outputs, staging, fp32_bytes, log):
     torch.manual_seed(job.seed)
     calib = task.calib_data(fp_model, plan.calib_num, job.seed)
     model = copy.deepcopy(fp_model)
-    with peak_memory(job.device) as peak:
-        t0 = time.time()
-        ckpt_dir = job.ckpt_dir(plan)
-        quantize(model, plan.recipe, calib, log=log, seed=job.seed, checkpoint_dir=ckpt_dir,
-                 resume=bool(job.resume and ckpt_dir))
-    calib_time = time.time() - t0  # after the synchronisation that ends the peak count
-    peak_gib = peak["bytes"] / 2 ** 30 if peak["bytes"] is not None else None
+    cuda = job.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    ckpt_dir = job.ckpt_dir(plan)
+    quantize(model, plan.recipe, calib, log=log, seed=job.seed, checkpoint_dir=ckpt_dir,
+                   resume=bool(job.resume and ckpt_dir))
+    if cuda:
+        torch.cuda.synchronize()
+    calib_time = time.time() - t0
+    peak_gib = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
     label = f"{plan.method} W{plan.w_bits}A{plan.a_bits}"
     metrics = task.evaluate(model, not job.quiet, desc=f"eval {label}")
     log(f"{label}: {json.dumps(metrics)} (calibration {calib_time:.1f}s)")

@@ -1,4 +1,4 @@
-"""plugin.utils.timing.peak_memory: the peak-memory count that ptq_test, the benchmark and compare_official share."""
+"""plugin.utils.timing.peak_memory: the peak-memory count that the benchmark and compare_official share."""
 import pytest
 import torch
 
